@@ -1,0 +1,38 @@
+# The two front-door commands: `make up` and `make test`. Everything else is a step they need.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+MODELS := models
+ZIG    := $(abspath $(PY)) -m ziglang
+
+.PHONY: up test venv filters models zig-test pytest bench clean
+
+up: venv filters models
+	$(PY) -m sluice up --model-repository $(MODELS)
+
+test: venv filters models zig-test pytest
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip==25.3
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# No compiled .wasm is committed: the filters are built from filters/ by the pinned ziglang wheel.
+filters: $(STAMP)
+	cd filters && $(ZIG) build -Doptimize=ReleaseSafe --prefix ../build/filters
+
+zig-test: $(STAMP)
+	cd filters && $(ZIG) build test
+
+models: $(STAMP)
+	$(PY) -m inference.gen_models --out $(MODELS)
+
+pytest: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf build $(MODELS) .pytest_cache filters/.zig-cache filters/zig-out
