@@ -1,0 +1,213 @@
+"""The admin API (aiohttp) under /api/v1: policy CRUD, apply, revisions, proxies."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from controlplane.admin.errors import error
+from controlplane.admin.openapi import openapi_document
+from controlplane.policy import InvalidPolicy, Policy, Problem, documents_of, parse_document, with_document, without_object
+from controlplane.policy.documents import KIND_BY_PLURAL, Document
+from controlplane.store import Conflict, Store, StoreUnavailable
+from controlplane.xds import Fleet
+
+MAX_BODY = 4 * 1024 * 1024
+
+
+def _etag(revision: int) -> str:
+    return f'"{revision}"'
+
+
+def _expected(request: web.Request) -> int | None:
+    """`If-Match: "7"` makes a write conditional on revision 7 still being current."""
+    raw = request.headers.get("If-Match")
+    if raw is None or raw.strip() == "*":
+        return None
+    try:
+        return int(raw.strip().strip('"'))
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"If-Match must be a revision number such as \"7\", not {raw!r}"}),
+            content_type="application/json",
+        ) from None
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except json.JSONDecodeError as exc:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"error": f"request body is not valid JSON: {exc}"}), content_type="application/json"
+        ) from None
+
+
+class AdminApi:
+    def __init__(self, store: Store, fleet: Fleet, registry: CollectorRegistry) -> None:
+        self._store = store
+        self._fleet = fleet
+        self._registry = registry
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/api/v1/openapi.json", self.openapi)
+        app.router.add_get("/api/v1/policy", self.get_policy)
+        app.router.add_post("/api/v1/apply", self.apply)
+        app.router.add_get("/api/v1/revisions", self.revisions)
+        app.router.add_get("/api/v1/proxies", self.proxies)
+        app.router.add_get("/api/v1/{plural}", self.list_objects)
+        app.router.add_get("/api/v1/{plural}/{name}", self.get_object)
+        app.router.add_put("/api/v1/{plural}/{name}", self.put_object)
+        app.router.add_delete("/api/v1/{plural}/{name}", self.delete_object)
+        return app
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except InvalidPolicy as exc:
+            return error(422, "invalid policy", exc.problems)
+        except Conflict as exc:
+            return error(409, str(exc), revision=exc.actual)
+        except StoreUnavailable as exc:
+            return error(503, f"policy store unavailable: {exc}")
+
+    async def healthz(self, _: web.Request) -> web.Response:
+        current = await self._store.current()
+        return web.json_response({"status": "ok", "revision": current.number})
+
+    async def metrics(self, _: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def openapi(self, _: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
+
+    async def get_policy(self, _: web.Request) -> web.Response:
+        current = await self._store.current()
+        return web.json_response(
+            {"revision": current.number, "documents": [d.dump() for d in documents_of(current.policy)]},
+            headers={"ETag": _etag(current.number)},
+        )
+
+    async def revisions(self, request: web.Request) -> web.Response:
+        limit = int(request.query.get("limit", "50"))
+        history = await self._store.history(max(1, min(limit, 1000)))
+        return web.json_response({"revisions": [
+            {"number": r.number, "created_at": r.created_at, "actor": r.actor, "message": r.message}
+            for r in history
+        ]})
+
+    async def proxies(self, _: web.Request) -> web.Response:
+        current = await self._store.current()
+        return web.json_response({"revision": current.number, "proxies": [p.view() for p in self._fleet.proxies()]})
+
+    def _kind(self, request: web.Request) -> str:
+        plural = request.match_info["plural"]
+        if plural not in KIND_BY_PLURAL:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": f"no such collection {plural!r}; known: {', '.join(sorted(KIND_BY_PLURAL))}"}),
+                content_type="application/json",
+            )
+        return plural
+
+    async def list_objects(self, request: web.Request) -> web.Response:
+        plural = self._kind(request)
+        current = await self._store.current()
+        kind = KIND_BY_PLURAL[plural]
+        items = [Document(kind.name, n, s).dump() for n, s in sorted(getattr(current.policy, plural).items())]
+        return web.json_response({"revision": current.number, "items": items}, headers={"ETag": _etag(current.number)})
+
+    async def get_object(self, request: web.Request) -> web.Response:
+        plural, name = self._kind(request), request.match_info["name"]
+        current = await self._store.current()
+        spec = getattr(current.policy, plural).get(name)
+        if spec is None:
+            return error(404, f"{KIND_BY_PLURAL[plural].name} {name!r} not found")
+        doc = Document(KIND_BY_PLURAL[plural].name, name, spec).dump()
+        return web.json_response(doc, headers={"ETag": _etag(current.number)})
+
+    async def put_object(self, request: web.Request) -> web.Response:
+        plural, name = self._kind(request), request.match_info["name"]
+        kind = KIND_BY_PLURAL[plural].name
+        raw = await _json_body(request)
+        if isinstance(raw, dict) and "spec" not in raw and "kind" not in raw:
+            raw = {"spec": raw}  # a bare spec is accepted too
+        if isinstance(raw, dict):
+            raw = {"kind": kind, "name": name, **raw}
+        doc = parse_document(raw)
+        if (doc.kind, doc.name) != (kind, name):
+            raise InvalidPolicy([Problem(loc="name", msg=f"body names {doc.kind} {doc.name!r}, URL names {kind} {name!r}")])
+        return await self._write(request, lambda p: with_document(p, doc), f"put {kind} {name}")
+
+    async def apply(self, request: web.Request) -> web.Response:
+        raw = await _json_body(request)
+        if not isinstance(raw, dict) or not isinstance(raw.get("documents"), list):
+            raise InvalidPolicy([Problem(loc="documents", msg="expected a list of documents")])
+        problems: list[Problem] = []
+        docs: list[Document] = []
+        for i, item in enumerate(raw["documents"]):
+            try:
+                docs.append(parse_document(item, where=f"documents.{i}"))
+            except InvalidPolicy as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise InvalidPolicy(problems)
+
+        def apply_all(policy: Policy) -> Policy:
+            for doc in docs:
+                policy = with_document(policy, doc)
+            return policy
+
+        return await self._write(request, apply_all, "apply " + ", ".join(f"{d.kind} {d.name}" for d in docs))
+
+    async def delete_object(self, request: web.Request) -> web.Response:
+        plural, name = self._kind(request), request.match_info["name"]
+        kind = KIND_BY_PLURAL[plural].name
+        current = await self._store.current()
+        if name not in getattr(current.policy, plural):
+            return error(404, f"{kind} {name!r} not found")
+        if plural == "backends" and (users := current.policy.users_of_backend(name)):
+            return error(409, f"backend {name!r} is still used by {', '.join(users)}", used_by=users)
+        return await self._write(request, lambda p: without_object(p, plural, name), f"delete {kind} {name}")
+
+    async def _write(self, request: web.Request, change: Callable[[Policy], Policy], message: str) -> web.Response:
+        """Commit `change(current policy)` as a new revision.
+
+        With If-Match the write is conditional (409 when another write came first); without it,
+        a concurrent write just means re-applying the change on top of the newer revision.
+        """
+        expected = _expected(request)
+        for _ in range(5):
+            current = await self._store.current()
+            updated = change(current.policy)
+            if problems := updated.problems():
+                raise InvalidPolicy(problems)
+            if expected is not None and expected != current.number:
+                raise Conflict(expected, current.number)
+            if updated == current.policy:
+                return web.json_response({"revision": current.number, "changed": False},
+                                         headers={"ETag": _etag(current.number)})
+            try:
+                revision = await self._store.commit(
+                    updated, expected=current.number, actor=_actor(request), message=message
+                )
+            except Conflict:
+                if expected is not None:
+                    raise
+                continue
+            self._fleet.revision_written(revision.number, time.time())
+            return web.json_response({"revision": revision.number, "changed": True},
+                                     headers={"ETag": _etag(revision.number)})
+        return error(503, "too many concurrent writes; retry")
+
+
+def _actor(request: web.Request) -> str:
+    return request.headers.get("X-Sluice-Actor", "anonymous")[:64]

@@ -1,0 +1,6 @@
+"""What each proxy group should have: snapshots, serialized once, independent of any stream."""
+
+from controlplane.cache.snapshot import Snapshot, TypeSnapshot
+from controlplane.cache.snapshots import SnapshotCache
+
+__all__ = ["Snapshot", "SnapshotCache", "TypeSnapshot"]

@@ -1,0 +1,94 @@
+"""Turns store revisions into snapshots for every proxy group that has connected.
+
+Bursts of writes are debounced: a push waits until writes pause for `quiet_s`, but never
+longer than `max_delay_s` after the first write of the burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from controlplane.cache.snapshot import Snapshot
+from controlplane.cache.snapshots import SnapshotCache
+from controlplane.policy import Policy
+from controlplane.store import Revision, Store
+from controlplane.translate import ProxyGroup, Resources
+
+log = logging.getLogger(__name__)
+
+Translator = Callable[[Policy, ProxyGroup], Resources]
+
+
+class Publisher:
+    def __init__(
+        self,
+        store: Store,
+        cache: SnapshotCache,
+        translator: Translator,
+        *,
+        quiet_s: float = 0.05,
+        max_delay_s: float = 0.25,
+        on_publish: Callable[[Revision], None] = lambda _: None,
+    ) -> None:
+        self._store = store
+        self._cache = cache
+        self._translate = translator
+        self._groups: dict[str, ProxyGroup] = {}
+        self._revision: Revision | None = None
+        self._quiet_s = quiet_s
+        self._max_delay_s = max_delay_s
+        self._on_publish = on_publish
+
+    @property
+    def revision(self) -> Revision | None:
+        return self._revision
+
+    def join(self, group: ProxyGroup) -> None:
+        """A proxy of a group not seen before connected: give the group a snapshot now."""
+        if group.key not in self._groups:
+            self._groups[group.key] = group
+            if self._revision is not None:
+                self._build(group, self._revision)
+
+    def _build(self, group: ProxyGroup, revision: Revision) -> None:
+        resources = self._translate(revision.policy, group)
+        self._cache.set(group.key, Snapshot.build(revision.number, resources))
+
+    async def run(self) -> None:
+        latest: Revision | None = None
+        changed = asyncio.Event()
+
+        async def follow() -> None:
+            nonlocal latest
+            async for revision in self._store.watch():
+                latest = revision
+                changed.set()
+
+        follower = asyncio.create_task(follow())
+        try:
+            while True:
+                await changed.wait()
+                changed.clear()
+                started = time.monotonic()
+                while (left := self._max_delay_s - (time.monotonic() - started)) > 0:
+                    try:
+                        await asyncio.wait_for(changed.wait(), min(self._quiet_s, left))
+                    except TimeoutError:
+                        break
+                    changed.clear()
+                assert latest is not None
+                self._publish(latest)
+        finally:
+            follower.cancel()
+
+    def _publish(self, revision: Revision) -> None:
+        started = time.perf_counter()
+        self._revision = revision
+        for group in self._groups.values():
+            self._build(group, revision)
+        log.info("revision %d published to %d group(s) in %.1f ms",
+                 revision.number, len(self._groups), (time.perf_counter() - started) * 1e3)
+        self._on_publish(revision)

@@ -1,0 +1,43 @@
+"""The policy model: what operators declare. Imports nothing else of sluice."""
+
+from controlplane.policy.documents import (
+    KINDS,
+    Document,
+    InvalidPolicy,
+    Kind,
+    documents_of,
+    parse_document,
+    with_document,
+    without_object,
+)
+from controlplane.policy.model import (
+    Backend,
+    Endpoint,
+    HeaderMatch,
+    Policy,
+    Problem,
+    Route,
+    RouteMatch,
+    Service,
+    WeightedBackend,
+)
+
+__all__ = [
+    "KINDS",
+    "Backend",
+    "Document",
+    "InvalidPolicy",
+    "documents_of",
+    "with_document",
+    "without_object",
+    "Endpoint",
+    "HeaderMatch",
+    "Kind",
+    "Policy",
+    "Problem",
+    "Route",
+    "RouteMatch",
+    "Service",
+    "WeightedBackend",
+    "parse_document",
+]

@@ -1,0 +1,45 @@
+"""Policy → Envoy resources. A pure function: no store, no stream, no clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+
+from controlplane.policy import Policy
+from controlplane.translate import types
+from controlplane.translate.clusters import clusters
+from controlplane.translate.endpoints import load_assignments
+from controlplane.translate.listeners import edge_listener
+from controlplane.translate.routes import route_configuration, route_name
+
+# type URL -> resource name -> resource
+Resources = dict[str, dict[str, Message]]
+
+
+@dataclass(frozen=True)
+class ProxyGroup:
+    """Proxies that receive identical resources: same role and same listening address."""
+
+    role: str
+    listen_address: str
+    listen_port: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.role}@{self.listen_address}:{self.listen_port}"
+
+
+def translate(policy: Policy, group: ProxyGroup) -> Resources:
+    listener = edge_listener(group.listen_address, group.listen_port, http_filters=[])
+    routes = route_configuration(policy)
+    return {
+        types.CLUSTER: {c.name: c for c in clusters(policy)},
+        types.ENDPOINT: {a.cluster_name: a for a in load_assignments(policy)},
+        types.EXTENSION_CONFIG: {},
+        types.LISTENER: {listener.name: listener},
+        types.ROUTE: {routes.name: routes},
+    }
+
+
+__all__ = ["ProxyGroup", "Resources", "route_name", "translate", "types"]

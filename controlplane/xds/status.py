@@ -1,0 +1,124 @@
+"""What each connected proxy has: per type, the version it ACKed, the one in flight, its last NACK."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from controlplane.translate.types import PUSH_ORDER, SHORT
+
+
+@dataclass
+class Nack:
+    version: str
+    message: str
+    at: float
+
+
+@dataclass
+class TypeStatus:
+    acked: str | None = None
+    acked_revision: int | None = None
+    in_flight: str | None = None
+    in_flight_revision: int | None = None
+    last_nack: Nack | None = None
+
+
+@dataclass
+class ProxyStatus:
+    node_id: str
+    cluster: str
+    group: str
+    stream_id: int
+    connected_at: float = field(default_factory=time.time)
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+
+    def of(self, type_url: str) -> TypeStatus:
+        return self.types.setdefault(type_url, TypeStatus())
+
+    def revision(self) -> int | None:
+        """The policy revision this proxy fully runs, if every type it uses ACKed the same one."""
+        revisions = {t.acked_revision for t in self.types.values()}
+        return revisions.pop() if len(revisions) == 1 else None
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "node_id": self.node_id,
+            "cluster": self.cluster,
+            "group": self.group,
+            "connected_at": self.connected_at,
+            "revision": self.revision(),
+            "types": {
+                SHORT[t]: {
+                    "acked_version": s.acked,
+                    "acked_revision": s.acked_revision,
+                    "in_flight_version": s.in_flight,
+                    "last_nack": None if s.last_nack is None else {
+                        "version": s.last_nack.version, "message": s.last_nack.message, "at": s.last_nack.at,
+                    },
+                }
+                for t in PUSH_ORDER if (s := self.types.get(t)) is not None
+            },
+        }
+
+
+class Fleet:
+    """Connected proxies, and the control plane's xDS metrics."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._proxies: dict[int, ProxyStatus] = {}
+        self._written_at: dict[int, float] = {}
+        self.pushes = Counter("sluice_xds_pushes", "xDS responses sent", ["type"], registry=registry)
+        self.acks = Counter("sluice_xds_acks", "xDS ACKs received", ["type"], registry=registry)
+        self.nacks = Counter("sluice_xds_nacks", "xDS NACKs received", ["type"], registry=registry)
+        self.convergence = Histogram(
+            "sluice_convergence_seconds", "Policy revision written until the last connected proxy ACKed it",
+            registry=registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+    def connect(self, proxy: ProxyStatus) -> None:
+        self._proxies[proxy.stream_id] = proxy
+
+    def disconnect(self, proxy: ProxyStatus) -> None:
+        self._proxies.pop(proxy.stream_id, None)
+
+    def proxies(self) -> list[ProxyStatus]:
+        return sorted(self._proxies.values(), key=lambda p: (p.cluster, p.node_id, p.stream_id))
+
+    def revision_written(self, revision: int, at: float) -> None:
+        self._written_at[revision] = at
+        while len(self._written_at) > 100:  # a proxy stuck on a NACK must not grow this forever
+            del self._written_at[min(self._written_at)]
+
+    def unchanged(self, proxy: ProxyStatus, type_url: str, version: str, revision: int) -> None:
+        """A new revision left this type as the proxy already has it."""
+        status = proxy.of(type_url)
+        if status.acked == version:
+            status.acked_revision = revision
+
+    def sent(self, proxy: ProxyStatus, type_url: str, version: str, revision: int) -> None:
+        status = proxy.of(type_url)
+        status.in_flight, status.in_flight_revision = version, revision
+        self.pushes.labels(SHORT[type_url]).inc()
+
+    def answered(self, proxy: ProxyStatus, type_url: str, error: str | None) -> None:
+        status = proxy.of(type_url)
+        if error:
+            status.last_nack = Nack(status.in_flight or "", error, time.time())
+            self.nacks.labels(SHORT[type_url]).inc()
+        else:
+            status.acked, status.acked_revision = status.in_flight, status.in_flight_revision
+            self.acks.labels(SHORT[type_url]).inc()
+            self._observe_convergence()
+        status.in_flight = status.in_flight_revision = None
+
+    def _observe_convergence(self) -> None:
+        if not self._proxies:
+            return
+        for revision in sorted(self._written_at):
+            if any(p.revision() is None or p.revision() < revision for p in self._proxies.values()):
+                break
+            self.convergence.observe(time.time() - self._written_at.pop(revision))

