@@ -1,0 +1,5 @@
+import sys
+
+from inference.main import main
+
+sys.exit(main())

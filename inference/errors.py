@@ -1,0 +1,27 @@
+"""Errors the inference core raises; each transport maps them to its own status codes."""
+
+from __future__ import annotations
+
+
+class InferenceError(Exception):
+    """Base class. `str(error)` is the message clients see, so it must say what is wrong."""
+
+
+class NotFound(InferenceError):
+    """Unknown model or version (HTTP 404, gRPC NOT_FOUND)."""
+
+
+class InvalidInput(InferenceError):
+    """The request is malformed or does not match the model (HTTP 400, gRPC INVALID_ARGUMENT)."""
+
+
+class Unavailable(InferenceError):
+    """Not ready, draining, or the queue is full: try again, maybe elsewhere (HTTP 503, gRPC UNAVAILABLE)."""
+
+
+class DeadlineExceeded(InferenceError):
+    """The request's timeout expired before it ran (HTTP 504, gRPC DEADLINE_EXCEEDED)."""
+
+
+class InternalError(InferenceError):
+    """The model failed to run, or an injected fault (HTTP 500, gRPC INTERNAL)."""

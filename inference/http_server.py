@@ -1,0 +1,129 @@
+"""KServe v2 / Open Inference Protocol over HTTP (aiohttp)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from inference.errors import DeadlineExceeded, InferenceError, InternalError, InvalidInput, NotFound, Unavailable
+from inference.protocol import HEADER_CONTENT_LENGTH, decode_http_request, encode_http_response
+from inference.service import InferenceService
+
+log = logging.getLogger("inference.http")
+
+MODEL_NAME_HEADER = "x-model-name"
+MODEL_VERSION_HEADER = "x-model-version"
+
+# Bodies above this are parsed and encoded in a worker thread: JSON for a batch of images
+# takes milliseconds, which would stall every other request on the event loop.
+OFFLOAD_BYTES = 64 * 1024
+
+_STATUS = {NotFound: 404, InvalidInput: 400, Unavailable: 503, DeadlineExceeded: 504, InternalError: 500}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def status_of(error: InferenceError) -> int:
+    for kind, status in _STATUS.items():
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure leaves as {"error": "..."} with the status the protocol prescribes."""
+    try:
+        return await handler(request)
+    except InferenceError as error:
+        return error_response(status_of(error), str(error))
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return error_response(error.status, f"{error.reason}: {request.method} {request.path}")
+
+
+class HttpApi:
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/v2", self.server_metadata),
+            web.get("/v2/health/live", self.live),
+            web.get("/v2/health/ready", self.ready),
+            web.get("/v2/models/{model}", self.model_metadata),
+            web.get("/v2/models/{model}/versions/{version}", self.model_metadata),
+            web.get("/v2/models/{model}/ready", self.model_ready),
+            web.get("/v2/models/{model}/versions/{version}/ready", self.model_ready),
+            web.post("/v2/models/{model}/infer", self.infer),
+            web.post("/v2/models/{model}/versions/{version}/infer", self.infer),
+        ]
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response(self.service.server_metadata())
+
+    async def live(self, request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ready = self.service.ready()
+        return web.json_response({"ready": ready}, status=200 if ready else 503)
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        return web.json_response(self.service.model_metadata(info["model"], info.get("version")))
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        ready = self.service.model_ready(info["model"], info.get("version"))
+        body: dict[str, Any] = {"name": info["model"], "ready": ready}
+        if "version" in info:
+            body["version"] = info["version"]
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def infer(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        self.service.resolve(info["model"], info.get("version"))
+        header_length = _header_length(request)
+        body = await request.read()
+        infer_request = await _maybe_offload(len(body), decode_http_request, body, header_length)
+        response = await self.service.infer(info["model"], info.get("version"), infer_request)
+        payload, json_length = await _maybe_offload(
+            sum(a.nbytes for a in response.outputs.values()), encode_http_response, response, infer_request
+        )
+        headers = {MODEL_NAME_HEADER: response.model_name, MODEL_VERSION_HEADER: str(response.model_version)}
+        if json_length is None:
+            return web.Response(body=payload, headers=headers, content_type="application/json")
+        headers[HEADER_CONTENT_LENGTH] = str(json_length)
+        return web.Response(body=payload, headers=headers, content_type="application/octet-stream")
+
+
+def _header_length(request: web.Request) -> int | None:
+    raw = request.headers.get(HEADER_CONTENT_LENGTH)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput(f"{HEADER_CONTENT_LENGTH} must be an integer, got {raw!r}") from None
+
+
+async def _maybe_offload(size: int, fn: Callable[..., Any], *args: Any) -> Any:
+    if size < OFFLOAD_BYTES:
+        return fn(*args)
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+def create_app(service: InferenceService, max_request_bytes: int) -> web.Application:
+    app = web.Application(middlewares=[_errors], client_max_size=max_request_bytes)
+    app.add_routes(HttpApi(service).routes())
+    return app

@@ -1,0 +1,134 @@
+"""The transport-neutral inference core that the HTTP and gRPC servers both call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from inference.errors import InferenceError, InternalError, InvalidInput, Unavailable
+from inference.protocol import InferRequest, InferResponse
+from inference.repository import ModelRepository, ModelVersion
+
+log = logging.getLogger("inference.service")
+
+SERVER_NAME = "sluice-backend"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ("binary_tensor_data", "model_repository", "statistics", "schedule_policy")
+
+
+@dataclass(frozen=True)
+class Faults:
+    """Deliberate misbehaviour, for exercising retries and timeouts in the traffic layer."""
+
+    error_rate: float = 0.0
+    delay_s: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return self.error_rate > 0 or self.delay_s > 0
+
+
+class InFlight:
+    """Counts requests being served, so shutdown can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        self.count += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+            return True
+        except TimeoutError:
+            return False
+
+
+class InferenceService:
+    def __init__(self, repository: ModelRepository, faults: Faults = Faults(), seed: int | None = None) -> None:
+        self.repository = repository
+        self.faults = faults
+        self.in_flight = InFlight()
+        self.draining = False
+        self._random = random.Random(seed)
+
+    def ready(self) -> bool:
+        """Ready when not draining and every loaded version has been warmed."""
+        return not self.draining and bool(self.repository.loaded()) and self.repository.all_ready()
+
+    def start_draining(self) -> None:
+        self.draining = True
+
+    def server_metadata(self) -> dict[str, object]:
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)}
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, object]:
+        if version is not None:
+            versions = [self.repository.get(name, version)]
+        else:
+            versions = self.repository.loaded(name)
+            if not versions:
+                raise Unavailable(f"model {name!r} is not loaded")
+        config = versions[-1].config
+        return {
+            "name": name,
+            "versions": [str(mv.version) for mv in versions],
+            "platform": config.platform,
+            "inputs": [{"name": t.name, "datatype": t.datatype, "shape": config.full_shape(t)} for t in config.input],
+            "outputs": [{"name": t.name, "datatype": t.datatype, "shape": config.full_shape(t)} for t in config.output],
+        }
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        try:
+            self.repository.get(name, version)
+        except Unavailable:
+            return False
+        return not self.draining
+
+    def resolve(self, name: str, version: str | None) -> ModelVersion:
+        """The version that will serve a request; transports call it before decoding the body
+        so that an unknown model is a 404 whatever the body holds."""
+        if self.draining:
+            raise Unavailable("server is shutting down")
+        return self.repository.get(name, version)
+
+    async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResponse:
+        mv = self.resolve(name, version)
+        with self.in_flight.track():
+            started = time.perf_counter_ns()
+            try:
+                response = await self._infer(mv, request)
+            except InferenceError:
+                mv.stats.record_request(False, time.perf_counter_ns() - started)
+                raise
+            mv.stats.record_request(True, time.perf_counter_ns() - started)
+            return response
+
+    async def _infer(self, mv: ModelVersion, request: InferRequest) -> InferResponse:
+        mv.check_inputs(request.inputs)
+        wanted = request.outputs if request.outputs is not None else mv.output_names
+        if len(set(wanted)) != len(wanted):
+            raise InvalidInput(f"outputs {wanted} name an output more than once")
+        mv.check_outputs(wanted)
+        if self.faults.delay_s > 0:
+            await asyncio.sleep(self.faults.delay_s)
+        if self.faults.error_rate > 0 and self._random.random() < self.faults.error_rate:
+            raise InternalError("injected fault (--fault-error-rate)")
+        outputs = await mv.infer(request.inputs, request.priority, request.timeout_s)
+        return InferResponse(mv.name, mv.version, {name: outputs[name] for name in wanted}, id=request.id)

@@ -1,0 +1,95 @@
+"""Start the real backend (`python -m inference`) as a subprocess on a free loopback port.
+
+A module of its own (not conftest) so tests can import it by a name no other test folder uses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Backend:
+    process: subprocess.Popen[bytes]
+    http_port: int
+    grpc_port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get_status(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=2) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"backend exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if self.get_status("/v2/health/ready") == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"backend not ready after {START_TIMEOUT_S} s:\n{self.log()}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_backend(repo: Path, log_dir: Path, *args: str, grpc: bool = False, wait: bool = True) -> Backend:
+    http_port = free_port()
+    grpc_port = free_port() if grpc else 0
+    log_path = log_dir / f"backend-{http_port}.log"
+    command = [
+        sys.executable, "-m", "inference",
+        "--http-port", str(http_port),
+        "--grpc-port", str(grpc_port),
+        "--model-repository", str(repo),
+        *args,
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_BACKEND_")}
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    backend = Backend(process, http_port, grpc_port, log_path)
+    if wait:
+        try:
+            backend.wait_ready()
+        except BaseException:
+            backend.stop()
+            raise
+    return backend
