@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import PYTHON, ROOT, Backend, ControlPlane, Envoy
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("models")
+    subprocess.run([PYTHON, "-m", "inference.gen_models", "--out", str(out)], check=True, cwd=ROOT)
+    return out
+
+
+@pytest.fixture
+def controlplane(tmp_path: Path) -> Iterator[ControlPlane]:
+    cp = ControlPlane.start(tmp_path)
+    yield cp
+    cp.proc.stop()
+
+
+@pytest.fixture
+def start_envoy(tmp_path: Path) -> Iterator[Callable[..., Envoy]]:
+    started: list[Envoy] = []
+
+    def start(cp: ControlPlane, **kwargs: Any) -> Envoy:
+        envoy = Envoy.start(tmp_path, cp, **kwargs)
+        started.append(envoy)
+        return envoy
+
+    yield start
+    for envoy in started:
+        envoy.proc.stop()
+
+
+@pytest.fixture(scope="module")
+def backends(tmp_path_factory: pytest.TempPathFactory, model_repository: Path) -> Iterator[dict[int, Backend]]:
+    """classifier version 1 and version 2, each in its own backend process (as `make up` runs them)."""
+    workdir = tmp_path_factory.mktemp("backends")
+    running: dict[int, Backend] = {}
+    try:
+        for version in (1, 2):
+            running[version] = Backend.start(workdir, model_repository, f"classifier:{version}")
+        yield running
+    finally:
+        for backend in running.values():
+            backend.proc.stop()
+
+
+def demo_policy(v1_port: int, v2_port: int, w1: int = 100, w2: int = 0) -> list[dict[str, Any]]:
+    return [
+        {"kind": "Backend", "name": "classifier-v1", "spec": {"endpoints": [{"address": "127.0.0.1", "port": v1_port}]}},
+        {"kind": "Backend", "name": "classifier-v2", "spec": {"endpoints": [{"address": "127.0.0.1", "port": v2_port}]}},
+        {"kind": "Service", "name": "classifier", "spec": {"hosts": ["*"], "routes": [{
+            "name": "infer", "match": {"prefix": "/v2/models/classifier"},
+            "split": [{"backend": "classifier-v1", "weight": w1}, {"backend": "classifier-v2", "weight": w2}],
+        }]}},
+    ]

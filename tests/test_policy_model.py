@@ -1,0 +1,69 @@
+"""The policy model rejects bad input with the path of the field at fault."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+from conftest import demo_policy
+
+from controlplane.policy import InvalidPolicy, Policy, parse_document, with_document
+
+
+def _problems(raw: object) -> list[tuple[str, str]]:
+    with pytest.raises(InvalidPolicy) as caught:
+        parse_document(raw)
+    return [(p.loc, p.msg) for p in caught.value.problems]
+
+
+def test_demo_documents_parse() -> None:
+    policy = Policy()
+    for raw in demo_policy(8001, 8002):
+        policy = with_document(policy, parse_document(raw))
+    assert policy.problems() == []
+    assert policy.services["classifier"].routes[0].split[1].weight == 0
+
+
+def test_field_errors_name_their_path() -> None:
+    service = copy.deepcopy(demo_policy(1, 2)[2])
+    service["spec"]["routes"][0]["match"] = {"prefix": "no-slash"}
+    assert _problems(service) == [("spec.routes.0.match", "prefix must start with '/'")]
+
+    service["spec"]["routes"][0]["match"] = {"prefix": "/a", "path": "/b"}
+    assert _problems(service)[0][0] == "spec.routes.0.match"
+
+    backend = {"kind": "Backend", "name": "b", "spec": {"endpoints": [{"address": "127.0.0.1", "port": 70000}]}}
+    assert _problems(backend)[0][0] == "spec.endpoints.0.port"
+
+
+def test_envelope_errors() -> None:
+    assert _problems({"kind": "Servce", "name": "x", "spec": {}})[0][0] == "kind"
+    assert _problems({"kind": "Backend", "name": "Not_Valid", "spec": {}})[0][0] == "name"
+    assert _problems({"kind": "Backend", "name": "x", "spec": {"endpoints": [], "extra": 1}})[0][0].startswith("spec.")
+
+
+def test_split_rules() -> None:
+    service = copy.deepcopy(demo_policy(1, 2)[2])
+    service["spec"]["routes"][0]["split"] = [{"backend": "a", "weight": 0}]
+    assert "add up to 0" in _problems(service)[0][1]
+    service["spec"]["routes"][0]["split"] = [{"backend": "a", "weight": 1}, {"backend": "a", "weight": 1}]
+    assert "more than once" in _problems(service)[0][1]
+
+
+def test_invalid_regex_is_rejected() -> None:
+    service = copy.deepcopy(demo_policy(1, 2)[2])
+    service["spec"]["routes"][0]["match"] = {"regex": "/v2/(unclosed"}
+    loc, msg = _problems(service)[0]
+    assert loc == "spec.routes.0.match" and "invalid regular expression" in msg
+
+
+def test_cross_object_problems() -> None:
+    policy = with_document(Policy(), parse_document(demo_policy(1, 2)[2]))  # routes to backends that do not exist
+    locs = [p.loc for p in policy.problems()]
+    assert locs == ["services.classifier.routes.0.split.0.backend", "services.classifier.routes.0.split.1.backend"]
+
+    other = {"kind": "Service", "name": "other", "spec": {"hosts": ["*"], "routes": [
+        {"name": "r", "match": {"prefix": "/"}, "split": [{"backend": "classifier-v1"}]}]}}
+    for raw in [*demo_policy(1, 2), other]:
+        policy = with_document(policy, parse_document(raw))
+    assert [p.loc for p in policy.problems()] == ["services.other.hosts.0"]
