@@ -34,6 +34,7 @@ class BatchPolicy:
     preferred_batch_sizes: tuple[int, ...]
     max_queue_size: int  # requests waiting (not rows); beyond it the request is refused
     default_timeout_s: float | None
+    allow_timeout_override: bool
     priority_levels: int  # 1 = highest; requests without one get default_priority
     default_priority: int
     instances: int  # model runs in flight at once
@@ -106,7 +107,7 @@ class DynamicBatcher:
         heapq.heappush(self._heap, item)
         self._stats.queue_depth = len(self._heap)
         self._arrived.set()
-        timeout = timeout_s if timeout_s is not None else policy.default_timeout_s
+        timeout = timeout_s if timeout_s is not None and policy.allow_timeout_override else policy.default_timeout_s
         try:
             # Cancelling the future (timeout, client gone) tells the scheduler to skip the request.
             return await asyncio.wait_for(future, timeout)
@@ -199,7 +200,7 @@ class DynamicBatcher:
                 return
             infer_done = time.perf_counter_ns()
             self._split(live, outputs, padded_rows)
-            self._stats.record_batch(rows, input_done - started, infer_done - input_done, time.perf_counter_ns() - infer_done)
+            self._stats.record_batch(rows, len(live), input_done - started, infer_done - input_done, time.perf_counter_ns() - infer_done)
         finally:
             self._slots.release()
 

@@ -76,16 +76,27 @@ class VersionPolicy(_Strict):
         return ordered[-num:]
 
 
-class DynamicBatching(_Strict):
-    max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 0
-    preferred_batch_size: list[Annotated[int, Field(ge=1)]] = []
-    # 0 = unbounded in Triton; we bound it anyway (see batching.py), so 0 means our default.
+class QueuePolicy(_Strict):
+    # 0 = unbounded in Triton; we bound every queue (see batching.py), so 0 means --max-queue-size.
     max_queue_size: Annotated[int, Field(ge=0)] = 0
     # 0 = no timeout unless the request asks for one.
     default_timeout_microseconds: Annotated[int, Field(ge=0)] = 0
+    allow_timeout_override: bool = True
+
+
+class DynamicBatching(_Strict):
+    max_queue_delay_microseconds: Annotated[int, Field(ge=0)] = 0
+    preferred_batch_size: list[Annotated[int, Field(ge=1)]] = []
     # 0 = one level. Requests name 1..priority_levels; 1 is served first, as in Triton.
     priority_levels: Annotated[int, Field(ge=0)] = 0
     default_priority_level: Annotated[int, Field(ge=0)] = 0
+    default_queue_policy: QueuePolicy = QueuePolicy()
+
+    @model_validator(mode="after")
+    def _levels(self) -> DynamicBatching:
+        if self.default_priority_level > self.priority_levels:
+            raise ValueError(f"default_priority_level {self.default_priority_level} exceeds priority_levels {self.priority_levels}")
+        return self
 
 
 class InstanceGroup(_Strict):
@@ -119,6 +130,8 @@ class ModelConfig(_Strict):
     def _consistent(self) -> ModelConfig:
         if self.response_cache.enable and not self.deterministic:
             raise ValueError(f"model {self.name!r}: response_cache cannot be enabled on a non-deterministic model")
+        if self.dynamic_batching and any(b > self.max_batch_size for b in self.dynamic_batching.preferred_batch_size):
+            raise ValueError(f"model {self.name!r}: preferred_batch_size exceeds max_batch_size {self.max_batch_size}")
         names = [t.name for t in self.input] + [t.name for t in self.output]
         if len(set(names)) != len(names):
             raise ValueError(f"model {self.name!r}: tensor names must be unique, got {names}")

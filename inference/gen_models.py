@@ -26,6 +26,7 @@ from inference.config import (
     DynamicBatching,
     LatestPolicy,
     ModelConfig,
+    QueuePolicy,
     TensorConfig,
     VersionPolicy,
 )
@@ -72,9 +73,9 @@ def classifier_config() -> ModelConfig:
         dynamic_batching=DynamicBatching(
             max_queue_delay_microseconds=500,
             preferred_batch_size=[4, 8],
-            max_queue_size=128,
             priority_levels=2,
             default_priority_level=2,
+            default_queue_policy=QueuePolicy(max_queue_size=128),
         ),
     )
 
@@ -164,7 +165,7 @@ def resnet50_config() -> ModelConfig:
         dynamic_batching=DynamicBatching(
             max_queue_delay_microseconds=2000,
             preferred_batch_size=[8, 16, 32],
-            max_queue_size=512,
+            default_queue_policy=QueuePolicy(max_queue_size=512),
         ),
     )
 

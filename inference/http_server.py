@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -10,6 +11,8 @@ from typing import Any
 from aiohttp import web
 
 from inference.errors import DeadlineExceeded, InferenceError, InternalError, InvalidInput, NotFound, Unavailable
+from inference.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from inference.metrics import render as render_metrics
 from inference.protocol import HEADER_CONTENT_LENGTH, decode_http_request, encode_http_response
 from inference.service import InferenceService
 
@@ -60,12 +63,22 @@ class HttpApi:
             web.get("/v2", self.server_metadata),
             web.get("/v2/health/live", self.live),
             web.get("/v2/health/ready", self.ready),
+            # Before /v2/models/{model}, which would otherwise take "stats" for a model name.
+            web.get("/v2/models/stats", self.model_stats),
             web.get("/v2/models/{model}", self.model_metadata),
             web.get("/v2/models/{model}/versions/{version}", self.model_metadata),
             web.get("/v2/models/{model}/ready", self.model_ready),
             web.get("/v2/models/{model}/versions/{version}/ready", self.model_ready),
             web.post("/v2/models/{model}/infer", self.infer),
             web.post("/v2/models/{model}/versions/{version}/infer", self.infer),
+            web.get("/v2/models/{model}/config", self.model_config),
+            web.get("/v2/models/{model}/versions/{version}/config", self.model_config),
+            web.get("/v2/models/{model}/stats", self.model_stats),
+            web.get("/v2/models/{model}/versions/{version}/stats", self.model_stats),
+            web.post("/v2/repository/index", self.repository_index),
+            web.post("/v2/repository/models/{model}/load", self.load_model),
+            web.post("/v2/repository/models/{model}/unload", self.unload_model),
+            web.get("/metrics", self.metrics),
         ]
 
     async def server_metadata(self, request: web.Request) -> web.Response:
@@ -90,6 +103,33 @@ class HttpApi:
             body["version"] = info["version"]
         return web.json_response(body, status=200 if ready else 503)
 
+    async def model_config(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        return web.json_response(self.service.model_config(info["model"], info.get("version")))
+
+    async def model_stats(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        return web.json_response({"model_stats": self.service.model_stats(info.get("model"), info.get("version"))})
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        body = await _optional_json(request)
+        return web.json_response(self.service.repository_index(ready_only=bool(body.get("ready", False))))
+
+    async def load_model(self, request: web.Request) -> web.Response:
+        body = await _optional_json(request)
+        if (body.get("parameters") or {}).keys() - {"unload_dependents"}:
+            raise InvalidInput("load parameters (config override, file contents) are not supported: edit config.yaml instead")
+        await self.service.load_model(request.match_info["model"])
+        return web.json_response({})
+
+    async def unload_model(self, request: web.Request) -> web.Response:
+        await self.service.unload_model(request.match_info["model"])
+        return web.json_response({})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        text = render_metrics(mv.stats for mv in self.service.repository.loaded())
+        return web.Response(text=text, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
     async def infer(self, request: web.Request) -> web.Response:
         info = request.match_info
         self.service.resolve(info["model"], info.get("version"))
@@ -105,6 +145,19 @@ class HttpApi:
             return web.Response(body=payload, headers=headers, content_type="application/json")
         headers[HEADER_CONTENT_LENGTH] = str(json_length)
         return web.Response(body=payload, headers=headers, content_type="application/octet-stream")
+
+
+async def _optional_json(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidInput(f"request body is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("request body must be a JSON object")
+    return body
 
 
 def _header_length(request: web.Request) -> int | None:

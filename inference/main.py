@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -21,8 +22,8 @@ from inference.settings import ENV_PREFIX, BackendSettings
 
 log = logging.getLogger("inference")
 
-# aiohttp's own bound on finishing responses once the listener is closed; drain already waited.
-_HTTP_SHUTDOWN_TIMEOUT_S = 2.0
+# How long HTTP and gRPC may take to finish responses once listeners close; drain already waited.
+_SHUTDOWN_GRACE_S = 2.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,12 +91,19 @@ async def serve(settings: BackendSettings) -> int:
         )
     service = InferenceService(repository, faults, seed=settings.fault_seed)
 
-    runner = web.AppRunner(create_app(service, settings.max_request_bytes), access_log=None, shutdown_timeout=_HTTP_SHUTDOWN_TIMEOUT_S)
+    runner = web.AppRunner(create_app(service, settings.max_request_bytes), access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S)
     await runner.setup()
+    grpc_server: grpc.aio.Server | None = None
     try:
         # Listen before loading so liveness answers (and readiness says 503) while models warm.
         await web.TCPSite(runner, settings.host, settings.http_port).start()
         log.info("HTTP listening on %s", ", ".join(f"{a[0]}:{a[1]}" for a in runner.addresses))
+        if settings.grpc_port:
+            # Imported only here: the gRPC stubs come from tritonclient, which HTTP-only use need not install.
+            from inference.grpc_server import start_grpc_server
+
+            grpc_server, bound = await start_grpc_server(service, settings.host, settings.grpc_port, settings.max_request_bytes)
+            log.info("gRPC listening on %s:%d", settings.host, bound)
 
         loading = asyncio.ensure_future(_load_models(repository, settings))
         stopping = asyncio.ensure_future(stop.wait())
@@ -124,6 +132,8 @@ async def serve(settings: BackendSettings) -> int:
             log.warning("exiting with %d request(s) still in flight", service.in_flight.count)
         return 0
     finally:
+        if grpc_server is not None:
+            await grpc_server.stop(_SHUTDOWN_GRACE_S)
         await runner.cleanup()
         await repository.close()
         log.info("stopped")

@@ -52,7 +52,17 @@ def _parameters(holder: dict[str, Any], what: str) -> dict[str, Any]:
     return _object(holder.get("parameters") or {}, f"{what} 'parameters'")
 
 
-def _shape(raw: Any, what: str) -> list[int]:
+def check_datatype(datatype: Any, what: str) -> str:
+    if not isinstance(datatype, str) or not datatype:
+        raise InvalidInput(f"{what} needs a 'datatype'")
+    try:
+        numpy_dtype(datatype)
+    except ValueError as error:
+        raise InvalidInput(f"{what}: {error}") from None
+    return datatype
+
+
+def check_shape(raw: Any, what: str) -> list[int]:
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
         raise InvalidInput(f"{what} 'shape' must be a list of non-negative integers, got {raw!r}")
     return raw
@@ -75,7 +85,8 @@ def _decode_json_data(data: Any, datatype: str, shape: list[int], what: str) -> 
     return array.reshape(shape)
 
 
-def _decode_binary_data(raw: memoryview, datatype: str, shape: list[int], what: str) -> np.ndarray:
+def decode_raw_tensor(raw: bytes | memoryview, datatype: str, shape: list[int], what: str) -> np.ndarray:
+    """A tensor from its raw little-endian bytes (HTTP binary extension, gRPC raw contents)."""
     count = math.prod(shape)
     if datatype == "BYTES":
         try:
@@ -84,7 +95,7 @@ def _decode_binary_data(raw: memoryview, datatype: str, shape: list[int], what: 
             raise InvalidInput(f"{what}: {error}") from None
     dtype = numpy_dtype(datatype)
     if len(raw) != count * dtype.itemsize:
-        raise InvalidInput(f"{what} has {len(raw)} bytes of binary data but shape {shape} of {datatype} needs {count * dtype.itemsize}")
+        raise InvalidInput(f"{what} has {len(raw)} bytes of raw data but shape {shape} of {datatype} needs {count * dtype.itemsize}")
     # Copy out of the request buffer: the array outlives it, and ORT wants aligned memory.
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
 
@@ -113,14 +124,8 @@ def decode_http_request(body: bytes, header_length: int | None) -> InferRequest:
         what = f"input {name!r}"
         if name in inputs:
             raise InvalidInput(f"{what} appears twice")
-        datatype = tensor.get("datatype")
-        if not isinstance(datatype, str):
-            raise InvalidInput(f"{what} needs a 'datatype'")
-        try:
-            numpy_dtype(datatype)
-        except ValueError as error:
-            raise InvalidInput(f"{what}: {error}") from None
-        shape = _shape(tensor.get("shape"), what)
+        datatype = check_datatype(tensor.get("datatype"), what)
+        shape = check_shape(tensor.get("shape"), what)
         params = _parameters(tensor, what)
         if "shared_memory_region" in params:
             raise InvalidInput(f"{what}: shared memory is not supported by this server")
@@ -128,7 +133,7 @@ def decode_http_request(body: bytes, header_length: int | None) -> InferRequest:
             size = params["binary_data_size"]
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise InvalidInput(f"{what}: binary_data_size {size!r} runs past the {len(binary)} bytes of binary data")
-            inputs[name] = _decode_binary_data(binary[offset : offset + size], datatype, shape, what)
+            inputs[name] = decode_raw_tensor(binary[offset : offset + size], datatype, shape, what)
             offset += size
         elif "data" in tensor:
             inputs[name] = _decode_json_data(tensor["data"], datatype, shape, what)
@@ -181,7 +186,7 @@ def _json_data(array: np.ndarray) -> list[Any]:
     return flat.tolist()
 
 
-def _binary_data(array: np.ndarray) -> bytes:
+def encode_raw_tensor(array: np.ndarray) -> bytes:
     if array.dtype == np.object_:
         return serialize_bytes_tensor(array)
     return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
@@ -194,7 +199,7 @@ def encode_http_response(response: InferResponse, request: InferRequest) -> tupl
     for name, array in response.outputs.items():
         entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array), "shape": list(array.shape)}
         if request.binary_outputs.get(name, request.binary_default):
-            blob = _binary_data(array)
+            blob = encode_raw_tensor(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:

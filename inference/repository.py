@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from inference.batching import BatchPolicy, DynamicBatcher
+from inference.cache import ResponseCache
 from inference.config import CONFIG_FILE, MODEL_FILE, ModelConfig, load_config
 from inference.datatypes import datatype_of, numpy_dtype
 from inference.errors import InvalidInput, NotFound, Unavailable
@@ -40,6 +41,7 @@ def parse_version(version: str | int) -> int:
 
 def _batch_policy(config: ModelConfig, runtime: RuntimeOptions, default_queue_size: int) -> BatchPolicy:
     dyn = config.dynamic_batching
+    queue = dyn.default_queue_policy if dyn else None
     levels = max(1, dyn.priority_levels) if dyn else 1
     pad_buckets: tuple[int, ...] = ()
     if runtime.on_gpu and config.max_batch_size > 1:
@@ -49,8 +51,9 @@ def _batch_policy(config: ModelConfig, runtime: RuntimeOptions, default_queue_si
         merge=dyn is not None and config.max_batch_size > 1,
         max_queue_delay_s=(dyn.max_queue_delay_microseconds if dyn else 0) / 1e6,
         preferred_batch_sizes=tuple(dyn.preferred_batch_size) if dyn else (),
-        max_queue_size=(dyn.max_queue_size if dyn and dyn.max_queue_size else default_queue_size),
-        default_timeout_s=(dyn.default_timeout_microseconds / 1e6 if dyn and dyn.default_timeout_microseconds else None),
+        max_queue_size=(queue.max_queue_size if queue and queue.max_queue_size else default_queue_size),
+        default_timeout_s=(queue.default_timeout_microseconds / 1e6 if queue and queue.default_timeout_microseconds else None),
+        allow_timeout_override=queue.allow_timeout_override if queue else True,
         priority_levels=levels,
         default_priority=(dyn.default_priority_level if dyn and 1 <= dyn.default_priority_level <= levels else levels),
         instances=config.instance_count,
@@ -77,6 +80,7 @@ class ModelVersion:
     executor: ThreadPoolExecutor
     state: VersionState = VersionState.LOADING
     output_names: list[str] = field(default_factory=list)
+    cache: ResponseCache | None = None
 
     @property
     def name(self) -> str:
@@ -223,6 +227,8 @@ class ModelRepository:
 
         batcher = DynamicBatcher(policy, run, executor, stats)
         mv = ModelVersion(config, version, session, batcher, stats, executor, output_names=output_names)
+        if config.response_cache.enable and config.deterministic:
+            mv.cache = ResponseCache(config.response_cache.max_entries, config.response_cache.ttl_seconds)
         model.versions[version] = mv
         for request in mv.warm_inputs():
             await loop.run_in_executor(executor, run, request)

@@ -10,7 +10,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from inference.errors import InferenceError, InternalError, InvalidInput, Unavailable
+from inference.cache import cache_key
+from inference.errors import DeadlineExceeded, InferenceError, InternalError, InvalidInput, NotFound, Unavailable
 from inference.protocol import InferRequest, InferResponse
 from inference.repository import ModelRepository, ModelVersion
 
@@ -94,6 +95,33 @@ class InferenceService:
             "outputs": [{"name": t.name, "datatype": t.datatype, "shape": config.full_shape(t)} for t in config.output],
         }
 
+    def model_config(self, name: str, version: str | None = None) -> dict[str, object]:
+        if version is not None:
+            return self.repository.get(name, version).config.to_json()
+        return self.repository.config(name).to_json()
+
+    def model_stats(self, name: str | None = None, version: str | None = None) -> list[dict[str, object]]:
+        """Triton's statistics for the loaded versions asked for (all of them when no name)."""
+        versions = [self.repository.get(name, version)] if version is not None else self.repository.loaded(name)
+        return [mv.stats.to_json() for mv in versions]
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        entries = self.repository.index()
+        return [e for e in entries if e["state"] == "READY"] if ready_only else entries
+
+    async def load_model(self, name: str) -> None:
+        if self.draining:
+            raise Unavailable("server is shutting down")
+        try:
+            await self.repository.load(name)
+        except (NotFound, Unavailable):
+            raise
+        except Exception as error:  # noqa: BLE001 - a bad config or graph is the caller's problem to fix
+            raise InvalidInput(f"failed to load model {name!r}: {error}") from error
+
+    async def unload_model(self, name: str) -> None:
+        await self.repository.unload(name)
+
     def model_ready(self, name: str, version: str | None = None) -> bool:
         try:
             self.repository.get(name, version)
@@ -114,10 +142,10 @@ class InferenceService:
             started = time.perf_counter_ns()
             try:
                 response = await self._infer(mv, request)
-            except InferenceError:
-                mv.stats.record_request(False, time.perf_counter_ns() - started)
+            except (InferenceError, asyncio.CancelledError) as error:
+                mv.stats.record_failure(_failure_reason(error), time.perf_counter_ns() - started)
                 raise
-            mv.stats.record_request(True, time.perf_counter_ns() - started)
+            mv.stats.record_success(time.perf_counter_ns() - started)
             return response
 
     async def _infer(self, mv: ModelVersion, request: InferRequest) -> InferResponse:
@@ -130,5 +158,31 @@ class InferenceService:
             await asyncio.sleep(self.faults.delay_s)
         if self.faults.error_rate > 0 and self._random.random() < self.faults.error_rate:
             raise InternalError("injected fault (--fault-error-rate)")
-        outputs = await mv.infer(request.inputs, request.priority, request.timeout_s)
-        return InferResponse(mv.name, mv.version, {name: outputs[name] for name in wanted}, id=request.id)
+        cached = False
+        if mv.cache is None:
+            outputs = await mv.infer(request.inputs, request.priority, request.timeout_s)
+        else:
+            lookup_started = time.perf_counter_ns()
+            key = cache_key(mv.name, mv.version, request.inputs)
+            hit = mv.cache.get(key)
+            if hit is not None:
+                mv.stats.cache_hit.add(time.perf_counter_ns() - lookup_started)
+                outputs, cached = hit, True
+            else:
+                lookup_ns = time.perf_counter_ns() - lookup_started
+                outputs = await mv.infer(request.inputs, request.priority, request.timeout_s)
+                insert_started = time.perf_counter_ns()
+                mv.cache.put(key, outputs)
+                mv.stats.cache_miss.add(lookup_ns + time.perf_counter_ns() - insert_started)
+        return InferResponse(mv.name, mv.version, {name: outputs[name] for name in wanted}, id=request.id, cached=cached)
+
+
+def _failure_reason(error: BaseException) -> str:
+    """Triton's failure reasons: refused before running, given up on, failed in the model, or bad input."""
+    if isinstance(error, Unavailable):
+        return "REJECTED"
+    if isinstance(error, (DeadlineExceeded, asyncio.CancelledError)):
+        return "CANCELED"
+    if isinstance(error, InternalError):
+        return "BACKEND"
+    return "OTHER"

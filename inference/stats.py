@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 # Upper bounds of the batch-size histogram; powers of two match the batch buckets we warm.
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
+# Triton's failure reasons (the `reason` label of nv_inference_request_failure).
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
+
 
 @dataclass
 class Duration:
@@ -54,18 +57,24 @@ class ModelStats:
     batch_size_buckets: list[int] = field(default_factory=lambda: [0] * (len(BATCH_SIZE_BUCKETS) + 1))
     batch_size_sum: int = 0
     queue_depth: int = 0
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
 
-    def record_request(self, ok: bool, ns: int) -> None:
-        (self.success if ok else self.fail).add(ns)
-        if ok:
-            self.last_inference_ms = time.time_ns() // 1_000_000
+    def record_success(self, ns: int) -> None:
+        self.success.add(ns)
+        self.last_inference_ms = time.time_ns() // 1_000_000
 
-    def record_batch(self, size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+    def record_failure(self, reason: str, ns: int) -> None:
+        self.fail.add(ns)
+        self.failures[reason] += 1
+
+    def record_batch(self, size: int, requests: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """One model execution of `size` rows serving `requests` requests. As in Triton, each
+        request is charged the whole batch's durations, so ns / count is the per-request mean."""
         self.execution_count += 1
         self.inference_count += size
-        self.compute_input.add(input_ns, size)
-        self.compute_infer.add(infer_ns, size)
-        self.compute_output.add(output_ns, size)
+        self.compute_input.add(input_ns * requests, requests)
+        self.compute_infer.add(infer_ns * requests, requests)
+        self.compute_output.add(output_ns * requests, requests)
         batch = self.batches.setdefault(size, BatchStats())
         batch.compute_input.add(input_ns)
         batch.compute_infer.add(infer_ns)

@@ -20,8 +20,9 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def backend(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    """One shared server with both classifier versions."""
-    server = start_backend(model_repo, tmp_path_factory.mktemp("logs"))
+    """One shared server with both classifier versions, over HTTP and gRPC. Tests that change
+    its state (load/unload) start their own."""
+    server = start_backend(model_repo, tmp_path_factory.mktemp("logs"), grpc=True)
     yield server
     server.stop()
 
