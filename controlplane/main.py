@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import asyncio
 import contextlib
 import logging
@@ -17,7 +18,9 @@ from controlplane.cache import SnapshotCache
 from controlplane.cache.publisher import Publisher
 from controlplane.settings import ControlPlaneSettings
 from controlplane.store import open_store
-from controlplane.translate import ProxyGroup, translate
+
+
+from controlplane.translate import Options, ProxyGroup, translate
 from controlplane.xds import AdsServer, Fleet
 
 log = logging.getLogger("sluice.controlplane")
@@ -30,7 +33,7 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
     published = Gauge("sluice_published_revision", "Policy revision in the snapshots", registry=registry)
     cache = SnapshotCache()
     publisher = Publisher(
-        store, cache, translate,
+        store, cache, functools.partial(translate, options=Options(filters_dir=settings.filters_dir)),
         quiet_s=settings.push_quiet_s, max_delay_s=settings.push_max_delay_s,
         on_publish=lambda r: published.set(r.number),
     )

@@ -12,7 +12,12 @@ from typing import Any
 
 import yaml
 
-KINDS = {"backend": "backends", "backends": "backends", "service": "services", "services": "services"}
+KINDS = {
+    **{k: "backends" for k in ("backend", "backends")},
+    **{k: "services" for k in ("service", "services", "svc")},
+    **{k: "ratelimits" for k in ("ratelimit", "ratelimits")},
+    **{k: "edges" for k in ("edge", "edges")},
+}
 
 
 class ApiError(Exception):
@@ -105,6 +110,13 @@ def _detail(doc: dict[str, Any]) -> str:
             split = " ".join(f"{w['backend']}:{w['weight']}" for w in r["split"])
             routes.append(f"{r['name']} [{match}] -> {split}")
         return "; ".join(routes)
+    if doc["kind"] == "RateLimit":
+        key = "+".join(k["name"] if k["type"] == "header" else k["type"] for k in spec["key"]) or "everyone"
+        routes = ",".join(spec["routes"]) or "all routes"
+        shadow = " (shadow)" if spec["shadow"] else ""
+        return f"{spec['service']} [{routes}] {spec['rate']}/s burst {spec['burst']} per {key}{shadow}"
+    if doc["kind"] == "Edge":
+        return f"xff_trusted_hops={spec['xff_trusted_hops']}"
     return ""
 
 
@@ -112,7 +124,7 @@ def _plural(kind: str) -> str:
     try:
         return KINDS[kind.lower()]
     except KeyError:
-        raise SystemExit(f"error: unknown kind {kind!r}; expected one of: backend, service") from None
+        raise SystemExit(f"error: unknown kind {kind!r}; expected one of: backend, service, ratelimit, edge") from None
 
 
 def delete(client: Client, args: argparse.Namespace) -> int:
@@ -166,7 +178,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("-f", "--filename", required=True, help="YAML file of documents, or - for stdin")
     p.set_defaults(client_command=apply)
     p = with_server(sub.add_parser("get", help="show policy objects"))
-    p.add_argument("kind", nargs="?", help="backend or service (default: everything)")
+    p.add_argument("kind", nargs="?", help="backend, service, ratelimit or edge (default: everything)")
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
     p.set_defaults(client_command=get)

@@ -174,8 +174,10 @@ class AdminApi:
         current = await self._store.current()
         if name not in getattr(current.policy, plural):
             return error(404, f"{kind} {name!r} not found")
-        if plural == "backends" and (users := current.policy.users_of_backend(name)):
-            return error(409, f"backend {name!r} is still used by {', '.join(users)}", used_by=users)
+        users = {"backends": current.policy.users_of_backend, "services": current.policy.users_of_service}.get(
+            plural, lambda _: [])(name)
+        if users:
+            return error(409, f"{kind} {name!r} is still used by {', '.join(users)}", used_by=users)
         return await self._write(request, lambda p: without_object(p, plural, name), f"delete {kind} {name}")
 
     async def _write(self, request: web.Request, change: Callable[[Policy], Policy], message: str) -> web.Response:

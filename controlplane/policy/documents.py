@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError, field_validator
 
-from controlplane.policy.model import Backend, Name, Policy, Problem, Service, Strict
+from controlplane.policy.model import Backend, Edge, Name, Policy, Problem, RateLimit, Service, Strict
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,8 @@ KINDS: dict[str, Kind] = {
     for k in (
         Kind("Backend", "backends", Backend),
         Kind("Service", "services", Service),
+        Kind("RateLimit", "ratelimits", RateLimit),
+        Kind("Edge", "edges", Edge),
     )
 }
 KIND_BY_PLURAL: dict[str, Kind] = {k.plural: k for k in KINDS.values()}

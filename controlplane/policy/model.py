@@ -8,7 +8,7 @@ which reports the same way, so every rejection names the field that caused it.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
@@ -119,6 +119,56 @@ class Service(Strict):
         return self
 
 
+class KeyPart(Strict):
+    """One part of a rate-limit key: the client's IP, a request header's value, or the route."""
+
+    type: Literal["client_ip", "header", "route"]
+    name: HeaderName | None = Field(None, description="the header, for type header")
+
+    @model_validator(mode="after")
+    def _name_for_headers(self) -> KeyPart:
+        if (self.type == "header") != (self.name is not None):
+            raise ValueError("name is required for type header and only for it")
+        return self
+
+
+class RateLimit(Strict):
+    """A token bucket per key, enforced inside each edge Envoy by the ratelimit WASM filter."""
+
+    service: Name
+    routes: Annotated[list[Name], Field(max_length=16, description="routes of the service; empty: all")] = []
+    rate: Annotated[float, Field(gt=0, le=1e9, description="tokens added per second")]
+    burst: Annotated[int, Field(ge=1, le=1_000_000_000, description="bucket size")]
+    key: Annotated[list[KeyPart], Field(max_length=4)] = [KeyPart(type="client_ip")]
+    cost_header: HeaderName | None = Field(None, description="a request header carrying the request's cost")
+    route_costs: Annotated[dict[Name, Annotated[int, Field(ge=1)]], Field(max_length=16)] = {}
+    shadow: bool = Field(False, description="count what would be limited, never reject")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RateLimit:
+        if len(set(self.routes)) != len(self.routes):
+            raise ValueError("routes names a route more than once")
+        kinds = [(k.type, k.name) for k in self.key]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("key names a part more than once")
+        if self.burst / self.rate > 1e9:
+            raise ValueError("burst / rate exceeds 1e9 seconds")
+        for route, cost in self.route_costs.items():
+            if cost > self.burst:
+                raise ValueError(f"route_costs.{route} is {cost}, more than the burst {self.burst}: never admitted")
+        return self
+
+
+class Edge(Strict):
+    """Settings of the edge proxies themselves. One object, named `edge`."""
+
+    xff_trusted_hops: Annotated[int, Field(
+        ge=0, le=16,
+        description="proxies in front of the edge that append to X-Forwarded-For and are trusted; "
+                    "0: the client is the connection's peer",
+    )] = 0
+
+
 class Problem(Strict):
     """A rule broken across objects, reported like a pydantic error: a dotted path and why."""
 
@@ -126,9 +176,23 @@ class Problem(Strict):
     msg: str
 
 
+MAX_RATELIMITS = 16  # the filter's fixed policy table
+
+
 class Policy(Strict):
     backends: dict[Name, Backend] = {}
     services: dict[Name, Service] = {}
+    ratelimits: dict[Name, RateLimit] = {}
+    edges: dict[Name, Edge] = {}
+
+    @property
+    def edge(self) -> Edge:
+        return self.edges.get("edge", Edge())
+
+    def routes_of(self, service: str, names: list[str]) -> list[str]:
+        """Route names of a service as Envoy knows them (`service/route`); no names: all of them."""
+        chosen = names or [r.name for r in self.services[service].routes]
+        return [f"{service}/{r}" for r in chosen]
 
     def problems(self) -> list[Problem]:
         found: list[Problem] = []
@@ -144,7 +208,32 @@ class Policy(Strict):
                     if weighted.backend not in self.backends:
                         found.append(Problem(loc=f"services.{sname}.routes.{r}.split.{s}.backend",
                                              msg=f"unknown backend {weighted.backend!r}"))
+        for name in self.edges:
+            if name != "edge":
+                found.append(Problem(loc=f"edges.{name}", msg="the Edge object must be named 'edge'"))
+        if len(self.ratelimits) > MAX_RATELIMITS:
+            found.append(Problem(loc="ratelimits", msg=f"at most {MAX_RATELIMITS} rate limits (the filter's table)"))
+        for name, limit in sorted(self.ratelimits.items()):
+            service = self.services.get(limit.service)
+            if service is None:
+                found.append(Problem(loc=f"ratelimits.{name}.service", msg=f"unknown service {limit.service!r}"))
+                continue
+            known = {r.name for r in service.routes}
+            for i, route in enumerate(limit.routes):
+                if route not in known:
+                    found.append(Problem(loc=f"ratelimits.{name}.routes.{i}",
+                                         msg=f"service {limit.service!r} has no route {route!r}"))
+            for route in limit.route_costs:
+                if route not in known:
+                    found.append(Problem(loc=f"ratelimits.{name}.route_costs.{route}",
+                                         msg=f"service {limit.service!r} has no route {route!r}"))
+            if not limit.routes and len(known) > 16:
+                found.append(Problem(loc=f"ratelimits.{name}.routes",
+                                     msg="the service has more than 16 routes: name at most 16"))
         return found
+
+    def users_of_service(self, service: str) -> list[str]:
+        return [f"ratelimits.{n}" for n, limit in sorted(self.ratelimits.items()) if limit.service == service]
 
     def users_of_backend(self, backend: str) -> list[str]:
         return [f"services.{s}.routes.{r.name}" for s, svc in sorted(self.services.items())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from google.protobuf.message import Message
 
@@ -10,6 +11,7 @@ from controlplane.policy import Policy
 from controlplane.translate import types
 from controlplane.translate.clusters import clusters
 from controlplane.translate.endpoints import load_assignments
+from controlplane.translate.filters import edge_filters
 from controlplane.translate.listeners import edge_listener
 from controlplane.translate.routes import route_configuration, route_name
 
@@ -30,16 +32,24 @@ class ProxyGroup:
         return f"{self.role}@{self.listen_address}:{self.listen_port}"
 
 
-def translate(policy: Policy, group: ProxyGroup) -> Resources:
-    listener = edge_listener(group.listen_address, group.listen_port, http_filters=[])
+@dataclass(frozen=True)
+class Options:
+    """What the translator needs to know besides the policy."""
+
+    filters_dir: Path = Path("build/filters/bin")  # compiled WASM filters, as Envoy will read them
+
+
+def translate(policy: Policy, group: ProxyGroup, options: Options = Options()) -> Resources:
+    http_filters, filter_configs = edge_filters(policy, options.filters_dir)
+    listener = edge_listener(group.listen_address, group.listen_port, http_filters)
     routes = route_configuration(policy)
     return {
         types.CLUSTER: {c.name: c for c in clusters(policy)},
         types.ENDPOINT: {a.cluster_name: a for a in load_assignments(policy)},
-        types.EXTENSION_CONFIG: {},
+        types.EXTENSION_CONFIG: {c.name: c for c in filter_configs},
         types.LISTENER: {listener.name: listener},
         types.ROUTE: {routes.name: routes},
     }
 
 
-__all__ = ["ProxyGroup", "Resources", "route_name", "translate", "types"]
+__all__ = ["Options", "ProxyGroup", "Resources", "route_name", "translate", "types"]

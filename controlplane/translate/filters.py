@@ -1,0 +1,75 @@
+"""The WASM filters, as ECDS resources: a config change reaches the next request with no
+listener drain, because the listener only names the filter and the config comes separately."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from envoy.config.core.v3.base_pb2 import AsyncDataSource, DataSource
+from envoy.config.core.v3.config_source_pb2 import ExtensionConfigSource
+from envoy.config.core.v3.extension_pb2 import TypedExtensionConfig
+from envoy.extensions.filters.http.wasm.v3.wasm_pb2 import Wasm
+from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import HttpFilter
+from envoy.extensions.wasm.v3.wasm_pb2 import PluginConfig, VmConfig
+from google.protobuf.any_pb2 import Any
+from google.protobuf.wrappers_pb2 import StringValue
+
+from controlplane.policy import Policy
+from controlplane.translate.sources import ads
+
+RATELIMIT = "sluice.ratelimit"
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+
+
+def _packed(message: object) -> Any:
+    out = Any()
+    out.Pack(message)
+    return out
+
+
+def discovered(name: str) -> HttpFilter:
+    """The listener's reference to a filter whose config arrives by ECDS."""
+    return HttpFilter(name=name, config_discovery=ExtensionConfigSource(config_source=ads(), type_urls=[WASM_TYPE]))
+
+
+def wasm_filter(name: str, module: Path, plugin: str, configuration: dict[str, object]) -> TypedExtensionConfig:
+    config = Wasm(config=PluginConfig(
+        name=plugin,
+        root_id=plugin,
+        # The same vm_id and code keep the same VM across config changes, and with it the
+        # shared data (the token buckets): a new limit does not reset every client.
+        vm_config=VmConfig(vm_id=f"sluice-{plugin}", runtime="envoy.wasm.runtime.v8",
+                           code=AsyncDataSource(local=DataSource(filename=str(module)))),
+        configuration=_packed(StringValue(value=json.dumps(configuration, sort_keys=True, separators=(",", ":")))),
+        fail_open=False,
+    ))
+    return TypedExtensionConfig(name=name, typed_config=_packed(config))
+
+
+def ratelimit_config(policy: Policy) -> dict[str, object]:
+    """The filter's plugin configuration (its schema is documented in filters/ratelimit/config.zig)."""
+    return {
+        "xff_trusted_hops": policy.edge.xff_trusted_hops,
+        "policies": [
+            {
+                "name": name,
+                "routes": policy.routes_of(limit.service, limit.routes),
+                "rate": limit.rate,
+                "burst": limit.burst,
+                "key": [{"type": k.type, **({"name": k.name.lower()} if k.name else {})} for k in limit.key],
+                **({"cost_header": limit.cost_header.lower()} if limit.cost_header else {}),
+                "route_costs": {f"{limit.service}/{r}": c for r, c in sorted(limit.route_costs.items())},
+                "shadow": limit.shadow,
+            }
+            for name, limit in sorted(policy.ratelimits.items())
+        ],
+    }
+
+
+def edge_filters(policy: Policy, filters_dir: Path) -> tuple[list[HttpFilter], list[TypedExtensionConfig]]:
+    """The edge listener's filter chain (before the router) and the configs it discovers."""
+    if not policy.ratelimits:
+        return [], []
+    module = filters_dir.resolve() / "ratelimit.wasm"
+    return [discovered(RATELIMIT)], [wasm_filter(RATELIMIT, module, "ratelimit", ratelimit_config(policy))]
