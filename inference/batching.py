@@ -70,21 +70,31 @@ class DynamicBatcher:
         self._slots = asyncio.Semaphore(policy.instances)
         self._running: set[asyncio.Task[None]] = set()
         self._scheduler: asyncio.Task[None] | None = None
+        self._closed = False
 
     def start(self) -> None:
         self._scheduler = asyncio.get_running_loop().create_task(self._schedule(), name=f"batcher-{self._stats.name}")
 
-    async def stop(self) -> None:
-        """Refuse what is still queued and wait for the runs in progress."""
+    async def stop(self, drain_timeout_s: float = 0.0) -> None:
+        """Take no more requests, give the queued ones up to `drain_timeout_s` to be served,
+        refuse the rest, and wait for the runs in progress."""
+        self._closed = True
+        deadline = time.perf_counter() + drain_timeout_s
+        # Polling keeps the scheduler free of shutdown logic; a stop is rare and the wait short.
+        while self._peek_live() is not None and time.perf_counter() < deadline:
+            await asyncio.sleep(0.005)
         if self._scheduler is not None:
             self._scheduler.cancel()
             await asyncio.gather(self._scheduler, return_exceptions=True)
         while self._heap:
             item = heapq.heappop(self._heap)
             if not item.future.done():
-                item.future.set_exception(Unavailable(f"model {self._stats.name!r} version {self._stats.version} was unloaded"))
+                item.future.set_exception(self._unloaded())
         self._stats.queue_depth = 0
         await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _unloaded(self) -> Unavailable:
+        return Unavailable(f"model {self._stats.name!r} version {self._stats.version} was unloaded")
 
     @property
     def depth(self) -> int:
@@ -95,6 +105,8 @@ class DynamicBatcher:
     ) -> dict[str, np.ndarray]:
         """Queue one request and wait for its outputs (rows in the order given)."""
         policy = self.policy
+        if self._closed:
+            raise self._unloaded()
         if len(self._heap) >= policy.max_queue_size:
             raise Unavailable(
                 f"model {self._stats.name!r} version {self._stats.version}: queue is full ({policy.max_queue_size} requests waiting)"

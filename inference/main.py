@@ -117,6 +117,7 @@ async def serve(settings: BackendSettings) -> int:
             loading.cancel()
             await asyncio.gather(loading, return_exceptions=True)
             return 0
+        service.started = True
         log.info("ready: %s", ", ".join(f"{mv.name}:{mv.version}" for mv in repository.loaded()))
 
         await stopping

@@ -160,8 +160,10 @@ class _Model:
 
 
 class ModelRepository:
-    def __init__(self, root: Path, runtime: RuntimeOptions, default_queue_size: int = 1024) -> None:
+    def __init__(self, root: Path, runtime: RuntimeOptions, default_queue_size: int = 1024, unload_drain_s: float = 5.0) -> None:
         self.root = root
+        # How long an unloaded or replaced version may take to answer what is already queued.
+        self.unload_drain_s = unload_drain_s
         self.runtime = runtime
         self.default_queue_size = default_queue_size
         self._models: dict[str, _Model] = {}
@@ -184,8 +186,9 @@ class ModelRepository:
         return model
 
     async def load(self, name: str, versions: list[int] | None = None) -> list[ModelVersion]:
-        """Load `versions` of `name` (None: those its version policy picks), warm them, and
-        unload the versions no longer wanted. Reads config.yaml afresh each time."""
+        """Load `versions` of `name` (None: those its version policy picks), reading config.yaml
+        afresh. New versions are built and warmed before they replace old ones, so a reload
+        never leaves a gap, and a failed one leaves the old versions serving."""
         model = self._model(name)
         async with model.lock:
             try:
@@ -197,62 +200,73 @@ class ModelRepository:
                     raise NotFound(f"model {name!r} has no version {', '.join(map(str, missing))} on disk; it has {on_disk}")
                 if not wanted:
                     raise NotFound(f"model {name!r}: its version policy selects none of the versions on disk {on_disk}")
-                if model.config is not None and model.config != config:
-                    # A changed config applies to every version: reload them all.
-                    await self._unload_versions(model, list(model.versions))
-                model.config = config
-                loaded = [await self._load_version(model, config, v) for v in wanted if v not in model.versions]
-                await self._unload_versions(model, [v for v in model.versions if v not in wanted])
-                model.reason = ""
-                return loaded
+                # A changed config applies to every version: rebuild them all.
+                reload_all = model.config is not None and model.config != config
+                built: list[ModelVersion] = []
+                try:
+                    for version in wanted:
+                        if reload_all or version not in model.versions:
+                            built.append(await self._build_version(config, version))
+                except BaseException:
+                    for mv in built:
+                        mv.executor.shutdown(wait=False)
+                    raise
             except Exception as error:
                 model.reason = str(error)
                 raise
+            fresh = {mv.version: mv for mv in built}
+            retired = [mv for v, mv in model.versions.items() if v not in wanted or v in fresh]
+            model.config = config
+            model.versions = dict(sorted(({v: mv for v, mv in model.versions.items() if v in wanted} | fresh).items()))
+            model.reason = ""
+            for mv in built:
+                mv.batcher.start()
+                mv.state = VersionState.READY
+            for mv in retired:
+                await self._retire(mv)
+            return built
 
-    async def _load_version(self, model: _Model, config: ModelConfig, version: int) -> ModelVersion:
+    async def _build_version(self, config: ModelConfig, version: int) -> ModelVersion:
+        """Open and warm one version; it serves nothing until `load` swaps it in."""
         path = self.root / config.name / str(version) / MODEL_FILE
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=config.instance_count, thread_name_prefix=f"ort-{config.name}-v{version}")
         try:
             session = await loop.run_in_executor(executor, ModelSession, path, config, version, self.runtime)
-        except Exception:
+            stats = ModelStats(config.name, version)
+            policy = _batch_policy(config, self.runtime, self.default_queue_size)
+            output_names = [t.name for t in config.output]
+
+            def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+                return session.run(inputs, output_names)
+
+            batcher = DynamicBatcher(policy, run, executor, stats)
+            mv = ModelVersion(config, version, session, batcher, stats, executor, output_names=output_names)
+            if config.response_cache.enable and config.deterministic:
+                mv.cache = ResponseCache(config.response_cache.max_entries, config.response_cache.ttl_seconds)
+            for request in mv.warm_inputs():
+                await loop.run_in_executor(executor, run, request)
+        except BaseException:
             executor.shutdown(wait=False)
             raise
-        stats = ModelStats(config.name, version)
-        policy = _batch_policy(config, self.runtime, self.default_queue_size)
-        output_names = [t.name for t in config.output]
-
-        def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            return session.run(inputs, output_names)
-
-        batcher = DynamicBatcher(policy, run, executor, stats)
-        mv = ModelVersion(config, version, session, batcher, stats, executor, output_names=output_names)
-        if config.response_cache.enable and config.deterministic:
-            mv.cache = ResponseCache(config.response_cache.max_entries, config.response_cache.ttl_seconds)
-        model.versions[version] = mv
-        for request in mv.warm_inputs():
-            await loop.run_in_executor(executor, run, request)
-        batcher.start()
-        mv.state = VersionState.READY
         log.info(
             "model %s version %d ready on %s (%d intra-op threads, %d instance(s), max batch %d)",
-            config.name, version, mv.session.providers[0], session.intra_op_threads, config.instance_count, config.max_batch_size,
+            config.name, version, session.providers[0], session.intra_op_threads, config.instance_count, config.max_batch_size,
         )
         return mv
 
-    async def _unload_versions(self, model: _Model, versions: list[int]) -> None:
-        for version in versions:
-            mv = model.versions[version]
-            mv.state = VersionState.UNLOADING
-            await mv.batcher.stop()
-            mv.executor.shutdown(wait=False)
-            del model.versions[version]
-            log.info("model %s version %d unloaded", mv.name, version)
+    async def _retire(self, mv: ModelVersion) -> None:
+        mv.state = VersionState.UNLOADING
+        await mv.batcher.stop(self.unload_drain_s)
+        mv.executor.shutdown(wait=False)
+        log.info("model %s version %d unloaded", mv.name, mv.version)
 
     async def unload(self, name: str) -> None:
         model = self._model(name)
         async with model.lock:
-            await self._unload_versions(model, list(model.versions))
+            retired, model.versions = list(model.versions.values()), {}
+            for mv in retired:
+                await self._retire(mv)
 
     async def close(self) -> None:
         for name in list(self._models):
@@ -298,5 +312,9 @@ class ModelRepository:
                 entries.append(entry)
                 continue
             for version, mv in sorted(model.versions.items()):
-                entries.append({"name": name, "version": str(version), "state": mv.state.value})
+                entry = {"name": name, "version": str(version), "state": mv.state.value}
+                if model.reason:
+                    # A failed reload leaves the previous versions serving; say why they were not replaced.
+                    entry["reason"] = model.reason
+                entries.append(entry)
         return entries

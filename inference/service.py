@@ -67,11 +67,14 @@ class InferenceService:
         self.faults = faults
         self.in_flight = InFlight()
         self.draining = False
+        # False until the start-up models are loaded and warmed: until then some are not yet listed.
+        self.started = False
         self._random = random.Random(seed)
 
     def ready(self) -> bool:
-        """Ready when not draining and every loaded version has been warmed."""
-        return not self.draining and bool(self.repository.loaded()) and self.repository.all_ready()
+        """Ready once the start-up models are warmed, while some version serves and none is
+        half-loaded, and not draining."""
+        return self.started and not self.draining and bool(self.repository.loaded()) and self.repository.all_ready()
 
     def start_draining(self) -> None:
         self.draining = True

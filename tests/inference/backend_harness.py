@@ -5,6 +5,7 @@ A module of its own (not conftest) so tests can import it by a name no other tes
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +15,10 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+import yaml
+from onnx import TensorProto, helper, numpy_helper
 
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -93,3 +98,53 @@ def start_backend(repo: Path, log_dir: Path, *args: str, grpc: bool = False, wai
             backend.stop()
             raise
     return backend
+
+
+def variant_repo(source: Path, destination: Path, changes: dict[str, object], model: str = "classifier") -> Path:
+    """A repository holding a copy of `model` whose config.yaml has `changes` applied (top-level keys)."""
+    shutil.copytree(source / model, destination / model)
+    config_path = destination / model / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config.update(changes)
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return destination
+
+
+def write_slow_model(repo: Path, config: dict[str, object], size: int = 1024, rounds: int = 3) -> None:
+    """A `slow` model (INPUT0 [-1, 4] -> OUTPUT0 [-1, 4], the input unchanged) that first
+    multiplies `rounds` size x size matrices derived from its input, so each run holds its
+    instance for tens of milliseconds: long enough for a test to fill the queue behind it."""
+    rng = np.random.default_rng(3)
+    nodes = [
+        helper.make_node("ReduceSum", ["INPUT0"], ["total"], keepdims=0),
+        helper.make_node("Expand", ["total", "square"], ["m0"]),
+    ]
+    for i in range(rounds):
+        nodes.append(helper.make_node("MatMul", [f"m{i}", "w"], [f"m{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceSum", [f"m{rounds}"], ["noise"], keepdims=0),
+        helper.make_node("Mul", ["noise", "zero"], ["nothing"]),
+        helper.make_node("Add", ["INPUT0", "nothing"], ["OUTPUT0"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.FLOAT, ["batch", 4])],
+        [
+            numpy_helper.from_array(np.array([size, size], dtype=np.int64), "square"),
+            numpy_helper.from_array((rng.standard_normal((size, size)) / size).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (repo / "slow" / "1").mkdir(parents=True)
+    (repo / "slow" / "1" / "model.onnx").write_bytes(model.SerializeToString())
+    base = {
+        "name": "slow",
+        "max_batch_size": 8,
+        "input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+        "output": [{"name": "OUTPUT0", "data_type": "TYPE_FP32", "dims": [4]}],
+    }
+    (repo / "slow" / "config.yaml").write_text(yaml.safe_dump({**base, **config}, sort_keys=False))
