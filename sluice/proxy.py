@@ -35,6 +35,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", type=_host_port, default=("127.0.0.1", 9901), metavar="HOST:PORT",
                    help="Envoy admin interface (default 127.0.0.1:9901)")
     p.add_argument("--node-id", default=f"{socket.gethostname()}-{os.getpid()}", help="node id (default HOST-PID)")
+    p.add_argument("--xds-protocol", choices=["sotw", "delta"], default="sotw",
+                   help="state-of-the-world or incremental (delta) xDS (default sotw)")
     p.add_argument("--cluster", default="edge", help="proxy group / role (default edge)")
     p.add_argument("--concurrency", type=int, default=2, help="worker threads (default 2)")
     p.add_argument("--bootstrap", type=Path, default=None,
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         listen_address=args.listen[0], listen_port=args.listen[1],
         admin_address=args.admin[0], admin_port=args.admin[1],
         xds_host=args.xds[0], xds_port=args.xds[1],
+        api_type={"sotw": "GRPC", "delta": "DELTA_GRPC"}[args.xds_protocol],
     )
     if args.print:
         sys.stdout.write(bootstrap)

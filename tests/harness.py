@@ -178,11 +178,12 @@ class Envoy:
 
     @classmethod
     def start(cls, workdir: Path, cp: ControlPlane, node_id: str = "edge-1", concurrency: int = 1,
-              cluster: str = "edge") -> Envoy:
+              cluster: str = "edge", protocol: str = "sotw") -> Envoy:
         listen, admin = free_port(), free_port()
         proc = Proc(node_id, [PYTHON, "-m", "sluice", "envoy", "--xds", f"127.0.0.1:{cp.xds_port}",
                               "--listen", f"127.0.0.1:{listen}", "--admin", f"127.0.0.1:{admin}",
                               "--node-id", node_id, "--cluster", cluster, "--concurrency", str(concurrency),
+                              "--xds-protocol", protocol,
                               "--bootstrap", str(workdir / f"{node_id}.yaml"), "--log-level", "info"],
                     workdir / f"{node_id}.log").start()
         envoy = cls(proc, node_id, listen, admin)

@@ -28,18 +28,21 @@ def served_by(envoy: Envoy, n: int) -> Counter[str]:
     return Counter(infer(envoy)[1].get("x-model-version", "error") for _ in range(n))
 
 
-@pytest.fixture
-def mesh(controlplane: ControlPlane, start_envoy: Callable[..., Envoy],
+@pytest.fixture(params=["sotw", "delta"])
+def mesh(request: pytest.FixtureRequest, controlplane: ControlPlane, start_envoy: Callable[..., Envoy],
          backends: dict[int, Backend]) -> tuple[ControlPlane, Envoy]:
+    """Every test here runs once per xDS protocol variant: both must converge to the same config."""
     status, body = controlplane.apply(*demo_policy(backends[1].port, backends[2].port))
     assert status == 200, body
-    envoy = start_envoy(controlplane)
+    envoy = start_envoy(controlplane, protocol=request.param)
     controlplane.wait_converged(envoy.node_id)
     return controlplane, envoy
 
 
 def test_inference_through_envoy(mesh: tuple[ControlPlane, Envoy]) -> None:
-    _, envoy = mesh
+    cp, envoy = mesh
+    (proxy,) = cp.proxies()
+    assert proxy["protocol"] == envoy.proc.argv[envoy.proc.argv.index("--xds-protocol") + 1]
     status, headers, body = infer(envoy)
     assert status == 200, body
     assert headers["x-model-version"] == "1" and body["model_version"] == "1"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse, DiscoveryResponse, Resource
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
 
@@ -17,21 +17,35 @@ from google.protobuf.message import Message
 @dataclass
 class TypeSnapshot:
     type_url: str
-    version: str
+    version: str  # of the whole type (state of the world)
     resources: dict[str, Any]
+    versions: dict[str, str]  # per resource (delta xDS)
     _bodies: dict[frozenset[str] | None, bytes] = field(default_factory=dict, repr=False)
+    _delta: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, type_url: str, messages: dict[str, Message]) -> TypeSnapshot:
         digest = hashlib.sha256()
         packed: dict[str, Any] = {}
+        versions: dict[str, str] = {}
         for name in sorted(messages):
             value = messages[name].SerializeToString(deterministic=True)
             packed[name] = Any(type_url=type_url, value=value)
+            versions[name] = hashlib.sha256(value).hexdigest()[:16]
             digest.update(name.encode())
             digest.update(b"\0")
-            digest.update(hashlib.sha256(value).digest())
-        return cls(type_url, digest.hexdigest()[:16], packed)
+            digest.update(versions[name].encode())
+        return cls(type_url, digest.hexdigest()[:16], packed, versions)
+
+    def delta_resource(self, name: str) -> bytes:
+        """One resource as an encoded DeltaDiscoveryResponse fragment; fragments concatenate."""
+        cached = self._delta.get(name)
+        if cached is None:
+            cached = DeltaDiscoveryResponse(resources=[
+                Resource(name=name, version=self.versions[name], resource=self.resources[name])
+            ]).SerializeToString()
+            self._delta[name] = cached
+        return cached
 
     def body(self, names: frozenset[str] | None) -> bytes:
         """The DiscoveryResponse without its nonce, encoded once per name set.

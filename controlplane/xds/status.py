@@ -33,6 +33,7 @@ class ProxyStatus:
     cluster: str
     group: str
     stream_id: int
+    protocol: str = "sotw"
     connected_at: float = field(default_factory=time.time)
     types: dict[str, TypeStatus] = field(default_factory=dict)
 
@@ -49,6 +50,7 @@ class ProxyStatus:
             "node_id": self.node_id,
             "cluster": self.cluster,
             "group": self.group,
+            "protocol": self.protocol,
             "connected_at": self.connected_at,
             "revision": self.revision(),
             "types": {
@@ -93,11 +95,13 @@ class Fleet:
         while len(self._written_at) > 100:  # a proxy stuck on a NACK must not grow this forever
             del self._written_at[min(self._written_at)]
 
-    def unchanged(self, proxy: ProxyStatus, type_url: str, version: str, revision: int) -> None:
-        """A new revision left this type as the proxy already has it."""
+    def has(self, proxy: ProxyStatus, type_url: str, version: str, revision: int) -> None:
+        """The proxy runs exactly this version of the type (a new revision left it unchanged,
+        or the proxy reconnected with it)."""
         status = proxy.of(type_url)
-        if status.acked == version:
-            status.acked_revision = revision
+        if (status.acked, status.acked_revision) != (version, revision):
+            status.acked, status.acked_revision = version, revision
+            self._observe_convergence()
 
     def sent(self, proxy: ProxyStatus, type_url: str, version: str, revision: int) -> None:
         status = proxy.of(type_url)

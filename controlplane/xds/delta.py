@@ -1,0 +1,92 @@
+"""Incremental (delta) sessions: only resources whose version changed, plus removals.
+
+Per-resource versions are content hashes, so a proxy that reconnects with
+initial_resource_versions receives only what changed while it was away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DeltaDiscoveryResponse
+
+from controlplane.cache import Snapshot
+from controlplane.xds.session import Session, Settled
+
+WILDCARD = "*"
+
+
+@dataclass
+class _Subscription:
+    wildcard: bool = False
+    names: set[str] = field(default_factory=set)
+    known: dict[str, str] = field(default_factory=dict)  # what the proxy has (or was last sent): name -> version
+    answered: bool = True
+    rejected: bool = False  # the last answer was a NACK
+    nonce: str = ""
+
+
+class DeltaSession(Session[DeltaDiscoveryRequest]):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._subs: dict[str, _Subscription] = {}
+
+    def receive(self, request: DeltaDiscoveryRequest) -> None:
+        sub = self._subs.get(request.type_url)
+        if sub is None:
+            sub = self._subs[request.type_url] = _Subscription(known=dict(request.initial_resource_versions))
+            # A first request naming nothing is the legacy wildcard subscription.
+            sub.wildcard = not request.resource_names_subscribe
+        if request.response_nonce:
+            if request.response_nonce != sub.nonce:
+                return
+            sub.rejected = self.answered(
+                request.type_url, request.error_detail.message if request.HasField("error_detail") else None)
+            sub.answered = True
+        for name in request.resource_names_subscribe:
+            if name == WILDCARD:
+                sub.wildcard = True
+            else:
+                sub.names.add(name)
+        for name in request.resource_names_unsubscribe:
+            if name == WILDCARD:
+                sub.wildcard = False
+            else:
+                sub.names.discard(name)
+                sub.known.pop(name, None)
+
+    def _diff(self, sub: _Subscription, type_url: str, snapshot: Snapshot) -> tuple[list[str], list[str]]:
+        current = snapshot.types[type_url]
+        wanted = current.versions.keys() if sub.wildcard else sub.names & current.versions.keys()
+        changed = sorted(n for n in wanted if sub.known.get(n) != current.versions[n])
+        removed = sorted(n for n in sub.known if n not in current.versions)
+        return changed, removed
+
+    def settled(self, type_url: str, snapshot: Snapshot) -> Settled:
+        sub = self._subs.get(type_url)
+        if sub is None:
+            return Settled.NOT_SUBSCRIBED
+        if not sub.answered:
+            return Settled.IN_FLIGHT
+        changed, removed = self._diff(sub, type_url, snapshot)
+        if changed or removed:
+            return Settled.NEEDS_PUSH
+        return Settled.REJECTED if sub.rejected else Settled.YES
+
+    def requested(self, type_url: str) -> frozenset[str] | None:
+        sub = self._subs.get(type_url)
+        return None if sub is None or sub.wildcard else frozenset(sub.names)
+
+    def push(self, type_url: str, snapshot: Snapshot) -> bytes:
+        sub = self._subs[type_url]
+        current = snapshot.types[type_url]
+        changed, removed = self._diff(sub, type_url, snapshot)
+        nonce = self.next_nonce()
+        for name in changed:
+            sub.known[name] = current.versions[name]
+        for name in removed:
+            del sub.known[name]
+        sub.nonce, sub.answered = nonce, False
+        head = DeltaDiscoveryResponse(system_version_info=current.version, type_url=type_url,
+                                      removed_resources=removed, nonce=nonce).SerializeToString()
+        return head + b"".join(current.delta_resource(n) for n in changed)
