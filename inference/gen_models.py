@@ -71,7 +71,9 @@ def classifier_config() -> ModelConfig:
         # runs one process per version with --load classifier:1 / classifier:2.
         version_policy=VersionPolicy(all={}),
         dynamic_batching=DynamicBatching(
-            max_queue_delay_microseconds=500,
+            # A run costs microseconds here, less than any wait could win (and the event loop's
+            # timers round up to 1 ms): batches form from requests queued behind a busy run.
+            max_queue_delay_microseconds=0,
             preferred_batch_size=[4, 8],
             priority_levels=2,
             default_priority_level=2,

@@ -1,0 +1,206 @@
+"""Backend benchmark: raw ONNX Runtime in-process (the ceiling) against the backend over HTTP.
+
+    python bench/backend_bench.py --model classifier --concurrency 1,4,16,64
+    python bench/backend_bench.py --url http://127.0.0.1:10000 ...   # e.g. through an Envoy
+
+Without --url a backend process is started on a free port (and stopped afterwards). Both
+sides run closed loops: `concurrency` callers each send one request, wait for its answer,
+and send the next. Requests carry binary tensors (as tritonclient does) unless --json.
+On a small machine the load generator shares the cores with the server: read the ratios
+as "what the serving path costs on this box", not as the server's capacity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import onnxruntime as ort
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from inference.config import load_config  # noqa: E402 - needs the repo root on sys.path when run as a script
+from inference.runtime import cpu_count  # noqa: E402
+
+
+@dataclass
+class Result:
+    label: str
+    concurrency: int
+    requests: int
+    errors: int
+    seconds: float
+    latencies_s: list[float]
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies_s:
+            return float("nan")
+        ordered = sorted(self.latencies_s)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def _input(repo: Path, model: str, rows: int) -> tuple[str, np.ndarray]:
+    config = load_config(repo / model)
+    tensor = config.input[0]
+    dims = [max(d, 1) for d in tensor.dims]
+    shape = [rows, *dims] if config.max_batch_size > 0 else dims
+    return tensor.name, np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+
+
+def bench_ceiling(model_path: Path, name: str, x: np.ndarray, concurrency: int, seconds: float, threads: int) -> Result:
+    """The same model in this process: ORT with the backend's thread settings, no server, no wire."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    session.run(None, {name: x})
+    latencies: list[float] = []
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def worker() -> None:
+        mine = []
+        while (start := time.perf_counter()) < deadline:
+            session.run(None, {name: x})
+            mine.append(time.perf_counter() - start)
+        with lock:
+            latencies.extend(mine)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(worker) for _ in range(concurrency)]:
+            future.result()
+    return Result("onnxruntime in-process", concurrency, len(latencies), 0, time.perf_counter() - started, latencies)
+
+
+def _request(name: str, x: np.ndarray, use_json: bool) -> tuple[bytes, dict[str, str]]:
+    tensor = {"name": name, "shape": list(x.shape), "datatype": "FP32"}
+    if use_json:
+        doc = {"inputs": [{**tensor, "data": x.reshape(-1).tolist()}]}
+        return json.dumps(doc).encode(), {"Content-Type": "application/json"}
+    raw = x.astype("<f4").tobytes()
+    doc = {"inputs": [{**tensor, "parameters": {"binary_data_size": len(raw)}}], "parameters": {"binary_data_output": True}}
+    header = json.dumps(doc).encode()
+    return header + raw, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))}
+
+
+async def bench_http(url: str, model: str, name: str, x: np.ndarray, concurrency: int, seconds: float, use_json: bool) -> Result:
+    body, headers = _request(name, x, use_json)
+    target = f"{url}/v2/models/{model}/infer"
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.post(target, data=body, headers=headers) as response:  # warm the connection
+            await response.read()
+        deadline = time.perf_counter() + seconds
+
+        async def caller() -> None:
+            nonlocal errors
+            while (start := time.perf_counter()) < deadline:
+                async with session.post(target, data=body, headers=headers) as response:
+                    await response.read()
+                    if response.status == 200:
+                        latencies.append(time.perf_counter() - start)
+                    else:
+                        errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return Result(f"backend {url}", concurrency, len(latencies), errors, time.perf_counter() - started, latencies)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_backend(repo: Path, model: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "inference", "--http-port", str(port), "--model-repository", str(repo), "--load", model, "--log-level", "WARNING"],
+        cwd=REPO_ROOT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"backend exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=2) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit("backend did not become ready in 120 s")
+
+
+def print_row(result: Result, ceiling: Result | None) -> None:
+    ratio = f"{result.throughput / ceiling.throughput:6.2f}x" if ceiling else "      -"
+    print(
+        f"{result.label:<40} c={result.concurrency:<4} {result.throughput:9.1f} req/s  "
+        f"p50 {result.percentile(0.50):8.2f} ms  p99 {result.percentile(0.99):8.2f} ms  "
+        f"errors {result.errors:<5} vs ceiling {ratio}",
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="classifier", help="model name in the repository (default: classifier)")
+    parser.add_argument("--model-repository", type=Path, default=REPO_ROOT / "models", help="repository (default: ./models)")
+    parser.add_argument("--url", help="backend (or proxy) base URL; default: start a backend on a free port")
+    parser.add_argument("--concurrency", default="1,4,16,64", help="comma-separated closed-loop caller counts (default: 1,4,16,64)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measuring time per point (default: 3)")
+    parser.add_argument("--rows", type=int, default=1, help="batch rows per request (default: 1)")
+    parser.add_argument("--json", action="store_true", help="send JSON tensors instead of binary")
+    parser.add_argument("--skip-ceiling", action="store_true", help="measure only the backend")
+    args = parser.parse_args(argv)
+
+    levels = [int(c) for c in args.concurrency.split(",")]
+    name, x = _input(args.model_repository, args.model, args.rows)
+    versions = sorted(int(p.name) for p in (args.model_repository / args.model).iterdir() if p.name.isdigit())
+    model_path = args.model_repository / args.model / str(versions[-1]) / "model.onnx"
+    threads = cpu_count()
+    print(f"model {args.model} v{versions[-1]}, input {list(x.shape)}, {threads} cores, {args.seconds:.0f} s per point, "
+          f"{'JSON' if args.json else 'binary'} tensors, ORT {ort.__version__}", flush=True)
+
+    process = None
+    url = args.url
+    if url is None:
+        process, url = start_backend(args.model_repository, args.model)
+    try:
+        for concurrency in levels:
+            ceiling = None if args.skip_ceiling else bench_ceiling(model_path, name, x, concurrency, args.seconds, threads)
+            if ceiling:
+                print_row(ceiling, None)
+            print_row(asyncio.run(bench_http(url, args.model, name, x, concurrency, args.seconds, args.json)), ceiling)
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
