@@ -108,6 +108,11 @@ class DynamicBatcher:
         if self._closed:
             raise self._unloaded()
         if len(self._heap) >= policy.max_queue_size:
+            # Timed-out and abandoned requests leave the heap lazily; they must not count here.
+            self._heap = [item for item in self._heap if not item.future.done()]
+            heapq.heapify(self._heap)
+            self._stats.queue_depth = len(self._heap)
+        if len(self._heap) >= policy.max_queue_size:
             raise Unavailable(
                 f"model {self._stats.name!r} version {self._stats.version}: queue is full ({policy.max_queue_size} requests waiting)"
             )

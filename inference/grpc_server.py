@@ -19,7 +19,17 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from inference.datatypes import datatype_of, numpy_dtype
 from inference.errors import DeadlineExceeded, InferenceError, InternalError, InvalidInput, NotFound, Unavailable
-from inference.protocol import InferRequest, InferResponse, check_datatype, check_shape, decode_raw_tensor, encode_raw_tensor
+from inference.protocol import (
+    CACHE_HEADER,
+    MODEL_NAME_HEADER,
+    MODEL_VERSION_HEADER,
+    InferRequest,
+    InferResponse,
+    check_datatype,
+    check_shape,
+    decode_raw_tensor,
+    encode_raw_tensor,
+)
 from inference.service import InferenceService
 
 _CODES = {
@@ -205,9 +215,10 @@ class GrpcApi(service_pb2_grpc.GRPCInferenceServiceServicer):
     @_aborts_on_error
     async def ModelInfer(self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext) -> service_pb2.ModelInferResponse:
         response = await self._infer(request, context.time_remaining())
-        await context.send_initial_metadata(
-            (("x-model-name", response.model_name), ("x-model-version", str(response.model_version)))
-        )
+        metadata = [(MODEL_NAME_HEADER, response.model_name), (MODEL_VERSION_HEADER, str(response.model_version))]
+        if response.cached:
+            metadata.append((CACHE_HEADER, "hit"))
+        await context.send_initial_metadata(metadata)
         return encode_response(response)
 
     async def ModelStreamInfer(

@@ -13,13 +13,17 @@ from aiohttp import web
 from inference.errors import DeadlineExceeded, InferenceError, InternalError, InvalidInput, NotFound, Unavailable
 from inference.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from inference.metrics import render as render_metrics
-from inference.protocol import HEADER_CONTENT_LENGTH, decode_http_request, encode_http_response
+from inference.protocol import (
+    CACHE_HEADER,
+    HEADER_CONTENT_LENGTH,
+    MODEL_NAME_HEADER,
+    MODEL_VERSION_HEADER,
+    decode_http_request,
+    encode_http_response,
+)
 from inference.service import InferenceService
 
 log = logging.getLogger("inference.http")
-
-MODEL_NAME_HEADER = "x-model-name"
-MODEL_VERSION_HEADER = "x-model-version"
 
 # Bodies above this are parsed and encoded in a worker thread: JSON for a batch of images
 # takes milliseconds, which would stall every other request on the event loop.
@@ -141,6 +145,8 @@ class HttpApi:
             sum(a.nbytes for a in response.outputs.values()), encode_http_response, response, infer_request
         )
         headers = {MODEL_NAME_HEADER: response.model_name, MODEL_VERSION_HEADER: str(response.model_version)}
+        if response.cached:
+            headers[CACHE_HEADER] = "hit"
         if json_length is None:
             return web.Response(body=payload, headers=headers, content_type="application/json")
         headers[HEADER_CONTENT_LENGTH] = str(json_length)

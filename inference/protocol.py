@@ -18,6 +18,10 @@ from inference.datatypes import datatype_of, deserialize_bytes_tensor, numpy_dty
 from inference.errors import InvalidInput
 
 HEADER_CONTENT_LENGTH = "Inference-Header-Content-Length"
+# Response headers (gRPC: initial metadata) naming what served a request, for proxies and clients.
+MODEL_NAME_HEADER = "x-model-name"
+MODEL_VERSION_HEADER = "x-model-version"
+CACHE_HEADER = "x-inference-cache"  # "hit" when the answer came from the response cache
 
 
 @dataclass

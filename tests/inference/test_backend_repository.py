@@ -103,10 +103,11 @@ async def test_response_cache_hits_misses_and_ttl(start, model_repo, tmp_path) -
     repo = variant_repo(model_repo, tmp_path / "repo", {"response_cache": {"enable": True, "ttl_seconds": 0.3, "max_entries": 8}})
     server = start("--load", "classifier:1", repo=repo)
     async with aiohttp.ClientSession(server.url) as session:
-        answers = []
+        answers, cache_headers = [], []
         for _ in range(3):
             async with session.post("/v2/models/classifier/infer", json=BODY) as response:
                 answers.append((await response.json())["outputs"][0]["data"])
+                cache_headers.append(response.headers.get("x-inference-cache"))
         other = {"inputs": [{**BODY["inputs"][0], "data": [0.0, 0.0, 0.0, 1.0]}]}
         async with session.post("/v2/models/classifier/infer", json=other) as response:
             assert response.status == 200
@@ -118,6 +119,7 @@ async def test_response_cache_hits_misses_and_ttl(start, model_repo, tmp_path) -
         _, stats = await get_json(session, "/v2/models/classifier/versions/1/stats")
     for data in answers:
         np.testing.assert_allclose(np.asarray(data).reshape(1, 3), reference("classifier", 1, X), rtol=1e-5)
+    assert cache_headers == [None, "hit", "hit"]
     assert metric(text, "nv_cache_num_hits_per_model", version="1") == 2
     assert metric(text, "nv_cache_num_misses_per_model", version="1") == 3
     # Only misses reach the model.
