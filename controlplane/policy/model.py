@@ -46,11 +46,114 @@ class Endpoint(Strict):
     weight: Annotated[int, Field(ge=1, le=128)] = 1
 
 
+Percent = Annotated[float, Field(ge=0, le=100)]
+WholePercent = Annotated[int, Field(ge=0, le=100)]
+Count = Annotated[int, Field(ge=1, le=1_000_000)]
+
+
+class SuccessRate(Strict):
+    """Statistical ejection: endpoints whose success rate falls this far below the mean."""
+
+    stdev_factor: Annotated[float, Field(gt=0, le=100, description="eject below mean - factor × stdev")] = 1.9
+    minimum_hosts: Annotated[int, Field(ge=1, le=1024, description="endpoints with enough requests needed")] = 5
+    request_volume: Annotated[int, Field(ge=1, le=1_000_000, description="requests per interval to count")] = 100
+
+
+class FailurePercentage(Strict):
+    """Threshold ejection: endpoints failing at least this share of requests in an interval."""
+
+    threshold_percent: WholePercent = 85
+    minimum_hosts: Annotated[int, Field(ge=1, le=1024, description="endpoints with enough requests needed")] = 5
+    request_volume: Annotated[int, Field(ge=1, le=1_000_000, description="requests per interval to count")] = 50
+
+
+class OutlierDetection(Strict):
+    """Passive health: take an endpoint out of rotation for what its real responses show.
+
+    Each detector is off when null. Consecutive errors eject at once; success_rate and
+    failure_percentage are evaluated every interval.
+    """
+
+    consecutive_5xx: Annotated[int, Field(ge=1, le=1000)] | None = 5
+    consecutive_gateway_errors: Annotated[int, Field(
+        ge=1, le=1000, description="502, 503, 504 and connection failures in a row")] | None = 3
+    success_rate: SuccessRate | None = None
+    failure_percentage: FailurePercentage | None = None
+    interval_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    base_ejection_time_s: Annotated[float, Field(gt=0, le=3600, description="times the ejection count")] = 30.0
+    max_ejection_time_s: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    max_ejection_percent: WholePercent = 50
+
+    @model_validator(mode="after")
+    def _max_after_base(self) -> OutlierDetection:
+        if self.max_ejection_time_s < self.base_ejection_time_s:
+            raise ValueError("max_ejection_time_s is below base_ejection_time_s")
+        return self
+
+
+class HealthCheck(Strict):
+    """Active health: Envoy GETs `path` on every endpoint; only 200 counts as healthy."""
+
+    path: Annotated[str, StringConstraints(pattern=r"^/[!-~]*$", max_length=1024)] = "/v2/health/ready"
+    interval_s: Annotated[float, Field(gt=0, le=300)] = 5.0
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    healthy_threshold: Annotated[int, Field(ge=1, le=100)] = 1
+    unhealthy_threshold: Annotated[int, Field(ge=1, le=100)] = 2
+
+    @model_validator(mode="after")
+    def _timeout_within_interval(self) -> HealthCheck:
+        if self.timeout_s > self.interval_s:
+            raise ValueError("timeout_s exceeds interval_s: checks would overlap")
+        return self
+
+
+class RetryBudget(Strict):
+    """Retries allowed as a share of the requests active on the backend (scales with load)."""
+
+    budget_percent: Annotated[float, Field(gt=0, le=100)] = 20.0
+    min_retry_concurrency: Annotated[int, Field(ge=0, le=1_000_000)] = 3
+
+
+class CircuitBreakers(Strict):
+    """Limits on what Envoy sends to one backend at once, across all its endpoints."""
+
+    max_connections: Count = 1024
+    max_pending_requests: Count = 1024
+    max_requests: Count = 1024
+    max_retries: Annotated[Count, Field(description="concurrent retries; used only when retry_budget is null")] = 3
+    retry_budget: RetryBudget | None = RetryBudget()
+
+
+class SlowStart(Strict):
+    """A new endpoint's share of traffic ramps up over `window_s` (cold models warm up)."""
+
+    window_s: Annotated[float, Field(gt=0, le=3600)]
+    aggression: Annotated[float, Field(gt=0, le=10, description="1: linear ramp; above 1: slower at first")] = 1.0
+    min_weight_percent: Percent = 10
+
+
+LbPolicy = Literal["round_robin", "least_request", "ring_hash", "maglev"]
+
+
 class Backend(Strict):
     """A set of endpoints serving one model version (one Envoy cluster)."""
 
     endpoints: Annotated[list[Endpoint], Field(min_length=1, max_length=1024)]
     connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    lb_policy: Annotated[LbPolicy, Field(
+        description="ring_hash and maglev hash what the route's hash_on names")] = "least_request"
+    slow_start: Annotated[SlowStart | None, Field(description="round_robin and least_request only")] = None
+    outlier_detection: OutlierDetection | None = OutlierDetection()
+    health_check: HealthCheck | None = None
+    circuit_breakers: CircuitBreakers = CircuitBreakers()
+    idle_timeout_s: Annotated[float, Field(ge=0, le=86400, description="close idle upstream connections; 0: never")] = 60.0
+    protocol: Annotated[Literal["http1", "http2"], Field(description="http2 for gRPC backends")] = "http1"
+
+    @model_validator(mode="after")
+    def _slow_start_needs_weights(self) -> Backend:
+        if self.slow_start is not None and self.lb_policy not in ("round_robin", "least_request"):
+            raise ValueError(f"slow_start works with round_robin or least_request, not {self.lb_policy}")
+        return self
 
 
 class HeaderMatch(Strict):
@@ -67,11 +170,30 @@ class HeaderMatch(Strict):
         return self
 
 
+class QueryParameterMatch(Strict):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+    present: bool | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> QueryParameterMatch:
+        _one_of(self, ("exact", "prefix", "regex", "present"))
+        _check_regex(self.regex)
+        return self
+
+
+Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE"]
+
+
 class RouteMatch(Strict):
     prefix: str | None = None
     path: str | None = None
     regex: str | None = None
     headers: Annotated[list[HeaderMatch], Field(max_length=16)] = []
+    methods: Annotated[list[Method], Field(max_length=9, description="any of these; empty: any method")] = []
+    query_parameters: Annotated[list[QueryParameterMatch], Field(max_length=16)] = []
 
     @model_validator(mode="after")
     def _exactly_one(self) -> RouteMatch:
@@ -81,6 +203,10 @@ class RouteMatch(Strict):
             if value is not None and not value.startswith("/"):
                 raise ValueError(f"{field} must start with '/'")
         _check_regex(self.regex)
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError("methods names a method more than once")
+        if any(h.name.lower() == ":method" for h in self.headers) and self.methods:
+            raise ValueError("match :method either in headers or in methods, not both")
         return self
 
 
@@ -89,11 +215,70 @@ class WeightedBackend(Strict):
     weight: Annotated[int, Field(ge=0, le=10000)] = 100
 
 
+# Envoy's retry conditions that make sense for an inference backend (HTTP and gRPC ones).
+RetryOn = Literal[
+    "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "refused-stream",
+    "retriable-4xx", "envoy-ratelimited",
+    "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable",
+]
+
+
+class Retries(Strict):
+    """Retry a failed try; by default only failures where the backend never produced an answer."""
+
+    num_retries: Annotated[int, Field(ge=1, le=10, description="retries after the first try")] = 2
+    retry_on: Annotated[list[RetryOn], Field(min_length=1, max_length=13)] = [
+        "connect-failure", "refused-stream", "unavailable", "cancelled", "reset"]
+    per_try_timeout_s: Annotated[float, Field(gt=0, le=3600, description="null: the route's timeout")] | None = None
+    other_host: Annotated[bool, Field(description="retry on an endpoint not yet tried")] = True
+
+    @model_validator(mode="after")
+    def _unique_conditions(self) -> Retries:
+        if len(set(self.retry_on)) != len(self.retry_on):
+            raise ValueError("retry_on names a condition more than once")
+        return self
+
+
+class Mirror(Strict):
+    """A copy of a share of the route's requests, sent to another backend; its answers are dropped."""
+
+    backend: Name
+    percent: Annotated[float, Field(gt=0, le=100)] = 100
+
+
+class HashOn(Strict):
+    """What a ring_hash or maglev backend hashes to keep a client on one endpoint."""
+
+    type: Literal["header", "cookie", "query_parameter", "source_ip"]
+    name: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = Field(
+        None, description="the header, cookie or query parameter")
+    cookie_ttl_s: Annotated[float, Field(
+        ge=0, le=31_536_000,
+        description="cookie only: Envoy sets the cookie when the request lacks it (0: a session cookie)")] | None = None
+    terminal: Annotated[bool, Field(description="if this part is present, ignore the parts after it")] = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> HashOn:
+        if (self.type == "source_ip") != (self.name is None):
+            raise ValueError("name is required for header, cookie and query_parameter, and only for them")
+        if self.type == "header" and re.fullmatch(r":?[A-Za-z0-9!#$%&'*+.^_`|~-]+", self.name or "") is None:
+            raise ValueError(f"invalid header name {self.name!r}")
+        if self.cookie_ttl_s is not None and self.type != "cookie":
+            raise ValueError("cookie_ttl_s is only for type cookie")
+        return self
+
+
 class Route(Strict):
     name: Name
     match: RouteMatch
     split: Annotated[list[WeightedBackend], Field(min_length=1, max_length=32)]
     timeout_s: Annotated[float, Field(ge=0, le=3600, description="0 disables the route timeout")] = 30.0
+    idle_timeout_s: Annotated[float, Field(
+        ge=0, le=3600, description="longest silence on a request or response stream; 0 disables; "
+                                   "null: the listener's default (5 minutes)")] | None = None
+    retries: Retries | None = Retries()
+    mirrors: Annotated[list[Mirror], Field(max_length=4)] = []
+    hash_on: Annotated[list[HashOn], Field(max_length=4)] = []
 
     @model_validator(mode="after")
     def _split_is_usable(self) -> Route:
@@ -102,7 +287,19 @@ class Route(Strict):
             raise ValueError("split names a backend more than once")
         if sum(w.weight for w in self.split) == 0:
             raise ValueError("split weights add up to 0: at least one backend needs weight")
+        mirrored = [m.backend for m in self.mirrors]
+        if len(set(mirrored)) != len(mirrored):
+            raise ValueError("mirrors names a backend more than once")
+        per_try = self.retries.per_try_timeout_s if self.retries else None
+        if per_try is not None and self.timeout_s and per_try > self.timeout_s:
+            raise ValueError(f"retries.per_try_timeout_s {per_try} exceeds timeout_s {self.timeout_s}")
         return self
+
+    def backends_named(self) -> list[tuple[str, str]]:
+        """Every backend the route names, with the field naming it relative to the route
+        (`split.1.backend`, `mirrors.0.backend`), for cross-object checks."""
+        return ([(f"split.{i}.backend", w.backend) for i, w in enumerate(self.split)]
+                + [(f"mirrors.{i}.backend", m.backend) for i, m in enumerate(self.mirrors)])
 
 
 class Service(Strict):
@@ -143,6 +340,11 @@ class RateLimit(Strict):
     cost_header: HeaderName | None = Field(None, description="a request header carrying the request's cost")
     route_costs: Annotated[dict[Name, Annotated[int, Field(ge=1)]], Field(max_length=16)] = {}
     shadow: bool = Field(False, description="count what would be limited, never reject")
+    scope: Literal["local", "global"] = Field(
+        "local",
+        description="local: every edge Envoy admits rate/burst on its own; global: all edge Envoys together "
+                    "admit about rate/burst, each enforcing a share that follows its measured demand",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RateLimit:

@@ -1,5 +1,8 @@
+from envoy.config.core.v3.base_pb2 import RuntimeFractionalPercent
 from envoy.config.route.v3.route_components_pb2 import (
     HeaderMatcher,
+    QueryParameterMatcher,
+    RetryPolicy,
     Route,
     RouteAction,
     RouteMatch,
@@ -7,14 +10,22 @@ from envoy.config.route.v3.route_components_pb2 import (
     WeightedCluster,
 )
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2 import PreviousHostsPredicate
 from envoy.type.matcher.v3.regex_pb2 import RegexMatcher
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
-from google.protobuf.duration_pb2 import Duration
+from envoy.type.v3.percent_pb2 import FractionalPercent
 from google.protobuf.wrappers_pb2 import UInt32Value
 
-from controlplane import policy as p
+from controlplane.policy import model as p
+from controlplane.translate.clusters import packed, seconds
 
 EDGE_ROUTES = "edge"
+
+# How often Envoy may pick again when the retry predicate refuses a host it already tried.
+# least_request and the hashing balancers can draw the same host repeatedly; with the small
+# endpoint sets of model servers, one re-pick (Envoy's default) still lands on the failed host
+# about a quarter of the time.
+HOST_SELECTION_ATTEMPTS = 5
 
 
 def route_name(service: str, route: str) -> str:
@@ -22,29 +33,93 @@ def route_name(service: str, route: str) -> str:
     return f"{service}/{route}"
 
 
+def _string(exact: str | None, prefix: str | None, regex: str | None) -> StringMatcher:
+    if exact is not None:
+        return StringMatcher(exact=exact)
+    if prefix is not None:
+        return StringMatcher(prefix=prefix)
+    return StringMatcher(safe_regex=RegexMatcher(regex=regex))
+
+
 def _header(h: p.HeaderMatch) -> HeaderMatcher:
     if h.present is not None:
         return HeaderMatcher(name=h.name, present_match=h.present)
-    if h.exact is not None:
-        matcher = StringMatcher(exact=h.exact)
-    elif h.prefix is not None:
-        matcher = StringMatcher(prefix=h.prefix)
-    else:
-        matcher = StringMatcher(safe_regex=RegexMatcher(regex=h.regex))
-    return HeaderMatcher(name=h.name, string_match=matcher)
+    return HeaderMatcher(name=h.name, string_match=_string(h.exact, h.prefix, h.regex))
+
+
+def _methods(methods: list[str]) -> list[HeaderMatcher]:
+    """Methods are the `:method` pseudo-header; a matcher takes one pattern, so several become
+    an alternation (the names are upper-case letters only: nothing to escape)."""
+    if not methods:
+        return []
+    if len(methods) == 1:
+        return [HeaderMatcher(name=":method", string_match=StringMatcher(exact=methods[0]))]
+    regex = "|".join(methods)
+    return [HeaderMatcher(name=":method", string_match=StringMatcher(safe_regex=RegexMatcher(regex=regex)))]
+
+
+def _query_parameter(q: p.QueryParameterMatch) -> QueryParameterMatcher:
+    if q.present is not None:
+        return QueryParameterMatcher(name=q.name, present_match=q.present)
+    return QueryParameterMatcher(name=q.name, string_match=_string(q.exact, q.prefix, q.regex))
 
 
 def _match(m: p.RouteMatch) -> RouteMatch:
-    headers = [_header(h) for h in m.headers]
+    out = RouteMatch(
+        headers=[*(_header(h) for h in m.headers), *_methods(m.methods)],
+        query_parameters=[_query_parameter(q) for q in m.query_parameters],
+    )
     if m.prefix is not None:
-        return RouteMatch(prefix=m.prefix, headers=headers)
-    if m.path is not None:
-        return RouteMatch(path=m.path, headers=headers)
-    return RouteMatch(safe_regex=RegexMatcher(regex=m.regex), headers=headers)
+        out.prefix = m.prefix
+    elif m.path is not None:
+        out.path = m.path
+    else:
+        out.safe_regex.CopyFrom(RegexMatcher(regex=m.regex))
+    return out
+
+
+def _retry_policy(r: p.Retries) -> RetryPolicy:
+    out = RetryPolicy(retry_on=",".join(r.retry_on), num_retries=UInt32Value(value=r.num_retries))
+    if r.per_try_timeout_s is not None:
+        out.per_try_timeout.CopyFrom(seconds(r.per_try_timeout_s))
+    if r.other_host:
+        out.retry_host_predicate.add(name="envoy.retry_host_predicates.previous_hosts",
+                                     typed_config=packed(PreviousHostsPredicate()))
+        out.host_selection_retry_max_attempts = HOST_SELECTION_ATTEMPTS
+    return out
+
+
+def _mirror(m: p.Mirror) -> RouteAction.RequestMirrorPolicy:
+    # Parts per million: percents such as 0.5 stay exact.
+    share = FractionalPercent(numerator=round(m.percent * 10_000), denominator=FractionalPercent.MILLION)
+    return RouteAction.RequestMirrorPolicy(cluster=m.backend, runtime_fraction=RuntimeFractionalPercent(default_value=share))
+
+
+def _hash_policy(h: p.HashOn) -> RouteAction.HashPolicy:
+    out = RouteAction.HashPolicy(terminal=h.terminal)
+    if h.type == "header":
+        out.header.header_name = h.name
+    elif h.type == "cookie":
+        out.cookie.name = h.name
+        if h.cookie_ttl_s is not None:
+            out.cookie.ttl.CopyFrom(seconds(h.cookie_ttl_s))
+    elif h.type == "query_parameter":
+        out.query_parameter.name = h.name
+    else:
+        out.connection_properties.source_ip = True
+    return out
 
 
 def _action(route: p.Route) -> RouteAction:
-    action = RouteAction(timeout=Duration(seconds=int(route.timeout_s), nanos=int(route.timeout_s % 1 * 1e9)))
+    action = RouteAction(
+        timeout=seconds(route.timeout_s),
+        request_mirror_policies=[_mirror(m) for m in route.mirrors],
+        hash_policy=[_hash_policy(h) for h in route.hash_on],
+    )
+    if route.idle_timeout_s is not None:
+        action.idle_timeout.CopyFrom(seconds(route.idle_timeout_s))
+    if route.retries is not None:
+        action.retry_policy.CopyFrom(_retry_policy(route.retries))
     if len(route.split) == 1:
         action.cluster = route.split[0].backend
     else:
