@@ -20,7 +20,8 @@ from controlplane.settings import ControlPlaneSettings
 from controlplane.store import open_store
 
 
-from controlplane.translate import Options, ProxyGroup, translate
+from controlplane.quota.balancer import Balancer
+from controlplane.translate import Options, ProxyGroup, translate, translate_shares
 from controlplane.xds import AdsServer, Fleet
 
 log = logging.getLogger("sluice.controlplane")
@@ -32,13 +33,17 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
     fleet = Fleet(registry)
     published = Gauge("sluice_published_revision", "Policy revision in the snapshots", registry=registry)
     cache = SnapshotCache()
+    options = Options(filters_dir=settings.filters_dir)
     publisher = Publisher(
-        store, cache, functools.partial(translate, options=Options(filters_dir=settings.filters_dir)),
+        store, cache, functools.partial(translate, options=options),
+        lambda policy, shares: translate_shares(policy, shares, options),
         quiet_s=settings.push_quiet_s, max_delay_s=settings.push_max_delay_s,
-        on_publish=lambda r: published.set(r.number),
+        on_publish=lambda r: (published.set(r.number), balancer.rebalance()),
     )
     default_group = ProxyGroup("edge", settings.edge_listen_address, settings.edge_listen_port)
     ads = AdsServer(cache, publisher, fleet, default_group)
+    balancer = Balancer(fleet, lambda: None if publisher.revision is None else publisher.revision.policy,
+                        publisher.set_shares, interval_s=settings.quota_interval_s)
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((ads.handler(),))
@@ -50,6 +55,7 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
     site = web.TCPSite(runner, settings.admin_host, settings.admin_port)
     await site.start()
     publishing = asyncio.create_task(publisher.run())
+    balancing = asyncio.create_task(balancer.run())
     current = await store.current()
     log.info("xDS on %s:%d, admin API on http://%s:%d, store %s at revision %d",
              settings.xds_host, xds_port, settings.admin_host, settings.admin_port, settings.store, current.number)
@@ -57,9 +63,10 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         log.info("stopping")
-        publishing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await publishing
+        for task in (publishing, balancing):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await server.stop(grace=1.0)
         await runner.cleanup()
         await store.close()

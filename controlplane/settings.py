@@ -22,4 +22,5 @@ class ControlPlaneSettings(BaseSettings):
     filters_dir: Path = Field(Path("build/filters/bin"), description="compiled WASM filters, as Envoy reads them")
     push_quiet_s: float = Field(0.05, ge=0, description="a burst of writes is pushed once writes pause this long")
     push_max_delay_s: float = Field(0.25, ge=0, description="...but never later than this after the first write")
+    quota_interval_s: float = Field(1.0, gt=0, description="how often global rate-limit shares are rebalanced")
     log_level: str = "INFO"

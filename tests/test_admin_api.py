@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from conftest import demo_policy
+from policies import demo_policy
 from harness import PYTHON, ROOT, ControlPlane, get_json, http
 
 

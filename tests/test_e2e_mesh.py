@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import demo_policy
+from policies import demo_policy
 from harness import Backend, ControlPlane, Envoy, http, wait_until
 
 from inference.demo import reference

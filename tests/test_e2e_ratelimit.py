@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from conftest import demo_policy
+from policies import demo_policy
 from harness import ROOT, Backend, ControlPlane, Envoy, http, wait_until
 
 WASM = ROOT / "build/filters/bin/ratelimit.wasm"

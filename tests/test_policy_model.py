@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 import pytest
-from conftest import demo_policy
+from policies import demo_policy
 
 from controlplane.policy import InvalidPolicy, Policy, parse_document, with_document
 

@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import demo_policy
+from policies import demo_policy
 
 from controlplane.policy import Policy, parse_document, with_document
 from controlplane.store import Conflict, open_store

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import demo_policy
+from policies import demo_policy
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 
 from controlplane.cache.snapshot import Snapshot, with_nonce

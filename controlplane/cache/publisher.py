@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from controlplane.cache.snapshot import Snapshot
+from controlplane.cache.snapshot import Snapshot, TypeSnapshot
 from controlplane.cache.snapshots import SnapshotCache
 from controlplane.policy import Policy
 from controlplane.store import Revision, Store
@@ -20,6 +20,8 @@ from controlplane.translate import ProxyGroup, Resources
 log = logging.getLogger(__name__)
 
 Translator = Callable[[Policy, ProxyGroup], Resources]
+# What differs for one proxy holding shares (policy name -> fraction) of global limits.
+ShareTranslator = Callable[[Policy, Mapping[str, float]], Resources]
 
 
 class Publisher:
@@ -28,6 +30,7 @@ class Publisher:
         store: Store,
         cache: SnapshotCache,
         translator: Translator,
+        share_translator: ShareTranslator | None = None,
         *,
         quiet_s: float = 0.05,
         max_delay_s: float = 0.25,
@@ -36,6 +39,8 @@ class Publisher:
         self._store = store
         self._cache = cache
         self._translate = translator
+        self._translate_shares = share_translator
+        self._shares: dict[str, dict[str, float]] = {}  # node -> global limit -> fraction
         self._groups: dict[str, ProxyGroup] = {}
         self._revision: Revision | None = None
         self._quiet_s = quiet_s
@@ -52,6 +57,22 @@ class Publisher:
             self._groups[group.key] = group
             if self._revision is not None:
                 self._build(group, self._revision)
+
+    def set_shares(self, shares: dict[str, dict[str, float]]) -> None:
+        """Each proxy's fractions of the global limits (from the quota balancer)."""
+        gone = self._shares.keys() - shares.keys()
+        self._shares = shares
+        for node in gone:
+            self._cache.set_overrides(node, {})
+        if self._revision is not None:
+            self._build_overrides(self._revision)
+
+    def _build_overrides(self, revision: Revision) -> None:
+        if self._translate_shares is None:
+            return
+        for node, fractions in self._shares.items():
+            resources = self._translate_shares(revision.policy, fractions)
+            self._cache.set_overrides(node, {t: TypeSnapshot.build(t, msgs) for t, msgs in resources.items() if msgs})
 
     def _build(self, group: ProxyGroup, revision: Revision) -> None:
         resources = self._translate(revision.policy, group)
@@ -89,6 +110,7 @@ class Publisher:
         self._revision = revision
         for group in self._groups.values():
             self._build(group, revision)
+        self._build_overrides(revision)
         log.info("revision %d published to %d group(s) in %.1f ms",
                  revision.number, len(self._groups), (time.perf_counter() - started) * 1e3)
         self._on_publish(revision)

@@ -1,37 +1,56 @@
-"""The snapshot cache: the latest snapshot per proxy group, and a way to wait for the next."""
+"""The snapshot cache: the latest snapshot per proxy group, per-proxy overrides of single
+types (a proxy's share of a global rate limit), and a way to wait for the next change."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 
-from controlplane.cache.snapshot import Snapshot
+from controlplane.cache.snapshot import Snapshot, TypeSnapshot
 
 
 class SnapshotCache:
     def __init__(self) -> None:
         self._snapshots: dict[str, Snapshot] = {}
-        self._changed: dict[str, asyncio.Event] = {}
+        self._overrides: dict[str, dict[str, TypeSnapshot]] = {}
+        self._changed = asyncio.Event()
 
-    def get(self, group: str) -> Snapshot | None:
-        return self._snapshots.get(group)
+    def get(self, group: str, node: str | None = None) -> Snapshot | None:
+        snapshot = self._snapshots.get(group)
+        override = self._overrides.get(node) if node is not None else None
+        if snapshot is None or not override:
+            return snapshot
+        return Snapshot(snapshot.revision, {**snapshot.types, **override})
 
     def groups(self) -> list[str]:
         return list(self._snapshots)
 
     def set(self, group: str, snapshot: Snapshot) -> None:
         self._snapshots[group] = snapshot
-        event = self._changed.pop(group, None)
-        if event is not None:
-            event.set()
+        self._notify()
 
-    async def watch(self, group: str) -> AsyncIterator[Snapshot]:
-        """Yields the group's snapshot now (once there is one) and after every change."""
-        last: Snapshot | None = None
+    def set_overrides(self, node: str, types: dict[str, TypeSnapshot]) -> None:
+        """Replace what this proxy gets instead of its group's version of some types."""
+        if types:
+            self._overrides[node] = types
+        elif self._overrides.pop(node, None) is None:
+            return
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def watch(self, group: str, node: str | None = None) -> AsyncIterator[Snapshot]:
+        """Yields the proxy's snapshot now (once there is one) and after every change to it."""
+        last: tuple[object, object] = (None, None)
         while True:
-            snapshot = self._snapshots.get(group)
-            if snapshot is not None and snapshot is not last:
-                last = snapshot
+            changed = self._changed
+            current = (self._snapshots.get(group), self._overrides.get(node) if node is not None else None)
+            if current[0] is not None and (current[0] is not last[0] or current[1] is not last[1]):
+                last = current
+                snapshot = self.get(group, node)
+                assert snapshot is not None
                 yield snapshot
                 continue
-            await self._changed.setdefault(group, asyncio.Event()).wait()
+            await changed.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,4 +53,10 @@ def translate(policy: Policy, group: ProxyGroup, options: Options = Options()) -
     }
 
 
-__all__ = ["Options", "ProxyGroup", "Resources", "route_name", "translate", "types"]
+def translate_shares(policy: Policy, shares: Mapping[str, float], options: Options = Options()) -> Resources:
+    """What differs for one proxy holding `shares` of the global rate limits: its filter configs."""
+    _, filter_configs = edge_filters(policy, options.filters_dir, shares)
+    return {types.EXTENSION_CONFIG: {c.name: c for c in filter_configs}}
+
+
+__all__ = ["Options", "ProxyGroup", "Resources", "route_name", "translate", "translate_shares", "types"]

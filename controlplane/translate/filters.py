@@ -4,6 +4,8 @@ listener drain, because the listener only names the filter and the config comes 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Mapping
 from pathlib import Path
 
 from envoy.config.core.v3.base_pb2 import AsyncDataSource, DataSource
@@ -47,16 +49,28 @@ def wasm_filter(name: str, module: Path, plugin: str, configuration: dict[str, o
     return TypedExtensionConfig(name=name, typed_config=_packed(config))
 
 
-def ratelimit_config(policy: Policy) -> dict[str, object]:
-    """The filter's plugin configuration (its schema is documented in filters/ratelimit/config.zig)."""
+def _share(rate: float, burst: int, fraction: float | None) -> tuple[float, int]:
+    if fraction is None:
+        return rate, burst
+    # Each proxy keeps at least one token, or its clients could never be admitted.
+    return rate * fraction, max(1, math.floor(burst * fraction))
+
+
+def ratelimit_config(policy: Policy, shares: Mapping[str, float] | None = None) -> dict[str, object]:
+    """The filter's plugin configuration (its schema is documented in filters/ratelimit/config.zig).
+
+    `shares` maps a global limit's name to this proxy's fraction of it; a global limit without
+    a share is enforced whole (until the proxy's first share is computed, at connect).
+    """
+    shares = shares or {}
     return {
         "xff_trusted_hops": policy.edge.xff_trusted_hops,
         "policies": [
             {
                 "name": name,
                 "routes": policy.routes_of(limit.service, limit.routes),
-                "rate": limit.rate,
-                "burst": limit.burst,
+                **dict(zip(("rate", "burst"), _share(
+                    limit.rate, limit.burst, shares.get(name) if limit.scope == "global" else None), strict=True)),
                 "key": [{"type": k.type, **({"name": k.name.lower()} if k.name else {})} for k in limit.key],
                 **({"cost_header": limit.cost_header.lower()} if limit.cost_header else {}),
                 "route_costs": {f"{limit.service}/{r}": c for r, c in sorted(limit.route_costs.items())},
@@ -67,9 +81,10 @@ def ratelimit_config(policy: Policy) -> dict[str, object]:
     }
 
 
-def edge_filters(policy: Policy, filters_dir: Path) -> tuple[list[HttpFilter], list[TypedExtensionConfig]]:
+def edge_filters(policy: Policy, filters_dir: Path, shares: Mapping[str, float] | None = None
+                 ) -> tuple[list[HttpFilter], list[TypedExtensionConfig]]:
     """The edge listener's filter chain (before the router) and the configs it discovers."""
     if not policy.ratelimits:
         return [], []
     module = filters_dir.resolve() / "ratelimit.wasm"
-    return [discovered(RATELIMIT)], [wasm_filter(RATELIMIT, module, "ratelimit", ratelimit_config(policy))]
+    return [discovered(RATELIMIT)], [wasm_filter(RATELIMIT, module, "ratelimit", ratelimit_config(policy, shares))]

@@ -75,7 +75,9 @@ class AdsServer:
         if first is None:
             return
         group = group_of(first.node, self._default_group)
-        proxy = ProxyStatus(first.node.id, first.node.cluster, group.key, next(self._stream_ids), protocol)
+        metadata = first.node.metadata.fields
+        proxy = ProxyStatus(first.node.id, first.node.cluster, group.key, next(self._stream_ids), protocol,
+                            metadata["admin_address"].string_value if "admin_address" in metadata else None)
         session = kind(proxy, self._fleet, self._nonces)
         self._publisher.join(group)
         self._fleet.connect(proxy)
@@ -89,7 +91,7 @@ class AdsServer:
                 wake.set()
 
         reader = asyncio.create_task(read())
-        snapshots = self._cache.watch(group.key)
+        snapshots = self._cache.watch(group.key, proxy.node_id)
         next_snapshot: asyncio.Future[Snapshot] = asyncio.ensure_future(anext(snapshots))
         snapshot: Snapshot | None = None
         try:

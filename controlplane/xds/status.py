@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ class ProxyStatus:
     group: str
     stream_id: int
     protocol: str = "sotw"
+    admin_address: str | None = None  # host:port of the proxy's admin interface, from node metadata
     connected_at: float = field(default_factory=time.time)
     types: dict[str, TypeStatus] = field(default_factory=dict)
 
@@ -51,6 +53,7 @@ class ProxyStatus:
             "cluster": self.cluster,
             "group": self.group,
             "protocol": self.protocol,
+            "admin_address": self.admin_address,
             "connected_at": self.connected_at,
             "revision": self.revision(),
             "types": {
@@ -72,6 +75,7 @@ class Fleet:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._proxies: dict[int, ProxyStatus] = {}
+        self._listeners: list[Callable[[], None]] = []
         self._written_at: dict[int, float] = {}
         self.pushes = Counter("sluice_xds_pushes", "xDS responses sent", ["type"], registry=registry)
         self.acks = Counter("sluice_xds_acks", "xDS ACKs received", ["type"], registry=registry)
@@ -81,11 +85,19 @@ class Fleet:
             registry=registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
 
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after every connect and disconnect."""
+        self._listeners.append(listener)
+
     def connect(self, proxy: ProxyStatus) -> None:
         self._proxies[proxy.stream_id] = proxy
+        for listener in self._listeners:
+            listener()
 
     def disconnect(self, proxy: ProxyStatus) -> None:
-        self._proxies.pop(proxy.stream_id, None)
+        if self._proxies.pop(proxy.stream_id, None) is not None:
+            for listener in self._listeners:
+                listener()
 
     def proxies(self) -> list[ProxyStatus]:
         return sorted(self._proxies.values(), key=lambda p: (p.cluster, p.node_id, p.stream_id))

@@ -1,0 +1,16 @@
+"""Policy documents the tests apply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def demo_policy(v1_port: int, v2_port: int, w1: int = 100, w2: int = 0) -> list[dict[str, Any]]:
+    return [
+        {"kind": "Backend", "name": "classifier-v1", "spec": {"endpoints": [{"address": "127.0.0.1", "port": v1_port}]}},
+        {"kind": "Backend", "name": "classifier-v2", "spec": {"endpoints": [{"address": "127.0.0.1", "port": v2_port}]}},
+        {"kind": "Service", "name": "classifier", "spec": {"hosts": ["*"], "routes": [{
+            "name": "infer", "match": {"prefix": "/v2/models/classifier"},
+            "split": [{"backend": "classifier-v1", "weight": w1}, {"backend": "classifier-v2", "weight": w2}],
+        }]}},
+    ]
