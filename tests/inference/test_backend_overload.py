@@ -9,15 +9,15 @@ import aiohttp
 import grpc
 import numpy as np
 import pytest
-from backend_harness import write_slow_model
+from backend_harness import start_backend, write_slow_model
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 QUEUE = 2
 
 
-@pytest.fixture
-def slow_backend(start, tmp_path):
-    repo = tmp_path / "repo"
+@pytest.fixture(scope="module")
+def slow_backend(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("slow-repo")
     write_slow_model(
         repo,
         {
@@ -29,7 +29,17 @@ def slow_backend(start, tmp_path):
             }
         },
     )
-    return start(repo=repo, grpc=True)
+    server = start_backend(repo, tmp_path_factory.mktemp("slow-logs"), grpc=True)
+    yield server
+    server.stop()
+
+
+async def rejected_count(session: aiohttp.ClientSession) -> int:
+    async with session.get("/metrics") as response:
+        metrics = await response.text()
+    found = re.search(r'nv_inference_request_failure\{model="slow",version="1",reason="REJECTED"\} (\d+)', metrics)
+    assert found, metrics
+    return int(found.group(1))
 
 
 def body(value: float, rows: int = 1, **parameters: object) -> dict[str, object]:
@@ -47,9 +57,9 @@ async def post(session: aiohttp.ClientSession, doc: dict[str, object]) -> tuple[
 
 async def test_full_queue_answers_503_and_counts_rejections(slow_backend) -> None:
     async with aiohttp.ClientSession(slow_backend.url) as session:
+        rejected_before = await rejected_count(session)
         results = await asyncio.gather(*(post(session, body(i)) for i in range(12)))
-        async with session.get("/metrics") as response:
-            metrics = await response.text()
+        rejected = await rejected_count(session) - rejected_before
     served = [(i, doc) for i, (status, doc) in enumerate(results) if status == 200]
     refused = [doc for status, doc in results if status == 503]
     assert len(served) + len(refused) == 12
@@ -59,8 +69,7 @@ async def test_full_queue_answers_503_and_counts_rejections(slow_backend) -> Non
     assert len(served) >= QUEUE
     for i, doc in served:
         assert doc["outputs"][0]["data"] == [float(i)] * 4
-    rejected = re.search(r'nv_inference_request_failure\{model="slow",version="1",reason="REJECTED"\} (\d+)', metrics)
-    assert rejected and int(rejected.group(1)) == len(refused)
+    assert rejected == len(refused)
 
 
 async def test_request_timeout_expires_in_queue_with_504(slow_backend) -> None:

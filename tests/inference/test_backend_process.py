@@ -9,9 +9,12 @@ import sys
 import time
 
 import aiohttp
+import grpc
 import numpy as np
+import pytest
 
 from backend_harness import REPO_ROOT
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 from inference.demo import reference
 
 X = np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32)
@@ -60,7 +63,7 @@ def test_invalid_option_is_a_usage_error() -> None:
 
 
 async def test_sigterm_drains_in_flight_request_then_exits_0(start) -> None:
-    server = start("--load", "classifier:1", "--fault-delay-ms", "1500")
+    server = start("--load", "classifier:1", "--fault-delay-ms", "1500", grpc=True)
     async with aiohttp.ClientSession(server.url) as session:
         slow = asyncio.ensure_future(session.post("/v2/models/classifier/infer", json=BODY))
         # Wait until the request is inside the server (the delay is applied after it is admitted).
@@ -79,6 +82,12 @@ async def test_sigterm_drains_in_flight_request_then_exits_0(start) -> None:
         assert not slow.done(), "the slow request should still be in flight while readiness says 503"
         async with session.post("/v2/models/classifier/infer", json=BODY) as response:
             assert response.status == 503  # new work is refused while draining
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            assert not (await stub.ServerReady(service_pb2.ServerReadyRequest())).ready
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.ModelInfer(service_pb2.ModelInferRequest(model_name="classifier"))
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         response = await slow
         assert response.status == 200
         doc = await response.json()
