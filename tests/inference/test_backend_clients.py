@@ -156,3 +156,10 @@ async def test_grpc_response_names_version_in_metadata(backend) -> None:
     # A request sent as typed contents (not raw bytes) is answered with raw bytes, as Triton does.
     out = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(1, 3)
     np.testing.assert_allclose(out, reference("classifier", 1, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_http_client_compressed_request(http_client, algorithm: str) -> None:
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    result = http_client.infer("classifier", [_http_input(x)], model_version="1", request_compression_algorithm=algorithm)
+    np.testing.assert_allclose(result.as_numpy("OUTPUT0"), reference("classifier", 1, x), rtol=1e-5, atol=1e-6)

@@ -16,6 +16,8 @@ import pytest
 from backend_harness import REPO_ROOT
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from inference.demo import reference
+from inference.main import build_parser
+from inference.settings import BackendSettings
 
 X = np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32)
 BODY = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": X.reshape(-1).tolist()}]}
@@ -93,3 +95,14 @@ async def test_sigterm_drains_in_flight_request_then_exits_0(start) -> None:
         doc = await response.json()
         np.testing.assert_allclose(np.asarray(doc["outputs"][0]["data"]).reshape(1, 3), reference("classifier", 1, X), rtol=1e-5)
     assert await asyncio.to_thread(server.process.wait, 10) == 0
+
+
+def test_settings_come_from_environment_and_the_command_line_wins(monkeypatch) -> None:
+    monkeypatch.setenv("SLUICE_BACKEND_HTTP_PORT", "8002")
+    monkeypatch.setenv("SLUICE_BACKEND_HOST", "10.0.0.1")
+    monkeypatch.setenv("SLUICE_BACKEND_LOAD", '["classifier:1,2"]')
+    args = build_parser().parse_args(["--host", "0.0.0.0", "--fault-delay-ms", "5"])
+    settings = BackendSettings(**vars(args))
+    assert (settings.host, settings.http_port, settings.fault_delay_ms) == ("0.0.0.0", 8002, 5.0)
+    assert settings.load_specs() == [("classifier", [1, 2])]
+    assert settings.fault_error_rate == 0.0 and settings.grpc_port == 0
