@@ -67,3 +67,18 @@ def test_cross_object_problems() -> None:
     for raw in [*demo_policy(1, 2), other]:
         policy = with_document(policy, parse_document(raw))
     assert [p.loc for p in policy.problems()] == ["services.other.hosts.0"]
+
+
+def test_mirror_targets_must_exist_and_stay() -> None:
+    policy = Policy()
+    for raw in demo_policy(1, 2):
+        policy = with_document(policy, parse_document(raw))
+    service = copy.deepcopy(demo_policy(1, 2)[2])
+    service["spec"]["routes"][0]["split"] = [{"backend": "classifier-v1", "weight": 100}]
+    service["spec"]["routes"][0]["mirrors"] = [{"backend": "shadow-model"}]
+    mirrored = with_document(policy, parse_document(service))
+    assert [p.loc for p in mirrored.problems()] == ["services.classifier.routes.0.mirrors.0.backend"]
+    service["spec"]["routes"][0]["mirrors"] = [{"backend": "classifier-v2"}]
+    mirrored = with_document(policy, parse_document(service))
+    assert mirrored.problems() == []
+    assert mirrored.users_of_backend("classifier-v2") == ["services.classifier.routes.infer"]

@@ -406,10 +406,10 @@ class Policy(Strict):
                     found.append(Problem(loc=f"services.{sname}.hosts.{h}",
                                          msg=f"host {host!r} is already served by service {other!r}"))
             for r, route in enumerate(service.routes):
-                for s, weighted in enumerate(route.split):
-                    if weighted.backend not in self.backends:
-                        found.append(Problem(loc=f"services.{sname}.routes.{r}.split.{s}.backend",
-                                             msg=f"unknown backend {weighted.backend!r}"))
+                for where, backend in route.backends_named():
+                    if backend not in self.backends:
+                        found.append(Problem(loc=f"services.{sname}.routes.{r}.{where}",
+                                             msg=f"unknown backend {backend!r}"))
         for name in self.edges:
             if name != "edge":
                 found.append(Problem(loc=f"edges.{name}", msg="the Edge object must be named 'edge'"))
@@ -439,4 +439,4 @@ class Policy(Strict):
 
     def users_of_backend(self, backend: str) -> list[str]:
         return [f"services.{s}.routes.{r.name}" for s, svc in sorted(self.services.items())
-                for r in svc.routes if any(w.backend == backend for w in r.split)]
+                for r in svc.routes if any(b == backend for _, b in r.backends_named())]
