@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import queue
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,11 +71,11 @@ def _powers_of_two_up_to(limit: int) -> tuple[int, ...]:
 
 @dataclass
 class ModelVersion:
-    """One loaded version: its session, its batcher and its counters."""
+    """One loaded version: its sessions, its batcher and its counters."""
 
     config: ModelConfig
     version: int
-    session: ModelSession
+    sessions: list[ModelSession]
     batcher: DynamicBatcher
     stats: ModelStats
     executor: ThreadPoolExecutor
@@ -232,26 +233,40 @@ class ModelRepository:
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(max_workers=config.instance_count, thread_name_prefix=f"ort-{config.name}-v{version}")
         try:
-            session = await loop.run_in_executor(executor, ModelSession, path, config, version, self.runtime)
+            # One ORT session has one CUDA stream, so concurrent runs on a GPU serialize: each
+            # instance gets its own session there. On CPU one session serves concurrent calls,
+            # so it is lent out instance_count times over.
+            count = config.instance_count if self.runtime.on_gpu else 1
+            sessions = [await loop.run_in_executor(executor, ModelSession, path, config, version, self.runtime) for _ in range(count)]
+            idle: queue.SimpleQueue[ModelSession] = queue.SimpleQueue()
+            for i in range(config.instance_count):
+                idle.put(sessions[i % count])
             stats = ModelStats(config.name, version)
             policy = _batch_policy(config, self.runtime, self.default_queue_size)
             output_names = [t.name for t in config.output]
 
             def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-                return session.run(inputs, output_names)
+                # The batcher runs at most instance_count batches at once: the queue never runs dry.
+                session = idle.get()
+                try:
+                    return session.run(inputs, output_names)
+                finally:
+                    idle.put(session)
 
             batcher = DynamicBatcher(policy, run, executor, stats)
-            mv = ModelVersion(config, version, session, batcher, stats, executor, output_names=output_names)
+            mv = ModelVersion(config, version, sessions, batcher, stats, executor, output_names=output_names)
             if config.response_cache.enable and config.deterministic:
                 mv.cache = ResponseCache(config.response_cache.max_entries, config.response_cache.ttl_seconds)
             for request in mv.warm_inputs():
-                await loop.run_in_executor(executor, run, request)
+                # Sessions are lent in turn, so this warms every one of them.
+                for _ in range(config.instance_count):
+                    await loop.run_in_executor(executor, run, request)
         except BaseException:
             executor.shutdown(wait=False)
             raise
         log.info(
             "model %s version %d ready on %s (%d intra-op threads, %d instance(s), max batch %d)",
-            config.name, version, session.providers[0], session.intra_op_threads, config.instance_count, config.max_batch_size,
+            config.name, version, sessions[0].providers[0], sessions[0].intra_op_threads, config.instance_count, config.max_batch_size,
         )
         return mv
 

@@ -186,3 +186,20 @@ async def test_stop_serves_the_queue_within_its_drain_time(executor) -> None:
     await stopping
     np.testing.assert_array_equal((await queued)["y"], np.full((1, 2), 2.0, dtype=np.float32))
     await first
+
+
+async def test_gpu_style_padding_runs_bucket_shapes_and_returns_real_rows(executor) -> None:
+    model = GatedModel()
+    batcher, stats = await started(replace(POLICY, pad_buckets=(1, 2, 4, 8)), model, executor)
+    first = await occupy(batcher, stats)
+    waiting = [asyncio.ensure_future(batcher.submit(rows(i + 1.0))) for i in range(3)]
+    await asyncio.sleep(0.02)
+    model.gate.set()
+    results = await asyncio.gather(first, *waiting)
+    # Three rows ran as a batch of four (the fourth zero padding); each caller got only its own row.
+    assert [len(b) for b in model.batches] == [1, 4]
+    assert float(model.batches[1][3, 0]) == 0.0
+    for i, result in enumerate(results[1:]):
+        np.testing.assert_array_equal(result["y"], np.full((1, 2), 2.0 * (i + 1), dtype=np.float32))
+    assert stats.inference_count == 4  # rows served, not padding
+    await batcher.stop()

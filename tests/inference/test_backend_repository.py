@@ -150,3 +150,22 @@ async def test_metrics_count_successes_failures_and_batches(start) -> None:
     assert metric(text, "nv_inference_compute_infer_duration_us", version="1") > 0
     assert metric(text, "nv_inference_queue_duration_us", version="2") >= 0
     assert "# TYPE nv_inference_batch_size histogram" in text
+
+
+async def test_several_instances_answer_concurrent_requests(start, model_repo, tmp_path) -> None:
+    repo = variant_repo(model_repo, tmp_path / "repo", {"instance_group": [{"count": 2, "kind": "KIND_CPU"}]})
+    server = start("--load", "classifier:2", repo=repo)
+    xs = np.random.default_rng(2).standard_normal((24, 1, 4)).astype(np.float32)
+
+    async def one(session: aiohttp.ClientSession, x: np.ndarray) -> np.ndarray:
+        doc = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": x.reshape(-1).tolist()}]}
+        async with session.post("/v2/models/classifier/infer", json=doc) as response:
+            assert response.status == 200
+            return np.asarray((await response.json())["outputs"][0]["data"], dtype=np.float32).reshape(1, 3)
+
+    async with aiohttp.ClientSession(server.url) as session:
+        outputs = await asyncio.gather(*(one(session, x) for x in xs))
+        _, config = await get_json(session, "/v2/models/classifier/config")
+    assert config["instance_group"] == [{"count": 2, "kind": "KIND_CPU"}]
+    for x, out in zip(xs, outputs, strict=True):
+        np.testing.assert_allclose(out, reference("classifier", 2, x), rtol=1e-5, atol=1e-6)
