@@ -96,13 +96,21 @@ async def serve(settings: BackendSettings) -> int:
     grpc_server: grpc.aio.Server | None = None
     try:
         # Listen before loading so liveness answers (and readiness says 503) while models warm.
-        await web.TCPSite(runner, settings.host, settings.http_port).start()
+        try:
+            await web.TCPSite(runner, settings.host, settings.http_port).start()
+        except OSError as error:
+            log.error("cannot listen for HTTP on %s:%d: %s", settings.host, settings.http_port, error)
+            return 1
         log.info("HTTP listening on %s", ", ".join(f"{a[0]}:{a[1]}" for a in runner.addresses))
         if settings.grpc_port:
             # Imported only here: the gRPC stubs come from tritonclient, which HTTP-only use need not install.
             from inference.grpc_server import start_grpc_server
 
-            grpc_server, bound = await start_grpc_server(service, settings.host, settings.grpc_port, settings.max_request_bytes)
+            try:
+                grpc_server, bound = await start_grpc_server(service, settings.host, settings.grpc_port, settings.max_request_bytes)
+            except RuntimeError as error:  # grpcio's way of saying the port cannot be bound
+                log.error("cannot listen for gRPC on %s:%d: %s", settings.host, settings.grpc_port, error)
+                return 1
             log.info("gRPC listening on %s:%d", settings.host, bound)
 
         loading = asyncio.ensure_future(_load_models(repository, settings))
