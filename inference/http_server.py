@@ -56,6 +56,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if error.status < 400:
             raise
         return error_response(error.status, f"{error.reason}: {request.method} {request.path}")
+    except Exception as error:  # noqa: BLE001 - a bug must still answer in the protocol's shape
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, f"internal error: {error}")
 
 
 class HttpApi:
