@@ -17,6 +17,7 @@ KINDS = {
     **{k: "services" for k in ("service", "services", "svc")},
     **{k: "ratelimits" for k in ("ratelimit", "ratelimits")},
     **{k: "edges" for k in ("edge", "edges")},
+    **{k: "canaries" for k in ("canary", "canaries")},
 }
 
 
@@ -169,11 +170,13 @@ def status(client: Client, _: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    def with_server(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--server", default="http://127.0.0.1:8080", help="admin API URL (default %(default)s)")
-        return p
+def with_server(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options every command that talks to the admin API takes."""
+    p.add_argument("--server", default="http://127.0.0.1:8080", help="admin API URL (default %(default)s)")
+    return p
 
+
+def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = with_server(sub.add_parser("apply", help="create or update policy objects from a YAML file"))
     p.add_argument("-f", "--filename", required=True, help="YAML file of documents, or - for stdin")
     p.set_defaults(client_command=apply)
