@@ -22,7 +22,6 @@ pub const panic = @import("std").debug.FullPanic(panicLog);
 
 fn panicLog(message: []const u8, _: ?usize) noreturn {
     @branchHint(.cold);
-    host.log(.critical, "panic: ");
-    host.log(.critical, message);
+    host.logf(.critical, "panic: {s}", .{message});
     @trap();
 }

@@ -382,11 +382,10 @@ export fn proxy_on_response_headers(context_id: u32, num_headers: u32, end_of_st
     if (entry.generation != generation) return @intFromEnum(host.Action.@"continue");
     assert(entry.policy < cfg.policies_len);
     const policy = &cfg.policies[entry.policy];
-    var policy_buffer: [response.value_len_max]u8 = undefined;
     var limit_buffer: [response.value_len_max]u8 = undefined;
-    const name = policy.name.slice();
-    _ = host.addHeader(.response_headers, "ratelimit-policy", response.policyValue(&policy_buffer, name, policy.limit.burst, policy.limit.windowSeconds()));
-    _ = host.addHeader(.response_headers, "ratelimit", response.limitValue(&limit_buffer, name, entry.remaining, entry.reset_s));
+    // Only RateLimit: RateLimit-Policy is static (sent with every 429), and each header added is
+    // a host call (~0.5 us in Envoy) on every admitted request.
+    _ = host.addHeader(.response_headers, "ratelimit", response.limitValue(&limit_buffer, policy.name.slice(), entry.remaining, entry.reset_s));
     return @intFromEnum(host.Action.@"continue");
 }
 

@@ -19,15 +19,17 @@ pub const set_count = 4096;
 pub const slot_count = set_count * ways;
 pub const way_bytes = 16;
 pub const encoded_len = ways * way_bytes;
-/// Shared-data payload bound: values plus key strings ("rl/4095" = 7 bytes).
 pub const key_prefix = "rl/";
 pub const key_len_max = key_prefix.len + 4;
-pub const payload_bytes_max = set_count * (encoded_len + key_len_max);
+/// Shared-data keys: the sets plus the "rl/ready" marker (limiter.createSets).
+pub const key_count = set_count + 1;
+/// Shared-data payload bound: values plus key strings ("rl/4095" = 7 bytes), plus the marker.
+pub const payload_bytes_max = set_count * (encoded_len + key_len_max) + "rl/ready".len + 1;
 
 comptime {
     assert(std.math.isPowerOfTwo(set_count));
     assert(set_count - 1 <= 9999); // key_len_max digits
-    assert(payload_bytes_max == 290_816);
+    assert(payload_bytes_max == 290_825);
 }
 
 pub const Way = struct {
