@@ -82,6 +82,16 @@ fn definePolicyMetrics(policy_name: []const u8) PolicyMetrics {
     };
 }
 
+/// The metric ids of a policy of the active configuration with this name (an update usually
+/// keeps the policies: no need to define their metrics again).
+fn reusedPolicyMetrics(policy_name: []const u8) ?PolicyMetrics {
+    const cfg = activeConfig() orelse return null;
+    for (cfg.policySlice(), 0..) |*policy, i| {
+        if (std.mem.eql(u8, policy.name.slice(), policy_name)) return configs_metrics[active_index][i];
+    }
+    return null;
+}
+
 fn count(metric_id: u32) void {
     host.incrementMetric(metric_id, 1);
 }
@@ -172,7 +182,8 @@ export fn proxy_on_configure(root_context_id: u32, plugin_configuration_size: u3
     }
     const next_config = &configs[next];
     for (next_config.policySlice(), 0..) |*policy, i| {
-        configs_metrics[next][i] = definePolicyMetrics(policy.name.slice());
+        configs_metrics[next][i] = reusedPolicyMetrics(policy.name.slice()) orelse
+            definePolicyMetrics(policy.name.slice());
     }
     active_index = next;
     configured = true;

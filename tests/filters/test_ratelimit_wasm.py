@@ -268,8 +268,11 @@ def test_invalid_configuration_is_refused_and_the_previous_one_stays(wasm):
 def test_configuration_change_takes_effect_and_keeps_buckets(wasm):
     host = make_host(wasm, config(policy(burst=2)))
     assert admitted(send(host) for _ in range(3)) == 2
+    defined = host.calls["proxy_define_metric"]
     assert host.configure(config(policy(burst=5)))  # same name: same buckets, larger burst
+    assert host.calls["proxy_define_metric"] == defined  # and the same metrics
     assert admitted(send(host) for _ in range(10)) == 3
+    assert metric(host, "per-client", "requests") == 13
     assert host.configure(config(policy("renamed", burst=2)))  # a new policy: fresh buckets
     assert admitted(send(host) for _ in range(3)) == 2
     assert host.configure(config())  # no policies: nothing limited
