@@ -189,8 +189,13 @@ pub fn parse(json: []const u8, out: *Config, work: *[work_bytes]u8, message: *Me
         .duplicate_field_behavior = .@"error",
         .ignore_unknown_fields = false,
     }) catch |err| {
-        message.print("invalid JSON or schema ({s}) at line {d} column {d}", .{
-            @errorName(err), diagnostics.getLine(), diagnostics.getColumn(),
+        // Up to 24 bytes of input before the error position: names the offending field or value.
+        const end: usize = @intCast(@min(diagnostics.getByteOffset(), json.len));
+        var excerpt: [24]u8 = undefined;
+        const before = json[end -| excerpt.len..end];
+        for (before, 0..) |c, i| excerpt[i] = if (std.ascii.isPrint(c)) c else ' ';
+        message.print("invalid JSON or schema ({s}) at line {d} column {d}, after '{s}'", .{
+            @errorName(err), diagnostics.getLine(), diagnostics.getColumn(), excerpt[0..before.len],
         });
         return false;
     };
@@ -428,7 +433,7 @@ test "invalid configurations are rejected with a reason" {
     try expectInvalid("{", "invalid JSON");
     try expectInvalid("[]", "invalid JSON");
     try expectInvalid("{}", "MissingField");
-    try expectInvalid("{\"policies\":[],\"extra\":1}", "UnknownField");
+    try expectInvalid("{\"policies\":[],\"extra\":1}", "(UnknownField) at line 1 column 23, after '{\"policies\":[],\"extra\"'");
     try expectInvalid("{\"policies\":[],\"policies\":[]}", "DuplicateField");
     try expectInvalid("{\"xff_trusted_hops\":17,\"policies\":[]}", "xff_trusted_hops");
     try expectInvalid("{\"xff_trusted_hops\":-1,\"policies\":[]}", "xff_trusted_hops");
