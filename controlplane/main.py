@@ -20,6 +20,8 @@ from controlplane.settings import ControlPlaneSettings
 from controlplane.store import open_store
 
 
+from controlplane.canary import CanaryController
+from controlplane.canary.api import routes as canary_routes
 from controlplane.quota.balancer import Balancer
 from controlplane.translate import Options, ProxyGroup, translate, translate_shares
 from controlplane.xds import AdsServer, Fleet
@@ -50,12 +52,17 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
     xds_port = server.add_insecure_port(f"{settings.xds_host}:{settings.xds_port}")
     await server.start()
 
-    runner = web.AppRunner(AdminApi(store, fleet, registry).app(), access_log=None)
+    canaries = CanaryController(store, lambda: [p.admin_address for p in fleet.proxies()
+                                                 if p.cluster == "edge" and p.admin_address])
+    admin = AdminApi(store, fleet, registry).app()
+    admin.add_routes(canary_routes(store, canaries))
+    runner = web.AppRunner(admin, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.admin_host, settings.admin_port)
     await site.start()
     publishing = asyncio.create_task(publisher.run())
     balancing = asyncio.create_task(balancer.run())
+    canarying = asyncio.create_task(canaries.run())
     current = await store.current()
     log.info("xDS on %s:%d, admin API on http://%s:%d, store %s at revision %d",
              settings.xds_host, xds_port, settings.admin_host, settings.admin_port, settings.store, current.number)
@@ -63,7 +70,7 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         log.info("stopping")
-        for task in (publishing, balancing):
+        for task in (publishing, balancing, canarying):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task

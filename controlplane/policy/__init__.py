@@ -1,5 +1,6 @@
 """The policy model: what operators declare. Imports nothing else of sluice."""
 
+from controlplane.policy.canary import Canary, CanaryEvent, CanaryStatus, Thresholds, Webhooks
 from controlplane.policy.documents import (
     KINDS,
     Document,
@@ -14,29 +15,28 @@ from controlplane.policy.model import (
     Backend,
     Edge,
     Endpoint,
-    KeyPart,
     HeaderMatch,
-    Policy,
-    Problem,
+    KeyPart,
     RateLimit,
     Route,
     RouteMatch,
     Service,
     WeightedBackend,
 )
+from controlplane.policy.policy import Policy, Problem
 
 __all__ = [
     "KINDS",
     "Backend",
+    "Canary",
+    "CanaryEvent",
+    "CanaryStatus",
     "Document",
-    "InvalidPolicy",
-    "documents_of",
-    "with_document",
-    "without_object",
     "Edge",
     "Endpoint",
-    "KeyPart",
     "HeaderMatch",
+    "InvalidPolicy",
+    "KeyPart",
     "Kind",
     "Policy",
     "Problem",
@@ -44,6 +44,11 @@ __all__ = [
     "Route",
     "RouteMatch",
     "Service",
+    "Thresholds",
+    "Webhooks",
     "WeightedBackend",
+    "documents_of",
     "parse_document",
+    "with_document",
+    "without_object",
 ]

@@ -7,7 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError, field_validator
 
-from controlplane.policy.model import Backend, Edge, Name, Policy, Problem, RateLimit, Service, Strict
+from controlplane.policy.canary import Canary
+from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
+from controlplane.policy.policy import Policy, Problem
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ KINDS: dict[str, Kind] = {
         Kind("Service", "services", Service),
         Kind("RateLimit", "ratelimits", RateLimit),
         Kind("Edge", "edges", Edge),
+        Kind("Canary", "canaries", Canary),
     )
 }
 KIND_BY_PLURAL: dict[str, Kind] = {k.plural: k for k in KINDS.values()}

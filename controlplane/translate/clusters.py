@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import UInt32Value
 
 from controlplane.policy import model as p
+from controlplane.policy.policy import Policy
 from controlplane.translate.sources import ads
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -155,5 +156,5 @@ def cluster(name: str, backend: p.Backend) -> Cluster:
     return out
 
 
-def clusters(policy: p.Policy) -> list[Cluster]:
+def clusters(policy: Policy) -> list[Cluster]:
     return [cluster(name, backend) for name, backend in sorted(policy.backends.items())]

@@ -17,6 +17,7 @@ from envoy.type.v3.percent_pb2 import FractionalPercent
 from google.protobuf.wrappers_pb2 import UInt32Value
 
 from controlplane.policy import model as p
+from controlplane.policy.policy import Policy
 from controlplane.translate.clusters import packed, seconds
 
 EDGE_ROUTES = "edge"
@@ -134,7 +135,7 @@ def _action(route: p.Route) -> RouteAction:
     return action
 
 
-def route_configuration(policy: p.Policy) -> RouteConfiguration:
+def route_configuration(policy: Policy) -> RouteConfiguration:
     return RouteConfiguration(
         name=EDGE_ROUTES,
         virtual_hosts=[

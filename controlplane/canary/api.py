@@ -1,0 +1,69 @@
+"""Canary endpoints beside the generic CRUD (`/api/v1/canaries/{name}` is a policy object):
+its live status and the operators' actions."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+
+from controlplane.canary.controller import CanaryController
+from controlplane.canary.transitions import ACTIONS, operate
+from controlplane.policy import CanaryStatus
+from controlplane.store import Conflict, Store
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def routes(store: Store, controller: CanaryController) -> list[web.RouteDef]:
+    async def status(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        current = await store.current()
+        canary = current.policy.canaries.get(name)
+        if canary is None:
+            return _error(404, f"Canary {name!r} not found")
+        state = current.policy.canary_status.get(name, CanaryStatus())
+        body: dict[str, Any] = {"name": name, "revision": current.number, "spec": canary.model_dump(mode="json"),
+                                "status": state.model_dump(mode="json"), "steps": canary.weights()}
+        live = controller.live(name)
+        if live is not None and state.state == "progressing":
+            body["window"] = {
+                "started_at": live.started,
+                "next_decision_at": live.started + canary.interval_s,
+                "stable": None if live.stable is None else asdict(live.stable),
+                "canary": None if live.canary is None else asdict(live.canary),
+                "last_verdict": None if live.judgement is None else {
+                    "verdict": live.judgement.verdict.value, "reason": live.judgement.reason},
+            }
+        return web.json_response(body)
+
+    async def act(request: web.Request) -> web.Response:
+        name, action = request.match_info["name"], request.match_info["action"]
+        if action not in ACTIONS:
+            return _error(404, f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+        for _ in range(5):
+            current = await store.current()
+            if name not in current.policy.canaries:
+                return _error(404, f"Canary {name!r} not found")
+            try:
+                updated = operate(current.policy, name, action, time.time())
+            except ValueError as exc:
+                return _error(409, str(exc))
+            try:
+                revision = await store.commit(updated, expected=current.number,
+                                              actor=request.headers.get("X-Sluice-Actor", "anonymous")[:64],
+                                              message=f"canary {name}: {action}")
+            except Conflict:
+                continue  # the controller wrote first; apply the action on top of its revision
+            return web.json_response({"revision": revision.number,
+                                      "status": updated.canary_status[name].model_dump(mode="json")})
+        return _error(503, "too many concurrent writes; retry")
+
+    return [
+        web.get("/api/v1/canaries/{name}/status", status),
+        web.post("/api/v1/canaries/{name}/{action}", act),
+    ]

@@ -1,0 +1,92 @@
+"""How a canary's state and weight are written into the policy. Pure: policy in, policy out.
+
+The canary's weight lives where traffic reads it, in the route's split, and its state in
+`Policy.canary_status`; both change in one revision, so a restart resumes where it stood.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from controlplane.policy import Canary, CanaryEvent, CanaryStatus, Policy, Route, RouteMatch, WeightedBackend
+from controlplane.policy.canary import State
+
+MAX_EVENTS = 200
+ACTIONS = ("pause", "resume", "promote", "abort")
+
+
+def spec_key(canary: Canary) -> str:
+    return hashlib.sha256(canary.model_dump_json().encode()).hexdigest()[:12]
+
+
+def ab_route_name(route: str) -> str:
+    return f"{route[:57]}-ab"
+
+
+def with_event(status: CanaryStatus, now: float, state: State, weight: int, message: str,
+               **changes: object) -> CanaryStatus:
+    events = [*status.events, CanaryEvent(at=now, state=state, weight=weight, message=message)][-MAX_EVENTS:]
+    return status.model_copy(update={"state": state, "weight": weight, "events": events, **changes})
+
+
+def apply_weight(policy: Policy, canary: Canary, weight: int, ab: bool) -> Policy:
+    """Set the route's split to `weight`% canary, and add (or drop) the A/B route before it."""
+    service = policy.services[canary.service]
+    routes: list[Route] = []
+    for route in service.routes:
+        if route.name == ab_route_name(canary.route):
+            continue  # re-added below if still wanted
+        if route.name == canary.route:
+            if ab and canary.match:
+                routes.append(route.model_copy(update={
+                    "name": ab_route_name(canary.route),
+                    "match": RouteMatch.model_validate({**route.match.model_dump(),
+                                                        "headers": [*route.match.headers, *canary.match]}),
+                    "split": [WeightedBackend(backend=canary.canary, weight=100)],
+                    "mirrors": [],
+                }))
+            split = [WeightedBackend(backend=canary.stable, weight=100 - weight),
+                     WeightedBackend(backend=canary.canary, weight=weight)]
+            route = route.model_copy(update={"split": split})
+        routes.append(route)
+    services = {**policy.services, canary.service: service.model_copy(update={"routes": routes})}
+    return policy.model_copy(update={"services": services})
+
+
+def weight_in_policy(policy: Policy, canary: Canary) -> int | None:
+    route = next((r for r in policy.services[canary.service].routes if r.name == canary.route), None)
+    if route is None:
+        return None
+    weights = {w.backend: w.weight for w in route.split}
+    total = sum(weights.values())
+    return None if total == 0 else round(100 * weights.get(canary.canary, 0) / total)
+
+
+def with_status(policy: Policy, name: str, status: CanaryStatus) -> Policy:
+    return policy.model_copy(update={"canary_status": {**policy.canary_status, name: status}})
+
+
+def operate(policy: Policy, name: str, action: str, now: float) -> Policy:
+    """An operator's pause, resume, promote or abort. Raises ValueError when it makes no sense now."""
+    canary = policy.canaries[name]
+    status = policy.canary_status.get(name, CanaryStatus())
+    if status.state in ("succeeded", "rolled_back"):
+        raise ValueError(f"canary {name!r} has already {status.state.replace('_', ' ')}")
+    if action == "pause":
+        if status.state == "paused":
+            raise ValueError(f"canary {name!r} is already paused")
+        status = with_event(status, now, "paused", status.weight, "paused by an operator", paused_state=status.state)
+    elif action == "resume":
+        if status.state != "paused":
+            raise ValueError(f"canary {name!r} is not paused")
+        status = with_event(status, now, status.paused_state or "progressing", status.weight,
+                            "resumed by an operator", paused_state=None, step_started_at=now)
+    elif action == "promote":
+        status = with_event(status, now, "promoting", status.weight, "promotion requested by an operator",
+                            paused_state=None)
+    elif action == "abort":
+        status = with_event(status, now, "rolled_back", 0, "aborted by an operator", paused_state=None)
+        policy = apply_weight(policy, canary, 0, ab=False)
+    else:
+        raise ValueError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+    return with_status(policy, name, status)

@@ -1,0 +1,86 @@
+"""Canary releases as operators declare them, and the status the controller keeps."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, Field, model_validator
+
+from controlplane.policy.model import HeaderMatch, Name, Strict
+
+Percent = Annotated[int, Field(ge=1, le=100)]
+
+
+class Thresholds(Strict):
+    min_success_rate: Annotated[float, Field(ge=0, le=1, description="of canary requests, per window")] = 0.99
+    max_p99_ms: Annotated[float | None, Field(gt=0, description="canary p99 latency per window; null: no check")] = 500
+    min_requests: Annotated[int, Field(
+        ge=1, description="fewer canary requests in a window make it inconclusive: never a pass")] = 20
+
+
+class Webhooks(Strict):
+    """Gates must answer 2xx for the canary to proceed; notifications are best effort."""
+
+    pre_rollout: AnyHttpUrl | None = None
+    pre_promotion: AnyHttpUrl | None = None
+    on_rollback: AnyHttpUrl | None = None
+    on_success: AnyHttpUrl | None = None
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 5.0
+
+
+class Canary(Strict):
+    """Shift a route's traffic from `stable` to `canary`, step by step, gated on live metrics."""
+
+    service: Name
+    route: Name
+    stable: Name
+    canary: Name
+    steps: Annotated[list[Percent] | None, Field(max_length=100, description="canary weights in order")] = None
+    step_weight: Percent | None = None
+    max_weight: Percent = 100
+    interval_s: Annotated[float, Field(ge=0.5, le=86400, description="analysis window per step")] = 60.0
+    thresholds: Thresholds = Thresholds()
+    failure_limit: Annotated[int, Field(ge=1, le=100, description="failed windows before rollback")] = 1
+    match: Annotated[list[HeaderMatch], Field(
+        max_length=8, description="requests matching these headers go to the canary from the start (A/B first)")] = []
+    webhooks: Webhooks = Webhooks()
+
+    @model_validator(mode="after")
+    def _steps(self) -> Canary:
+        if (self.steps is None) == (self.step_weight is None):
+            raise ValueError("set exactly one of steps, step_weight")
+        if self.steps is not None and any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            raise ValueError("steps must increase")
+        if self.stable == self.canary:
+            raise ValueError("stable and canary must be different backends")
+        return self
+
+    def weights(self) -> list[int]:
+        """The canary weight at each step; the last step is followed by promotion to 100."""
+        if self.steps is not None:
+            return list(self.steps)
+        assert self.step_weight is not None
+        out = list(range(self.step_weight, self.max_weight + 1, self.step_weight))
+        return out if out and out[-1] == self.max_weight else [*out, self.max_weight]
+
+
+State = Literal["pending", "progressing", "promoting", "succeeded", "rolled_back", "paused"]
+FINAL: frozenset[str] = frozenset({"succeeded", "rolled_back"})
+
+
+class CanaryEvent(Strict):
+    at: float
+    state: State
+    weight: int
+    message: str
+
+
+class CanaryStatus(Strict):
+    spec: str = ""  # a digest of the spec this status belongs to: a changed spec starts over
+    state: State = "pending"
+    step: int = -1  # index into Canary.weights(); -1 before the first step
+    weight: int = 0
+    failed_checks: int = 0
+    step_started_at: float = 0.0
+    paused_state: State | None = None  # what resume returns to
+    events: Annotated[list[CanaryEvent], Field(max_length=200)] = []

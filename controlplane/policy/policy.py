@@ -1,0 +1,109 @@
+"""The whole policy at one revision, and the rules that span its objects.
+
+Each rule reports like a pydantic error, a dotted path and why, so every rejection names the
+field that caused it.
+"""
+
+from __future__ import annotations
+
+from controlplane.policy.canary import Canary, CanaryStatus
+from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
+
+
+class Problem(Strict):
+    """A rule broken across objects, reported like a pydantic error: a dotted path and why."""
+
+    loc: str
+    msg: str
+
+
+MAX_RATELIMITS = 16  # the filter's fixed policy table
+
+
+class Policy(Strict):
+    backends: dict[Name, Backend] = {}
+    services: dict[Name, Service] = {}
+    ratelimits: dict[Name, RateLimit] = {}
+    edges: dict[Name, Edge] = {}
+    canaries: dict[Name, Canary] = {}
+    # Written by the canary controller, not by operators: where each canary stands.
+    canary_status: dict[Name, CanaryStatus] = {}
+
+    @property
+    def edge(self) -> Edge:
+        return self.edges.get("edge", Edge())
+
+    def routes_of(self, service: str, names: list[str]) -> list[str]:
+        """Route names of a service as Envoy knows them (`service/route`); no names: all of them."""
+        chosen = names or [r.name for r in self.services[service].routes]
+        return [f"{service}/{r}" for r in chosen]
+
+    def problems(self) -> list[Problem]:
+        found: list[Problem] = []
+        owner_of_host: dict[str, str] = {}
+        for sname, service in sorted(self.services.items()):
+            for h, host in enumerate(service.hosts):
+                other = owner_of_host.setdefault(host.lower(), sname)
+                if other != sname:
+                    found.append(Problem(loc=f"services.{sname}.hosts.{h}",
+                                         msg=f"host {host!r} is already served by service {other!r}"))
+            for r, route in enumerate(service.routes):
+                for where, backend in route.backends_named():
+                    if backend not in self.backends:
+                        found.append(Problem(loc=f"services.{sname}.routes.{r}.{where}",
+                                             msg=f"unknown backend {backend!r}"))
+        for name in self.edges:
+            if name != "edge":
+                found.append(Problem(loc=f"edges.{name}", msg="the Edge object must be named 'edge'"))
+        if len(self.ratelimits) > MAX_RATELIMITS:
+            found.append(Problem(loc="ratelimits", msg=f"at most {MAX_RATELIMITS} rate limits (the filter's table)"))
+        for name, limit in sorted(self.ratelimits.items()):
+            service = self.services.get(limit.service)
+            if service is None:
+                found.append(Problem(loc=f"ratelimits.{name}.service", msg=f"unknown service {limit.service!r}"))
+                continue
+            known = {r.name for r in service.routes}
+            for i, route in enumerate(limit.routes):
+                if route not in known:
+                    found.append(Problem(loc=f"ratelimits.{name}.routes.{i}",
+                                         msg=f"service {limit.service!r} has no route {route!r}"))
+            for route in limit.route_costs:
+                if route not in known:
+                    found.append(Problem(loc=f"ratelimits.{name}.route_costs.{route}",
+                                         msg=f"service {limit.service!r} has no route {route!r}"))
+            if not limit.routes and len(known) > 16:
+                found.append(Problem(loc=f"ratelimits.{name}.routes",
+                                     msg="the service has more than 16 routes: name at most 16"))
+        for name, canary in sorted(self.canaries.items()):
+            found.extend(self._canary_problems(name, canary))
+        return found
+
+    def _canary_problems(self, name: str, canary: Canary) -> list[Problem]:
+        where = f"canaries.{name}"
+        service = self.services.get(canary.service)
+        if service is None:
+            return [Problem(loc=f"{where}.service", msg=f"unknown service {canary.service!r}")]
+        route = next((r for r in service.routes if r.name == canary.route), None)
+        if route is None:
+            return [Problem(loc=f"{where}.route", msg=f"service {canary.service!r} has no route {canary.route!r}")]
+        found = [Problem(loc=f"{where}.{field}", msg=f"unknown backend {backend!r}")
+                 for field, backend in (("stable", canary.stable), ("canary", canary.canary))
+                 if backend not in self.backends]
+        others = {w.backend for w in route.split} - {canary.stable, canary.canary}
+        if others:
+            found.append(Problem(loc=f"{where}.route", msg=f"route {canary.route!r} also splits to "
+                                 f"{', '.join(sorted(others))}: a canary shifts between two backends only"))
+        taken = [n for n, c in self.canaries.items()
+                 if n != name and (c.service, c.route) == (canary.service, canary.route)]
+        if taken:
+            found.append(Problem(loc=f"{where}.route", msg=f"canary {taken[0]!r} already drives this route"))
+        return found
+
+    def users_of_service(self, service: str) -> list[str]:
+        return ([f"ratelimits.{n}" for n, limit in sorted(self.ratelimits.items()) if limit.service == service]
+                + [f"canaries.{n}" for n, c in sorted(self.canaries.items()) if c.service == service])
+
+    def users_of_backend(self, backend: str) -> list[str]:
+        return ([f"services.{s}.routes.{r.name}" for s, svc in sorted(self.services.items())
+                 for r in svc.routes if any(b == backend for _, b in r.backends_named())]
+                + [f"canaries.{n}" for n, c in sorted(self.canaries.items()) if backend in (c.stable, c.canary)])
