@@ -30,14 +30,23 @@ def parser() -> argparse.ArgumentParser:
                                 description="Write an Envoy bootstrap pointing at the control plane and run Envoy.")
     p.add_argument("--xds", type=_host_port, default=("127.0.0.1", 18000), metavar="HOST:PORT",
                    help="control plane xDS address (default 127.0.0.1:18000)")
+    p.add_argument("--role", choices=["edge", "sidecar"], default="edge",
+                   help="edge: the public listener, filters and all routes; sidecar: an inbound listener "
+                        "in front of one local backend (default edge)")
     p.add_argument("--listen", type=_host_port, default=("127.0.0.1", 10000), metavar="HOST:PORT",
-                   help="where the control plane should put the edge listener (default 127.0.0.1:10000)")
+                   help="where the control plane should put the edge listener, or a sidecar's inbound one "
+                        "(default 127.0.0.1:10000)")
+    p.add_argument("--backend", type=_host_port, metavar="HOST:PORT",
+                   help="sidecar only, required: the local backend the inbound listener forwards to")
+    p.add_argument("--outbound", type=int, default=0, metavar="PORT",
+                   help="sidecar only: also listen on this port (at the --listen address) for the backend's "
+                        "own calls, routed by the policy (default: no outbound listener)")
     p.add_argument("--admin", type=_host_port, default=("127.0.0.1", 9901), metavar="HOST:PORT",
                    help="Envoy admin interface (default 127.0.0.1:9901)")
     p.add_argument("--node-id", default=f"{socket.gethostname()}-{os.getpid()}", help="node id (default HOST-PID)")
     p.add_argument("--xds-protocol", choices=["sotw", "delta"], default="sotw",
                    help="state-of-the-world or incremental (delta) xDS (default sotw)")
-    p.add_argument("--cluster", default="edge", help="proxy group / role (default edge)")
+    p.add_argument("--cluster", default=None, help="node cluster, which groups proxies (default: the role)")
     p.add_argument("--concurrency", type=int, default=2, help="worker threads (default 2)")
     p.add_argument("--bootstrap", type=Path, default=None,
                    help="where to write the bootstrap (default var/envoy-NODE.yaml)")
@@ -47,14 +56,24 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    sidecar: dict[str, object] = {}
+    if args.role == "sidecar":
+        if args.backend is None:
+            p.error("--role sidecar needs --backend HOST:PORT")
+        sidecar = {"backend_address": args.backend[0], "backend_port": args.backend[1],
+                   "outbound_port": args.outbound}
+    elif args.backend is not None or args.outbound:
+        p.error("--backend and --outbound are for --role sidecar")
     bootstrap = render(
-        "edge",
-        node_id=args.node_id, cluster=args.cluster,
+        args.role,
+        node_id=args.node_id, cluster=args.cluster or args.role,
         listen_address=args.listen[0], listen_port=args.listen[1],
         admin_address=args.admin[0], admin_port=args.admin[1],
         xds_host=args.xds[0], xds_port=args.xds[1],
         api_type={"sotw": "GRPC", "delta": "DELTA_GRPC"}[args.xds_protocol],
+        **sidecar,
     )
     if args.print:
         sys.stdout.write(bootstrap)

@@ -1,7 +1,8 @@
 """Turns store revisions into snapshots for every proxy group that has connected.
 
 Bursts of writes are debounced: a push waits until writes pause for `quiet_s`, but never
-longer than `max_delay_s` after the first write of the burst.
+longer than `max_delay_s` after the first write of the burst. Every snapshot passes the
+consistency check first; one that fails is not published and the previous one keeps serving.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from controlplane.cache.consistency import problems
 from controlplane.cache.snapshot import Snapshot, TypeSnapshot
 from controlplane.cache.snapshots import SnapshotCache
 from controlplane.policy import Policy
@@ -76,6 +78,12 @@ class Publisher:
 
     def _build(self, group: ProxyGroup, revision: Revision) -> None:
         resources = self._translate(revision.policy, group)
+        if found := problems(resources):
+            previous = self._cache.get(group.key)
+            log.error("REVISION %d NOT PUBLISHED to %s: its snapshot is inconsistent (%s); proxies keep %s",
+                      revision.number, group.key, "; ".join(found),
+                      "nothing" if previous is None else f"revision {previous.revision}")
+            return
         self._cache.set(group.key, Snapshot.build(revision.number, resources))
 
     async def run(self) -> None:

@@ -7,11 +7,20 @@ versions in any control-plane process: a restarted control plane re-sends nothin
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse, DiscoveryResponse, Resource
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
+from prometheus_client import Counter
+
+from controlplane.cache.references import clusters_used
+from controlplane.translate.types import CLUSTER, ENDPOINT, SHORT
+
+# Registered by the Fleet with the control plane's other xDS metrics. It grows with policy
+# changes, not with the number of proxies: every proxy in a group shares the same bytes.
+ENCODES = Counter("sluice_xds_encodes", "xDS response bodies and delta resources encoded", ["type"], registry=None)
 
 
 @dataclass
@@ -20,22 +29,52 @@ class TypeSnapshot:
     version: str  # of the whole type (state of the world)
     resources: dict[str, Any]
     versions: dict[str, str]  # per resource (delta xDS)
+    uses: dict[str, frozenset[str]]  # clusters each listener or route configuration routes to
     _bodies: dict[frozenset[str] | None, bytes] = field(default_factory=dict, repr=False)
     _delta: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _with: dict[frozenset[tuple[str, str]], TypeSnapshot] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, type_url: str, messages: dict[str, Message]) -> TypeSnapshot:
-        digest = hashlib.sha256()
         packed: dict[str, Any] = {}
         versions: dict[str, str] = {}
-        for name in sorted(messages):
-            value = messages[name].SerializeToString(deterministic=True)
+        uses: dict[str, frozenset[str]] = {}
+        for name, message in messages.items():
+            value = message.SerializeToString(deterministic=True)
             packed[name] = Any(type_url=type_url, value=value)
             versions[name] = hashlib.sha256(value).hexdigest()[:16]
+            if used := clusters_used(message):
+                uses[name] = used
+        return cls.of(type_url, packed, versions, uses)
+
+    @classmethod
+    def of(cls, type_url: str, packed: dict[str, Any], versions: dict[str, str],
+           uses: dict[str, frozenset[str]]) -> TypeSnapshot:
+        digest = hashlib.sha256()
+        for name in sorted(versions):
             digest.update(name.encode())
             digest.update(b"\0")
             digest.update(versions[name].encode())
-        return cls(type_url, digest.hexdigest()[:16], packed, versions)
+        return cls(type_url, digest.hexdigest()[:16], dict(sorted(packed.items())), versions, uses)
+
+    def used(self, names: Iterable[str]) -> frozenset[str]:
+        """Clusters the named resources route to."""
+        return frozenset().union(*(self.uses.get(n, frozenset()) for n in names))
+
+    def with_resources(self, other: TypeSnapshot, names: frozenset[str]) -> TypeSnapshot:
+        """This type plus `names` as `other` has them. Built once per set, so every proxy that
+        keeps the same resources shares one encoding."""
+        key = frozenset((n, other.versions[n]) for n in names)
+        cached = self._with.get(key)
+        if cached is None:
+            cached = self.of(
+                self.type_url,
+                {**self.resources, **{n: other.resources[n] for n in names}},
+                {**self.versions, **{n: other.versions[n] for n in names}},
+                {**self.uses, **{n: other.uses[n] for n in names if n in other.uses}},
+            )
+            self._with[key] = cached
+        return cached
 
     def delta_resource(self, name: str) -> bytes:
         """One resource as an encoded DeltaDiscoveryResponse fragment; fragments concatenate."""
@@ -45,6 +84,7 @@ class TypeSnapshot:
                 Resource(name=name, version=self.versions[name], resource=self.resources[name])
             ]).SerializeToString()
             self._delta[name] = cached
+            ENCODES.labels(SHORT[self.type_url]).inc()
         return cached
 
     def body(self, names: frozenset[str] | None) -> bytes:
@@ -62,6 +102,7 @@ class TypeSnapshot:
                 version_info=self.version, type_url=self.type_url, resources=chosen
             ).SerializeToString()
             self._bodies[names] = cached
+            ENCODES.labels(SHORT[self.type_url]).inc()
         return cached
 
 
@@ -76,6 +117,17 @@ class Snapshot:
 
     def version(self, type_url: str) -> str:
         return self.types[type_url].version
+
+    def keeping(self, clusters: frozenset[str], old: Snapshot) -> Snapshot:
+        """This snapshot plus `clusters` (and their endpoints) as `old` has them: clusters a
+        proxy's routes still use although the policy removed them (make-before-break)."""
+        types = dict(self.types)
+        for type_url in (CLUSTER, ENDPOINT):
+            if type_url in types and type_url in old.types:
+                names = clusters & (old.types[type_url].resources.keys() - types[type_url].resources.keys())
+                if names:
+                    types[type_url] = types[type_url].with_resources(old.types[type_url], frozenset(names))
+        return Snapshot(self.revision, types)
 
 
 def with_nonce(body: bytes, nonce: str) -> bytes:

@@ -15,6 +15,7 @@ from controlplane.translate.endpoints import load_assignments
 from controlplane.translate.filters import edge_filters
 from controlplane.translate.listeners import edge_listener
 from controlplane.translate.routes import route_configuration, route_name
+from controlplane.translate.sidecar import SIDECAR, sidecar_resources
 
 # type URL -> resource name -> resource
 Resources = dict[str, dict[str, Message]]
@@ -22,15 +23,27 @@ Resources = dict[str, dict[str, Message]]
 
 @dataclass(frozen=True)
 class ProxyGroup:
-    """Proxies that receive identical resources: same role and same listening address."""
+    """Proxies that receive identical resources: same role and same listening address (and a
+    sidecar's local backend and outbound port, from its node metadata)."""
 
     role: str
     listen_address: str
     listen_port: int
+    local_backend: tuple[str, int] | None = None
+    outbound_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.role == SIDECAR and self.local_backend is None:
+            raise ValueError("a sidecar proxy needs its local backend (node metadata backend_address, backend_port)")
 
     @property
     def key(self) -> str:
-        return f"{self.role}@{self.listen_address}:{self.listen_port}"
+        key = f"{self.role}@{self.listen_address}:{self.listen_port}"
+        if self.local_backend is not None:
+            key += f"->{self.local_backend[0]}:{self.local_backend[1]}"
+        if self.outbound_port is not None:
+            key += f",outbound:{self.outbound_port}"
+        return key
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,10 @@ class Options:
 
 
 def translate(policy: Policy, group: ProxyGroup, options: Options = Options()) -> Resources:
+    if group.role == SIDECAR:
+        assert group.local_backend is not None  # checked when the group was made
+        return sidecar_resources(policy, (group.listen_address, group.listen_port), group.local_backend,
+                                 group.outbound_port)
     http_filters, filter_configs = edge_filters(policy, options.filters_dir)
     listener = edge_listener(group.listen_address, group.listen_port, http_filters)
     routes = route_configuration(policy)
@@ -59,4 +76,4 @@ def translate_shares(policy: Policy, shares: Mapping[str, float], options: Optio
     return {types.EXTENSION_CONFIG: {c.name: c for c in filter_configs}}
 
 
-__all__ = ["Options", "ProxyGroup", "Resources", "route_name", "translate", "translate_shares", "types"]
+__all__ = ["SIDECAR", "Options", "ProxyGroup", "Resources", "route_name", "translate", "translate_shares", "types"]

@@ -6,6 +6,7 @@ initial_resource_versions receives only what changed while it was away.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DeltaDiscoveryResponse
@@ -37,9 +38,8 @@ class DeltaSession(Session[DeltaDiscoveryRequest]):
             sub = self._subs[request.type_url] = _Subscription(known=dict(request.initial_resource_versions))
             # A first request naming nothing is the legacy wildcard subscription.
             sub.wildcard = not request.resource_names_subscribe
-        if request.response_nonce:
-            if request.response_nonce != sub.nonce:
-                return
+        # A stale or repeated nonce is no answer, but the subscription changes it carries count.
+        if request.response_nonce and request.response_nonce == sub.nonce and not sub.answered:
             sub.rejected = self.answered(
                 request.type_url, request.error_detail.message if request.HasField("error_detail") else None)
             sub.answered = True
@@ -90,3 +90,6 @@ class DeltaSession(Session[DeltaDiscoveryRequest]):
         head = DeltaDiscoveryResponse(system_version_info=current.version, type_url=type_url,
                                       removed_resources=removed, nonce=nonce).SerializeToString()
         return head + b"".join(current.delta_resource(n) for n in changed)
+
+    def held(self, type_url: str, snapshot: Snapshot) -> Iterable[str]:
+        return self._subs[type_url].known.keys()

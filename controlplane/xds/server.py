@@ -30,11 +30,17 @@ ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 
 
 def group_of(node: Node, default: ProxyGroup) -> ProxyGroup:
-    """The bootstrap says where its edge listener goes, in node metadata."""
+    """The bootstrap says, in node metadata, where the proxy's listener goes and, for a
+    sidecar, where its local backend listens and where it takes outbound calls.
+    ValueError when a sidecar does not say where its backend is."""
     fields = node.metadata.fields
     address = fields["listen_address"].string_value if "listen_address" in fields else default.listen_address
     port = int(fields["listen_port"].number_value) if "listen_port" in fields else default.listen_port
-    return ProxyGroup(role=node.cluster or default.role, listen_address=address, listen_port=port)
+    backend = (fields["backend_address"].string_value, int(fields["backend_port"].number_value)) if (
+        "backend_address" in fields and "backend_port" in fields) else None
+    outbound = int(fields["outbound_port"].number_value) if "outbound_port" in fields else 0
+    return ProxyGroup(role=node.cluster or default.role, listen_address=address, listen_port=port,
+                      local_backend=backend, outbound_port=outbound or None)
 
 
 class AdsServer:
@@ -59,22 +65,26 @@ class AdsServer:
         })
 
     # grpc.aio recognises streaming handlers by being async generator functions.
-    async def _sotw(self, requests: AsyncIterator[DiscoveryRequest], _: grpc.aio.ServicerContext
+    async def _sotw(self, requests: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
                     ) -> AsyncIterator[bytes]:
-        async for response in self._serve(requests, SotwSession, "sotw"):
+        async for response in self._serve(requests, context, SotwSession, "sotw"):
             yield response
 
-    async def _delta(self, requests: AsyncIterator[DeltaDiscoveryRequest], _: grpc.aio.ServicerContext
+    async def _delta(self, requests: AsyncIterator[DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
                      ) -> AsyncIterator[bytes]:
-        async for response in self._serve(requests, DeltaSession, "delta"):
+        async for response in self._serve(requests, context, DeltaSession, "delta"):
             yield response
 
-    async def _serve(self, requests: AsyncIterator[Any], kind: type[Session[Any]], protocol: str
-                     ) -> AsyncIterator[bytes]:
+    async def _serve(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
+                     kind: type[Session[Any]], protocol: str) -> AsyncIterator[bytes]:
         first = await anext(requests, None)
         if first is None:
             return
-        group = group_of(first.node, self._default_group)
+        try:
+            group = group_of(first.node, self._default_group)
+        except ValueError as exc:
+            log.error("proxy %s (%s) refused: %s", first.node.id, first.node.cluster, exc)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         metadata = first.node.metadata.fields
         proxy = ProxyStatus(first.node.id, first.node.cluster, group.key, next(self._stream_ids), protocol,
                             metadata["admin_address"].string_value if "admin_address" in metadata else None)

@@ -1,8 +1,11 @@
 """What one ADS stream owes its proxy, whichever protocol variant it speaks.
 
-Types go in PUSH_ORDER, one response at a time, and a type waits until the ones before it
-are settled (answered at the current version, every EDS/RDS resource requested), so a route
-never reaches a proxy before the clusters and endpoints it needs.
+Make-before-break, both ways. Types go in PUSH_ORDER, one response at a time, and a type
+waits until the ones before it are settled (answered at the current version, every EDS/RDS
+resource requested), so a route never reaches a proxy before the clusters and endpoints it
+needs. And a cluster the policy removed stays on the proxy (with its endpoints) while a
+listener or route configuration the proxy runs, or is being sent, still routes to it: it
+goes in the first push after the proxy ACKed routes that no longer use it.
 """
 
 from __future__ import annotations
@@ -11,15 +14,18 @@ import enum
 import itertools
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from controlplane.cache import Snapshot
-from controlplane.translate.types import ENDPOINT, PUSH_ORDER, ROUTE
+from controlplane.translate.types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
 from controlplane.xds.status import Fleet, ProxyStatus
 
 log = logging.getLogger(__name__)
 
 Request = TypeVar("Request")
+
+ROUTING = (LISTENER, ROUTE)  # the types whose resources route to clusters
 
 
 class Settled(enum.Enum):
@@ -35,6 +41,10 @@ class Session(ABC, Generic[Request]):
         self.proxy = proxy
         self._fleet = fleet
         self._nonces = nonces
+        # Per routing type: clusters that the proxy's config routes to, and the in-flight one's.
+        self._running: dict[str, frozenset[str]] = {}
+        self._sending: dict[str, frozenset[str]] = {}
+        self._view: Snapshot | None = None  # what this proxy was last offered, kept clusters included
 
     @abstractmethod
     def receive(self, request: Request) -> None: ...
@@ -50,6 +60,10 @@ class Session(ABC, Generic[Request]):
     def push(self, type_url: str, snapshot: Snapshot) -> bytes:
         """Record what is sent and return the encoded response."""
 
+    @abstractmethod
+    def held(self, type_url: str, snapshot: Snapshot) -> Iterable[str]:
+        """The names of `type_url` the proxy has once it applies what it was sent from `snapshot`."""
+
     def next_nonce(self) -> str:
         return str(next(self._nonces))
 
@@ -58,25 +72,49 @@ class Session(ABC, Generic[Request]):
         if error:
             log.warning("proxy %s rejected %s: %s", self.proxy.node_id, type_url, error)
         self._fleet.answered(self.proxy, type_url, error)
+        sending = self._sending.pop(type_url, None)
+        if sending is not None:
+            # After a NACK the proxy may run the old config, or (delta) part of the new one.
+            self._running[type_url] = self._running.get(type_url, frozenset()) | sending if error else sending
         return bool(error)
 
+    def _offer(self, snapshot: Snapshot) -> Snapshot:
+        """The snapshot plus the removed clusters this proxy's routes still use."""
+        view = snapshot
+        if self._view is not None and CLUSTER in snapshot.types:
+            used = frozenset().union(*self._running.values(), *self._sending.values())
+            if kept := used - snapshot.types[CLUSTER].resources.keys():
+                view = snapshot.keeping(kept, self._view)
+        self._view = view
+        return view
+
     def responses(self, snapshot: Snapshot) -> list[bytes]:
+        view = self._offer(snapshot)
         for type_url in PUSH_ORDER:
-            if type_url not in snapshot.types:
+            if type_url not in view.types:
                 continue
-            state = self.settled(type_url, snapshot)
+            state = self.settled(type_url, view)
             if state is Settled.NOT_SUBSCRIBED:
+                if type_url in (ENDPOINT, ROUTE) and view.types[type_url].resources:
+                    # The proxy asks for these once it has the clusters or listeners naming
+                    # them; until then it has not converged, and nothing after them is sent.
+                    self.proxy.of(type_url)
+                    return []
                 continue
             if state in (Settled.YES, Settled.REJECTED):
                 if state is Settled.YES:
-                    self._fleet.has(self.proxy, type_url, snapshot.version(type_url), snapshot.revision)
-                if self._complete(type_url, snapshot):
+                    self._fleet.has(self.proxy, type_url, view.version(type_url), view.revision)
+                    if type_url in ROUTING:
+                        self._running[type_url] = view.types[type_url].used(self.held(type_url, view))
+                if self._complete(type_url, view):
                     continue
                 return []  # the proxy has yet to ask for resources the next types depend on
             if state is Settled.IN_FLIGHT:
                 return []
-            response = self.push(type_url, snapshot)
-            self._fleet.sent(self.proxy, type_url, snapshot.version(type_url), snapshot.revision)
+            response = self.push(type_url, view)
+            if type_url in ROUTING:
+                self._sending[type_url] = view.types[type_url].used(self.held(type_url, view))
+            self._fleet.sent(self.proxy, type_url, view.version(type_url), view.revision)
             return [response]
         return []
 

@@ -6,11 +6,13 @@ and the snapshot differs from what was last sent, so a NACK never causes a re-se
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest, DiscoveryResponse
+from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
 
 from controlplane.cache import Snapshot
+from controlplane.cache.snapshot import with_nonce
 from controlplane.xds.session import Session, Settled
 
 
@@ -30,16 +32,20 @@ class SotwSession(Session[DiscoveryRequest]):
         self._subs: dict[str, _Subscription] = {}
 
     def receive(self, request: DiscoveryRequest) -> None:
+        names = frozenset(request.resource_names) if request.resource_names else None
         sub = self._subs.get(request.type_url)
         if sub is None:
-            # A proxy reconnecting says which version it already runs: nothing is re-sent for it.
-            sub = self._subs[request.type_url] = _Subscription(sent_version=request.version_info or None)
+            # A proxy reconnecting says which version it already runs (of the names it asks
+            # for): nothing is re-sent for it.
+            sub = self._subs[request.type_url] = _Subscription(
+                sent_version=request.version_info or None, sent_names=names)
         elif request.response_nonce != sub.nonce:
             return  # answers a response that a newer one has replaced
-        elif request.response_nonce:
+        elif not sub.answered:
             sub.rejected = self.answered(
                 request.type_url, request.error_detail.message if request.HasField("error_detail") else None)
-        sub.names = frozenset(request.resource_names) if request.resource_names else None
+        # else: the answered response's nonce again, with new names (EDS after a CDS change)
+        sub.names = names
         sub.answered = True
 
     def settled(self, type_url: str, snapshot: Snapshot) -> Settled:
@@ -62,4 +68,9 @@ class SotwSession(Session[DiscoveryRequest]):
         current = snapshot.types[type_url]
         nonce = self.next_nonce()
         sub.sent_version, sub.sent_names, sub.nonce, sub.answered = current.version, sub.names, nonce, False
-        return current.body(sub.names) + DiscoveryResponse(nonce=nonce).SerializeToString()
+        return with_nonce(current.body(sub.names), nonce)
+
+    def held(self, type_url: str, snapshot: Snapshot) -> Iterable[str]:
+        names = self._subs[type_url].sent_names
+        resources = snapshot.types[type_url].resources
+        return resources.keys() if names is None else names & resources.keys()

@@ -9,6 +9,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from controlplane.cache.snapshot import ENCODES
 from controlplane.translate.types import PUSH_ORDER, SHORT
 
 
@@ -84,6 +85,7 @@ class Fleet:
             "sluice_convergence_seconds", "Policy revision written until the last connected proxy ACKed it",
             registry=registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        registry.register(ENCODES)
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call `listener` after every connect and disconnect."""
@@ -103,6 +105,8 @@ class Fleet:
         return sorted(self._proxies.values(), key=lambda p: (p.cluster, p.node_id, p.stream_id))
 
     def revision_written(self, revision: int, at: float) -> None:
+        if not self._proxies:
+            return  # nothing to converge; a proxy connecting later is not a convergence time
         self._written_at[revision] = at
         while len(self._written_at) > 100:  # a proxy stuck on a NACK must not grow this forever
             del self._written_at[min(self._written_at)]
