@@ -91,3 +91,18 @@ def test_canary_references_are_checked() -> None:
         **SPEC, "steps": [10], "canary": "classifier-v9"}}))
     # d names an unknown backend, and c and d both claim the same route.
     assert {p.loc for p in bad.problems()} == {"canaries.c.route", "canaries.d.canary", "canaries.d.route"}
+
+
+def test_sticky_canary_hashes_the_split_while_it_runs() -> None:
+    from controlplane.translate import ProxyGroup, translate, types
+
+    policy = _policy(sticky={"type": "header", "name": "x-user"})
+    canary = policy.canaries["c"]
+    running = apply_weight(policy, canary, 30, ab=True)
+    route = running.services["classifier"].routes[0]
+    assert route.sticky_split and [h.name for h in route.hash_on] == ["x-user"]
+    envoy_route = translate(running, ProxyGroup("edge", "127.0.0.1", 1))[types.ROUTE]["edge"].virtual_hosts[0].routes[0]
+    assert envoy_route.route.weighted_clusters.use_hash_policy.value is True
+    assert envoy_route.route.hash_policy[0].header.header_name == "x-user"
+    done = apply_weight(running, canary, 100, ab=False).services["classifier"].routes[0]
+    assert not done.sticky_split and done.hash_on == []

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from harness import Backend, ControlPlane, Envoy, get_json, http, wait_until
-from load import Load
+from load import BODY, Load
 from policies import demo_policy
 
 
@@ -155,3 +155,65 @@ def test_hundred_weight_changes_fail_no_request(controlplane: ControlPlane, edge
     codes = Counter(o.status for o in load.outcomes)
     assert codes[200] > 100 and set(codes) == {200}, codes
     assert {o.version for o in load.outcomes} == {"1", "2"}
+
+
+def test_sticky_canary_keeps_each_user_on_one_version(controlplane: ControlPlane,
+                                                      edge: Callable[[int, int], Envoy],
+                                                      backends: dict[int, Backend]) -> None:
+    envoy = edge(backends[1].port, backends[2].port)
+    assert controlplane.apply(canary(60.0, [50, 100], sticky={"type": "header", "name": "x-user"}))[0] == 200
+    wait_until(lambda: status(controlplane)["status"]["weight"] == 50, 10, what="first step")
+    controlplane.wait_converged(envoy.node_id)
+    seen: dict[str, set[str]] = {}
+    for user in range(24):
+        for _ in range(6):
+            _, headers, _ = http("POST", f"{envoy.url}/v2/models/classifier/infer", BODY.encode(),
+                                 {"x-user": f"user-{user}"})
+            seen.setdefault(f"user-{user}", set()).add(headers.get("x-model-version", "?"))
+    assert all(len(versions) == 1 for versions in seen.values()), seen
+    assert set().union(*seen.values()) == {"1", "2"}  # ...and users are spread over both
+
+
+def test_webhooks_gate_promotion_and_hear_the_outcome(controlplane: ControlPlane,
+                                                      edge: Callable[[int, int], Envoy],
+                                                      backends: dict[int, Backend]) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    calls: list[tuple[str, dict[str, Any]]] = []
+    gate_open = threading.Event()
+
+    class Hooks(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            calls.append((self.path, body))
+            closed = self.path == "/pre-promotion" and not gate_open.is_set()
+            self.send_response(403 if closed else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        envoy = edge(backends[1].port, backends[2].port)
+        hooks = {"pre_rollout": f"{base}/pre-rollout", "pre_promotion": f"{base}/pre-promotion",
+                 "on_success": f"{base}/success", "on_rollback": f"{base}/rollback"}
+        with Load(envoy.listen_port):
+            assert controlplane.apply(canary(1.0, [50], webhooks=hooks))[0] == 200
+            held = wait_until(lambda: (s := status(controlplane)["status"])["state"] == "promoting" and s, 15,
+                              what="the closed pre-promotion gate to hold the canary")
+            time.sleep(1.0)
+            assert status(controlplane)["status"]["state"] == "promoting"  # still held
+            assert "pre-promotion gate" in held["events"][-1]["message"]
+            gate_open.set()
+            assert wait_state(controlplane, {"succeeded"}, 10)["weight"] == 100
+        paths = [path for path, _ in calls]
+        assert paths[0] == "/pre-rollout" and paths[-1] == "/success" and "/rollback" not in paths
+        assert calls[-1][1]["canary"] == "v2" and calls[-1][1]["phase"] == "success"
+    finally:
+        server.shutdown()

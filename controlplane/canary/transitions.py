@@ -47,7 +47,12 @@ def apply_weight(policy: Policy, canary: Canary, weight: int, ab: bool) -> Polic
                 }))
             split = [WeightedBackend(backend=canary.stable, weight=100 - weight),
                      WeightedBackend(backend=canary.canary, weight=weight)]
-            route = route.model_copy(update={"split": split})
+            hash_on = [h for h in route.hash_on if h != canary.sticky]
+            sticky = canary.sticky is not None and 0 < weight < 100
+            if sticky:
+                hash_on.insert(0, canary.sticky)
+            route = route.model_copy(update={"split": split, "hash_on": hash_on,
+                                             "sticky_split": sticky or (route.sticky_split and bool(hash_on))})
         routes.append(route)
     services = {**policy.services, canary.service: service.model_copy(update={"routes": routes})}
     return policy.model_copy(update={"services": services})

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, Field, model_validator
 
-from controlplane.policy.model import HeaderMatch, Name, Strict
+from controlplane.policy.model import HashOn, HeaderMatch, Name, Strict
 
 Percent = Annotated[int, Field(ge=1, le=100)]
 
@@ -43,6 +43,9 @@ class Canary(Strict):
     failure_limit: Annotated[int, Field(ge=1, le=100, description="failed windows before rollback")] = 1
     match: Annotated[list[HeaderMatch], Field(
         max_length=8, description="requests matching these headers go to the canary from the start (A/B first)")] = []
+    sticky: HashOn | None = Field(None, description=(
+        "keep each user on one version while the canary runs: the split is chosen by hashing this "
+        "(a cookie with cookie_ttl_s is set by Envoy for users who lack it, or a header such as a user id)"))
     webhooks: Webhooks = Webhooks()
 
     @model_validator(mode="after")

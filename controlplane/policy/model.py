@@ -279,9 +279,14 @@ class Route(Strict):
     retries: Retries | None = Retries()
     mirrors: Annotated[list[Mirror], Field(max_length=4)] = []
     hash_on: Annotated[list[HashOn], Field(max_length=4)] = []
+    sticky_split: bool = Field(
+        False, description="choose the split's backend by hashing hash_on instead of at random, "
+                           "so one user stays on one backend (sticky canaries, A/B tests)")
 
     @model_validator(mode="after")
     def _split_is_usable(self) -> Route:
+        if self.sticky_split and not self.hash_on:
+            raise ValueError("sticky_split needs hash_on: what identifies a user")
         names = [w.backend for w in self.split]
         if len(set(names)) != len(names):
             raise ValueError("split names a backend more than once")

@@ -14,7 +14,7 @@ from envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2 import Pre
 from envoy.type.matcher.v3.regex_pb2 import RegexMatcher
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
 from envoy.type.v3.percent_pb2 import FractionalPercent
-from google.protobuf.wrappers_pb2 import UInt32Value
+from google.protobuf.wrappers_pb2 import BoolValue, UInt32Value
 
 from controlplane.policy import model as p
 from controlplane.policy.policy import Policy
@@ -129,7 +129,8 @@ def _action(route: p.Route) -> RouteAction:
                 clusters=[
                     WeightedCluster.ClusterWeight(name=w.backend, weight=UInt32Value(value=w.weight))
                     for w in route.split
-                ]
+                ],
+                use_hash_policy=BoolValue(value=True) if route.sticky_split else None,
             )
         )
     return action
