@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Backend, ControlPlane, Envoy, get_json, http, wait_until
+from harness import PYTHON, ROOT, Backend, ControlPlane, Envoy, get_json, http, wait_until
 from load import BODY, Load
 from policies import demo_policy
 
@@ -55,10 +56,16 @@ def test_healthy_canary_is_promoted_step_by_step(controlplane: ControlPlane, edg
     with Load(envoy.listen_port) as load:
         started = time.time()
         assert controlplane.apply(canary(1.5, [20, 50]))[0] == 200
+        watch = subprocess.Popen([PYTHON, "-m", "sluice", "canary", "watch", "v2", "--every", "0.3",
+                                  "--server", controlplane.url], stdout=subprocess.PIPE, text=True, cwd=ROOT)
         final = wait_state(controlplane, {"succeeded", "rolled_back"}, timeout=20)
         took = time.time() - started
         time.sleep(0.5)
         after = load.between(time.time() - 0.4, time.time())
+        shown, _ = watch.communicate(timeout=10)
+    assert watch.returncode == 0  # watch ends by itself when the canary succeeds
+    assert "canary v2: progressing  weight 20%" in shown and "canary v2: succeeded  weight 100%" in shown
+    assert "success 100.0%" in shown and "next decision in" in shown
     assert final["state"] == "succeeded" and final["weight"] == 100, final["events"]
     assert [e["weight"] for e in final["events"] if e["state"] == "progressing"] == [20, 50]
     assert 3.0 <= took <= 3.0 + 6.0  # two steps of 1.5 s, plus the time to notice and push

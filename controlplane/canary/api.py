@@ -30,12 +30,13 @@ def routes(store: Store, controller: CanaryController) -> list[web.RouteDef]:
         body: dict[str, Any] = {"name": name, "revision": current.number, "spec": canary.model_dump(mode="json"),
                                 "status": state.model_dump(mode="json"), "steps": canary.weights()}
         live = controller.live(name)
-        if live is not None and state.state == "progressing":
+        so_far = await controller.peek(name, canary) if state.state == "progressing" else None
+        if live is not None and so_far is not None:
             body["window"] = {
                 "started_at": live.started,
                 "next_decision_at": live.started + canary.interval_s,
-                "stable": None if live.stable is None else asdict(live.stable),
-                "canary": None if live.canary is None else asdict(live.canary),
+                "stable": asdict(so_far[0]),
+                "canary": asdict(so_far[1]),
                 "last_verdict": None if live.judgement is None else {
                     "verdict": live.judgement.verdict.value, "reason": live.judgement.reason},
             }

@@ -48,6 +48,15 @@ class CanaryController:
     def live(self, name: str) -> Live | None:
         return self._live.get(name)
 
+    async def peek(self, name: str, canary: Canary) -> tuple[metrics.Window, metrics.Window] | None:
+        """The open window so far (stable, canary), for a live view; changes nothing."""
+        live = self._live.get(name)
+        if live is None:
+            return None
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            now = await metrics.read(session, self._admin_addresses(), {canary.stable, canary.canary})
+        return (metrics.between(live.baseline, now, canary.stable), metrics.between(live.baseline, now, canary.canary))
+
     async def run(self) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
             while True:
