@@ -1,11 +1,12 @@
-"""The store interface: numbered revisions of the whole policy, with optimistic concurrency."""
+"""The store interface: numbered revisions of the whole policy with optimistic concurrency, an
+append-only audit log, and the admin API's tokens (stored as digests only)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
 
 from controlplane.policy import Policy
 
@@ -19,6 +20,37 @@ class Revision:
     message: str
 
 
+@dataclass(frozen=True)
+class AuditEntry:
+    """One accepted change: who, when, what, and for policy changes the field-level diff."""
+
+    at: float
+    actor: str
+    action: str  # "commit", "token.create", "token.delete"
+    message: str
+    revision: int | None = None  # the revision a commit created
+    diff: list[dict[str, Any]] | None = None  # controlplane.store.diff.policy_diff of the commit
+
+    def view(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """An admin API token as stored: the sha256 digest of the secret, never the secret."""
+
+    name: str
+    role: str
+    digest: str
+    created_at: float
+    created_by: str
+    expires_at: float | None = None
+
+    def view(self) -> dict[str, Any]:
+        """What the API shows about a token: everything but the digest."""
+        return {k: v for k, v in asdict(self).items() if k != "digest"}
+
+
 class Conflict(Exception):
     def __init__(self, expected: int, actual: int) -> None:
         super().__init__(f"revision is {actual}, not {expected}: re-read and retry")
@@ -30,19 +62,46 @@ class StoreUnavailable(Exception):
     """The backing store cannot be reached; writes must fail fast, reads use the last revision."""
 
 
-class Store(Protocol):
-    async def current(self) -> Revision: ...
+class TokenExists(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"a token named {name!r} already exists")
 
-    async def commit(self, policy: Policy, *, expected: int | None, actor: str, message: str) -> Revision:
-        """Store `policy` as the next revision; `expected` (when given) must be the current number."""
+
+class Store(Protocol):
+    async def current(self) -> Revision:
+        """The last revision loaded: answered from memory, so it works while the backend is down."""
         ...
 
-    async def revision(self, number: int) -> Revision: ...
+    async def commit(self, policy: Policy, *, expected: int | None, actor: str, message: str) -> Revision:
+        """Store `policy` as the next revision and its audit entry, atomically; `expected` (when
+        given) must be the current number, else Conflict."""
+        ...
 
-    async def history(self, limit: int) -> list[Revision]: ...
+    async def revision(self, number: int) -> Revision:
+        """KeyError when there is no such revision."""
+        ...
+
+    async def history(self, limit: int) -> list[Revision]:
+        """The newest `limit` revisions, newest first."""
+        ...
 
     def watch(self) -> AsyncIterator[Revision]:
-        """The current revision, then every later one as it is committed (skipping to the newest)."""
+        """The current revision, then every later one as it is committed by any replica
+        (skipping to the newest)."""
+        ...
+
+    async def audit(self, limit: int) -> list[AuditEntry]:
+        """The newest `limit` audit entries, newest first."""
+        ...
+
+    async def tokens(self) -> list[TokenRecord]: ...
+
+    async def add_token(self, token: TokenRecord) -> None:
+        """TokenExists when the name is taken. Audited, as done by `token.created_by`."""
+        ...
+
+    async def delete_token(self, name: str, *, actor: str) -> bool:
+        """False when there was no such token. Audited."""
         ...
 
     async def close(self) -> None: ...

@@ -1,4 +1,8 @@
-"""Embedded store on the standard library's sqlite3: one row per revision, survives restarts."""
+"""Embedded store on the standard library's sqlite3: one row per revision, survives restarts.
+
+One process owns the file: this is the single-replica store (see controlplane/store/redis_store.py
+for several replicas).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,13 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 from controlplane.policy import Policy
-from controlplane.store.base import Conflict, Latest, Revision
+from controlplane.store.base import AuditEntry, Conflict, Latest, Revision, TokenExists, TokenRecord
+from controlplane.store.diff import policy_diff
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS revisions (
@@ -20,9 +26,37 @@ CREATE TABLE IF NOT EXISTS revisions (
     message    TEXT NOT NULL,
     policy     TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS audit (
+    id       INTEGER PRIMARY KEY AUTOINCREMENT,
+    at       REAL NOT NULL,
+    actor    TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    message  TEXT NOT NULL,
+    revision INTEGER,
+    diff     TEXT
+);
+-- The audit log is append-only, whoever holds the file.
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS tokens (
+    name       TEXT PRIMARY KEY,
+    role       TEXT NOT NULL,
+    digest     TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL,
+    created_by TEXT NOT NULL,
+    expires_at REAL
+);
 """
 
 EMPTY = Revision(number=0, policy=Policy(), created_at=0.0, actor="", message="empty policy")
+
+T = TypeVar("T")
+
+
+def policy_json(policy: Policy) -> str:
+    return json.dumps(policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
 
 def _row(row: tuple[int, float, str, str, str]) -> Revision:
@@ -34,7 +68,7 @@ class SqliteStore:
     def __init__(self, db: sqlite3.Connection, latest: Latest) -> None:
         self._db = db
         self._latest = latest
-        self._lock = asyncio.Lock()  # one writer at a time within this process
+        self._lock = asyncio.Lock()  # one statement sequence at a time on the shared connection
 
     @classmethod
     async def open(cls, path: Path) -> SqliteStore:
@@ -53,47 +87,63 @@ class SqliteStore:
         db, current = await asyncio.to_thread(connect)
         return cls(db, Latest(current))
 
+    async def _run(self, work: Callable[[], T]) -> T:
+        async with self._lock:
+            return await asyncio.to_thread(work)
+
+    def _transaction(self, work: Callable[[], T]) -> T:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            result = work()
+            self._db.execute("COMMIT")
+            return result
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _audit(self, entry: AuditEntry) -> None:
+        self._db.execute(
+            "INSERT INTO audit (at, actor, action, message, revision, diff) VALUES (?, ?, ?, ?, ?, ?)",
+            (entry.at, entry.actor, entry.action, entry.message, entry.revision,
+             None if entry.diff is None else json.dumps(entry.diff)),
+        )
+
     async def current(self) -> Revision:
         return self._latest.value
 
     async def commit(self, policy: Policy, *, expected: int | None, actor: str, message: str) -> Revision:
-        body = json.dumps(policy.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        body = policy_json(policy)
 
         def write() -> Revision:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                (actual,) = self._db.execute("SELECT COALESCE(MAX(number), 0) FROM revisions").fetchone()
-                if expected is not None and expected != actual:
-                    raise Conflict(expected, actual)
-                revision = Revision(actual + 1, policy, time.time(), actor, message)
-                self._db.execute(
-                    "INSERT INTO revisions VALUES (?, ?, ?, ?, ?)",
-                    (revision.number, revision.created_at, actor, message, body),
-                )
-                self._db.execute("COMMIT")
-                return revision
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            (actual,) = self._db.execute("SELECT COALESCE(MAX(number), 0) FROM revisions").fetchone()
+            if expected is not None and expected != actual:
+                raise Conflict(expected, actual)
+            previous = self._read(actual)
+            revision = Revision(actual + 1, policy, time.time(), actor, message)
+            self._db.execute(
+                "INSERT INTO revisions VALUES (?, ?, ?, ?, ?)",
+                (revision.number, revision.created_at, actor, message, body),
+            )
+            self._audit(AuditEntry(revision.created_at, actor, "commit", message, revision.number,
+                                   policy_diff(previous.policy, policy)))
+            return revision
 
-        async with self._lock:
-            revision = await asyncio.to_thread(write)
+        revision = await self._run(lambda: self._transaction(write))
         self._latest.publish(revision)
         return revision
 
-    async def revision(self, number: int) -> Revision:
+    def _read(self, number: int) -> Revision:
         if number == 0:
             return EMPTY
+        row = self._db.execute(
+            "SELECT number, created_at, actor, message, policy FROM revisions WHERE number = ?", (number,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(number)
+        return _row(row)
 
-        def read() -> Revision:
-            row = self._db.execute(
-                "SELECT number, created_at, actor, message, policy FROM revisions WHERE number = ?", (number,)
-            ).fetchone()
-            if row is None:
-                raise KeyError(number)
-            return _row(row)
-
-        return await asyncio.to_thread(read)
+    async def revision(self, number: int) -> Revision:
+        return await self._run(lambda: self._read(number))
 
     async def history(self, limit: int) -> list[Revision]:
         def read() -> list[Revision]:
@@ -103,10 +153,52 @@ class SqliteStore:
             ).fetchall()
             return [_row(r) for r in rows]
 
-        return await asyncio.to_thread(read)
+        return await self._run(read)
 
     def watch(self) -> AsyncIterator[Revision]:
         return self._latest.watch()
 
+    async def audit(self, limit: int) -> list[AuditEntry]:
+        def read() -> list[AuditEntry]:
+            rows = self._db.execute(
+                "SELECT at, actor, action, message, revision, diff FROM audit ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+            return [AuditEntry(at, actor, action, message, revision, None if diff is None else json.loads(diff))
+                    for at, actor, action, message, revision, diff in rows]
+
+        return await self._run(read)
+
+    async def tokens(self) -> list[TokenRecord]:
+        def read() -> list[TokenRecord]:
+            rows = self._db.execute(
+                "SELECT name, role, digest, created_at, created_by, expires_at FROM tokens ORDER BY name"
+            ).fetchall()
+            return [TokenRecord(*row) for row in rows]
+
+        return await self._run(read)
+
+    async def add_token(self, token: TokenRecord) -> None:
+        def write() -> None:
+            try:
+                self._db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?)",
+                                 (token.name, token.role, token.digest, token.created_at, token.created_by,
+                                  token.expires_at))
+            except sqlite3.IntegrityError:
+                raise TokenExists(token.name) from None
+            self._audit(AuditEntry(token.created_at, token.created_by, "token.create",
+                                   f"token {token.name} ({token.role})"))
+
+        await self._run(lambda: self._transaction(write))
+
+    async def delete_token(self, name: str, *, actor: str) -> bool:
+        def write() -> bool:
+            deleted = self._db.execute("DELETE FROM tokens WHERE name = ?", (name,)).rowcount > 0
+            if deleted:
+                self._audit(AuditEntry(time.time(), actor, "token.delete", f"token {name}"))
+            return deleted
+
+        return await self._run(lambda: self._transaction(write))
+
     async def close(self) -> None:
-        await asyncio.to_thread(self._db.close)
+        await self._run(self._db.close)
+
