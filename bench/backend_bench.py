@@ -2,6 +2,7 @@
 
     python bench/backend_bench.py --model classifier --concurrency 1,4,16,64
     python bench/backend_bench.py --url http://127.0.0.1:10000 ...   # e.g. through an Envoy
+    python bench/backend_bench.py --model resnet50 --through-envoy    # ceiling, direct, via Envoy
 
 Without --url a backend process is started on a free port (and stopped afterwards). The
 backend is driven in a closed loop: `concurrency` callers each send one request, wait for
@@ -22,6 +23,7 @@ import json
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -175,6 +177,47 @@ def start_backend(repo: Path, model: str) -> tuple[subprocess.Popen[bytes], str]
     raise SystemExit("backend did not become ready in 120 s")
 
 
+def start_edge(backend_url: str, model: str) -> tuple[list[subprocess.Popen[bytes]], str]:
+    """A control plane and an edge Envoy (one worker) routing /v2 to the backend."""
+    xds, admin, listen, envoy_admin = (_free_port() for _ in range(4))
+    workdir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
+    cp = subprocess.Popen([sys.executable, "-m", "sluice", "controlplane", "--xds-port", str(xds), "--admin-port",
+                           str(admin), "--store", f"sqlite:///{workdir / 'db'}", "--log-level", "WARNING"],
+                          cwd=REPO_ROOT)
+    procs = [cp]
+    _wait_http(f"http://127.0.0.1:{admin}/healthz", cp)
+    port = int(backend_url.rsplit(":", 1)[1])
+    docs = [{"kind": "Backend", "name": "bench", "spec": {"endpoints": [{"address": "127.0.0.1", "port": port}]}},
+            {"kind": "Service", "name": "bench", "spec": {"routes": [
+                {"name": "all", "match": {"prefix": "/v2"}, "split": [{"backend": "bench"}]}]}}]
+    request = urllib.request.Request(f"http://127.0.0.1:{admin}/api/v1/apply", method="POST",
+                                     data=json.dumps({"documents": docs}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=10).read()
+    envoy = subprocess.Popen([sys.executable, "-m", "sluice", "envoy", "--xds", f"127.0.0.1:{xds}",
+                              "--listen", f"127.0.0.1:{listen}", "--admin", f"127.0.0.1:{envoy_admin}",
+                              "--concurrency", "1", "--node-id", "bench", "--bootstrap", str(workdir / "envoy.yaml")],
+                             cwd=REPO_ROOT)
+    procs.append(envoy)
+    url = f"http://127.0.0.1:{listen}"
+    _wait_http(f"{url}/v2/models/{model}/ready", envoy)
+    return procs, url
+
+
+def _wait_http(url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{process.args[3]} exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not answer in 60 s")
+
+
 def print_row(result: Result, ceiling: Result | None) -> None:
     ratio = f"{result.throughput / ceiling.throughput:6.2f}x of the best ORT row" if ceiling else ""
     print(
@@ -195,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1, help="batch rows per request (default: 1)")
     parser.add_argument("--json", action="store_true", help="send JSON tensors instead of binary")
     parser.add_argument("--skip-ceiling", action="store_true", help="measure only the backend")
+    parser.add_argument("--through-envoy", action="store_true",
+                        help="also measure through an edge Envoy programmed by a control plane (started here)")
     args = parser.parse_args(argv)
 
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -208,8 +253,12 @@ def main(argv: list[str] | None = None) -> int:
 
     process = None
     url = args.url
+    edge: list[subprocess.Popen[bytes]] = []
     if url is None:
         process, url = start_backend(args.model_repository, args.model)
+    edge_url = None
+    if args.through_envoy:
+        edge, edge_url = start_edge(url, args.model)
     try:
         session = None if args.skip_ceiling else _session(model_path, threads)
         for concurrency in levels:
@@ -222,7 +271,14 @@ def main(argv: list[str] | None = None) -> int:
                     print_row(candidate, None)
                 ceiling = max(candidates, key=lambda r: r.throughput)
             print_row(asyncio.run(bench_http(url, args.model, name, x, concurrency, args.seconds, args.json)), ceiling)
+            if edge_url is not None:
+                through = asyncio.run(bench_http(edge_url, args.model, name, x, concurrency, args.seconds, args.json))
+                through.label = "backend through Envoy"
+                print_row(through, ceiling)
     finally:
+        for child in reversed(edge):
+            child.terminate()
+            child.wait(timeout=30)
         if process is not None:
             process.terminate()
             process.wait(timeout=30)
