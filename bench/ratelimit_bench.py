@@ -11,9 +11,11 @@ Five Envoys (--concurrency 1, direct response, same listener and routes) run sid
               is exhausted: ~half the traffic answered 429 by the filter
 
 wrk -t1 -c16 runs against each in turn, ROUNDS times interleaved, and the median of the rounds is
-reported: requests/s, p50, p99, and ours against native and against empty-wasm.
+reported: requests/s, p50, p99, Envoy's CPU time per request (read from /proc: far less sensitive
+than requests/s and p99 to other load on a shared machine), and ours against native and against
+empty-wasm.
 
-  .venv/bin/python bench/ratelimit_bench.py [--duration 5] [--rounds 3]
+  .venv/bin/python bench/ratelimit_bench.py [--duration 5] [--rounds 3] [--pin]
 
 Needs wrk (`apt-get install -y wrk`) and the built filter (`make filters`).
 """
@@ -132,8 +134,8 @@ class Envoy:
         self.config.write_text(json.dumps(bootstrap(self.port, self.admin, http_filters), indent=1))
         self.log = open(workdir / f"{name}.log", "wb")
         self.process = subprocess.Popen(
-            [str(ENVOY), "-c", str(self.config), "--concurrency", "1", "--disable-hot-restart",
-             "--log-level", "warn"],
+            PIN_ENVOY + [str(ENVOY), "-c", str(self.config), "--concurrency", "1", "--disable-hot-restart",
+                         "--log-level", "warn"],
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout: float = 30) -> None:
@@ -162,6 +164,10 @@ class Envoy:
 
 UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0}
 
+# --pin with 2+ cores: Envoy on core 0, wrk on core 1; set by main().
+PIN_ENVOY: list[str] = []
+PIN_WRK: list[str] = []
+
 
 def parse_wrk(output: str) -> dict:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
@@ -183,7 +189,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def run_wrk(envoy: Envoy, duration: float, script: Path | None) -> dict:
-    cmd = ["wrk", "-t1", "-c16", f"-d{int(duration)}s", "--latency", "-H", f"X-Forwarded-For: {XFF}"]
+    cmd = PIN_WRK + ["wrk", "-t1", "-c16", f"-d{int(duration)}s", "--latency", "-H", f"X-Forwarded-For: {XFF}"]
     if script is not None:
         cmd += ["-s", str(script)]
     cmd.append(f"http://127.0.0.1:{envoy.port}/")
@@ -208,6 +214,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
+    parser.add_argument("--pin", action="store_true",
+                        help="pin Envoy to core 0 and wrk to core 1 (helps on an otherwise idle machine)")
     args = parser.parse_args()
 
     if shutil.which("wrk") is None:
@@ -217,6 +225,9 @@ def main() -> int:
         print(f"{RATELIMIT_WASM} is missing: run `make filters`", file=sys.stderr)
         return 2
 
+    if args.pin and shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        PIN_ENVOY[:] = ["taskset", "-c", "0"]
+        PIN_WRK[:] = ["taskset", "-c", "1"]
     workdir = Path(tempfile.mkdtemp(prefix="ratelimit-bench-"))
     empty = build_empty_filter(workdir)
     ours_config = json.dumps(PLUGIN_CONFIG)
@@ -247,7 +258,7 @@ def main() -> int:
 
     median = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in results.items()}
     print(f"wrk -t1 -c16, Envoy --concurrency 1, direct response; median of {args.rounds} interleaved "
-          f"{args.duration:g}s runs")
+          f"{args.duration:g}s runs{'; Envoy pinned to core 0, wrk to core 1' if PIN_ENVOY else ''}")
     print(f"{'config':<12} {'requests/s':>11} {'p50':>9} {'p99':>9} {'Envoy CPU/req':>14} {'429 share':>9}")
     for name, m in median.items():
         print(f"{name:<12} {m['rps']:>11.0f} {m['p50'] * 1e6:>7.0f}us {m['p99'] * 1e6:>7.0f}us "
