@@ -1,0 +1,146 @@
+"""A raw ADS client on a real grpc.aio stream, for tests and bench/xds_scale.py.
+
+Driven by hand (`send`, `recv`, `quiet`) it says exactly what a test wants, ACKs included; or
+`follow()` makes it behave like Envoy: subscribe to clusters and listeners, then to the
+endpoints and route configurations they name, and ACK every response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.core.v3.base_pb2 import Node
+from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.service.discovery.v3.discovery_pb2 import (
+    DeltaDiscoveryRequest,
+    DeltaDiscoveryResponse,
+    DiscoveryRequest,
+    DiscoveryResponse,
+)
+from google.protobuf.struct_pb2 import Struct
+
+from controlplane.cache.references import managers
+from controlplane.translate.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
+ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
+Response = DiscoveryResponse | DeltaDiscoveryResponse
+
+
+class AdsClient:
+    def __init__(self, target: str, node_id: str, *, protocol: str = "sotw", cluster: str = "edge",
+                 metadata: dict[str, Any] | None = None, channel: grpc.aio.Channel | None = None) -> None:
+        self.protocol = protocol
+        self.node = Node(id=node_id, cluster=cluster)
+        self.node.metadata.update(metadata or {})
+        self._owns_channel = channel is None
+        self.channel = channel or grpc.aio.insecure_channel(target)
+        sotw = protocol == "sotw"
+        self._request = DiscoveryRequest if sotw else DeltaDiscoveryRequest
+        self.call = self.channel.stream_stream(
+            ADS + ("StreamAggregatedResources" if sotw else "DeltaAggregatedResources"),
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=(DiscoveryResponse if sotw else DeltaDiscoveryResponse).FromString,
+        )()
+        self._sent_node = False
+        self.acked: dict[str, float] = {}  # type -> when the last ACK went out (time.monotonic)
+        # One reader for the stream's life: cancelling a grpc.aio read would cancel the call.
+        self._responses: asyncio.Queue[Response | BaseException] = asyncio.Queue()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for response in self.call:
+                self._responses.put_nowait(response)
+            self._responses.put_nowait(EOFError("the control plane ended the stream"))
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as exc:
+            self._responses.put_nowait(exc)
+
+    async def send(self, type_url: str, **fields: Any) -> None:
+        request = self._request(type_url=type_url, **fields)
+        if not self._sent_node:
+            request.node.CopyFrom(self.node)
+            self._sent_node = True
+        await self.call.write(request)
+
+    async def recv(self, timeout: float = 5.0) -> Response:
+        got = await asyncio.wait_for(self._responses.get(), timeout)
+        if isinstance(got, BaseException):
+            raise got
+        return got
+
+    async def quiet(self, seconds: float) -> None:
+        """Nothing arrives for `seconds`."""
+        try:
+            got = await asyncio.wait_for(self._responses.get(), seconds)
+        except TimeoutError:
+            return
+        raise AssertionError(f"expected nothing, got {got}")
+
+    async def ack(self, response: Response, error: str | None = None, **fields: Any) -> None:
+        """ACK (or NACK, with `error`) `response`; SotW ACKs carry the names still wanted in `fields`."""
+        extra: dict[str, Any] = {} if error is None else {"error_detail": {"code": 3, "message": error}}
+        if isinstance(response, DiscoveryResponse) and error is None:
+            extra["version_info"] = response.version_info
+        await self.send(response.type_url, response_nonce=response.nonce, **extra, **fields)
+        if error is None:
+            self.acked[response.type_url] = time.monotonic()
+
+    async def follow(self, on_ack: Callable[[str, Response], None] = lambda *_: None) -> None:
+        """Behave like Envoy until cancelled: wildcard CDS and LDS, then EDS for every cluster
+        and RDS for every route configuration the listeners name; ACK everything. As Envoy
+        does, a response's dependent names are asked for before the response is ACKed."""
+        names: dict[str, list[str]] = {ENDPOINT: [], ROUTE: []}
+        last: dict[str, Response] = {}
+        wildcard: dict[str, Any] = {} if self.protocol == "sotw" else {"resource_names_subscribe": ["*"]}
+        await self.send(CLUSTER, **wildcard)
+        await self.send(LISTENER, **wildcard)
+        while True:
+            response = await self.recv(timeout=3600)
+            last[response.type_url] = response
+            dependent = {CLUSTER: ENDPOINT, LISTENER: ROUTE}.get(response.type_url)
+            if dependent is not None:
+                await self._subscribe(dependent, _named(response, dependent), names, last.get(dependent))
+            wanted = names.get(response.type_url)
+            await self.ack(response, **({"resource_names": wanted} if wanted is not None and self.protocol == "sotw"
+                                        else {}))
+            on_ack(response.type_url, response)
+
+    async def _subscribe(self, type_url: str, now: list[str], names: dict[str, list[str]],
+                         last: Response | None) -> None:
+        if self.protocol == "sotw":
+            if now != names[type_url]:
+                names[type_url] = now
+                answered = {} if not isinstance(last, DiscoveryResponse) else {
+                    "response_nonce": last.nonce, "version_info": last.version_info}
+                await self.send(type_url, resource_names=now, **answered)
+        elif new := sorted(set(now) - set(names[type_url])):
+            names[type_url] = sorted(set(names[type_url]) | set(new))
+            await self.send(type_url, resource_names_subscribe=new)
+
+    async def close(self) -> None:
+        self.call.cancel()
+        self._reader.cancel()
+        if self._owns_channel:
+            await self.channel.close()
+
+
+def _named(response: Response, dependent: str) -> list[str]:
+    """The EDS clusters a CDS response names, or the route configurations of an LDS response."""
+    if isinstance(response, DiscoveryResponse):
+        resources = [r.value for r in response.resources]
+    else:
+        resources = [r.resource.value for r in response.resources]
+    out: set[str] = set()
+    for raw in resources:
+        if dependent == ENDPOINT:
+            cluster = Cluster.FromString(raw)
+            if cluster.type == Cluster.EDS:
+                out.add(cluster.name)
+        else:
+            out.update(h.rds.route_config_name for h in managers(Listener.FromString(raw)) if h.HasField("rds"))
+    return sorted(out)
