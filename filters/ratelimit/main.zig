@@ -240,10 +240,8 @@ fn bucketHash(policy: *const config.Policy, facts: *RequestFacts) u64 {
 /// Cost header (valid integer, clamped to burst) > route_costs entry > 1.
 fn requestCost(policy: *const config.Policy, facts: *RequestFacts) u32 {
     if (policy.cost_header.len > 0) {
-        const value = host.getHeader(.request_headers, policy.cost_header.slice());
-        if (value) |text| {
-            if (response.parseCost(text, policy.limit.burst)) |cost| return cost;
-        }
+        // Missing reads as "", which is not a valid cost either.
+        if (response.parseCost(facts.header(policy.cost_header.slice()), policy.limit.burst)) |cost| return cost;
     }
     if (policy.routeCost(facts.route)) |cost| return cost;
     return 1;
