@@ -76,15 +76,16 @@ class Publisher:
             resources = self._translate_shares(revision.policy, fractions)
             self._cache.set_overrides(node, {t: TypeSnapshot.build(t, msgs) for t, msgs in resources.items() if msgs})
 
-    def _build(self, group: ProxyGroup, revision: Revision) -> None:
+    def _build(self, group: ProxyGroup, revision: Revision) -> bool:
         resources = self._translate(revision.policy, group)
         if found := problems(resources):
             previous = self._cache.get(group.key)
             log.error("REVISION %d NOT PUBLISHED to %s: its snapshot is inconsistent (%s); proxies keep %s",
                       revision.number, group.key, "; ".join(found),
                       "nothing" if previous is None else f"revision {previous.revision}")
-            return
+            return False
         self._cache.set(group.key, Snapshot.build(revision.number, resources))
+        return True
 
     async def run(self) -> None:
         latest: Revision | None = None
@@ -116,9 +117,9 @@ class Publisher:
     def _publish(self, revision: Revision) -> None:
         started = time.perf_counter()
         self._revision = revision
-        for group in self._groups.values():
-            self._build(group, revision)
+        built = [self._build(group, revision) for group in self._groups.values()]
         self._build_overrides(revision)
-        log.info("revision %d published to %d group(s) in %.1f ms",
-                 revision.number, len(self._groups), (time.perf_counter() - started) * 1e3)
-        self._on_publish(revision)
+        log.info("revision %d published to %d of %d group(s) in %.1f ms",
+                 revision.number, sum(built), len(built), (time.perf_counter() - started) * 1e3)
+        if all(built):
+            self._on_publish(revision)
