@@ -3,34 +3,48 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import asyncio
 import contextlib
+import functools
+import ipaddress
 import logging
 import signal
 
 import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
+from pydantic import ValidationError
 
 from controlplane.admin import AdminApi
+from controlplane.auth import Authenticator
+from controlplane.auth.tls import admin_ssl_context, xds_credentials
 from controlplane.cache import SnapshotCache
 from controlplane.cache.publisher import Publisher
-from controlplane.settings import ControlPlaneSettings
-from controlplane.store import open_store
-
-
 from controlplane.canary import CanaryController
 from controlplane.canary.api import routes as canary_routes
-from controlplane.quota.balancer import Balancer
+from controlplane.replica import Coordination, run_while_held
+from controlplane.settings import ControlPlaneSettings
+from controlplane.store import StoreUnavailable, open_store, redacted
 from controlplane.translate import Options, ProxyGroup, translate, translate_shares
 from controlplane.xds import AdsServer, Fleet
 
 log = logging.getLogger("sluice.controlplane")
 
+CANARY_LEASE = "canary-controller"
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
 
 async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
-    store = await open_store(settings.store)
+    store = await open_store(settings.store, poll_s=settings.store_poll_s)
+    coordination = Coordination.for_store(settings.store, settings.replica_id, lease_ttl_s=settings.lease_ttl_s)
+    authenticator = Authenticator(store, settings.auth, refresh_s=settings.store_poll_s)
+    await authenticator.load()
     registry = CollectorRegistry()
     fleet = Fleet(registry)
     published = Gauge("sluice_published_revision", "Policy revision in the snapshots", registry=registry)
@@ -40,40 +54,59 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
         store, cache, functools.partial(translate, options=options),
         lambda policy, shares: translate_shares(policy, shares, options),
         quiet_s=settings.push_quiet_s, max_delay_s=settings.push_max_delay_s,
-        on_publish=lambda r: (published.set(r.number), balancer.rebalance()),
+        on_publish=lambda r: (published.set(r.number), quota.rebalance()),
     )
     default_group = ProxyGroup("edge", settings.edge_listen_address, settings.edge_listen_port)
     ads = AdsServer(cache, publisher, fleet, default_group)
-    balancer = Balancer(fleet, lambda: None if publisher.revision is None else publisher.revision.policy,
-                        publisher.set_shares, interval_s=settings.quota_interval_s)
+    # Only the replica holding the quota lease balances; every replica applies its shares.
+    quota = coordination.quota(fleet, lambda: None if publisher.revision is None else publisher.revision.policy,
+                               publisher.set_shares, interval_s=settings.quota_interval_s)
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((ads.handler(),))
-    xds_port = server.add_insecure_port(f"{settings.xds_host}:{settings.xds_port}")
+    xds_address = f"{settings.xds_host}:{settings.xds_port}"
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        xds_port = server.add_secure_port(xds_address, xds_credentials(settings.tls_cert, settings.tls_key,
+                                                                      settings.client_ca))
+    else:
+        xds_port = server.add_insecure_port(xds_address)
     await server.start()
 
     canaries = CanaryController(store, lambda: [p.admin_address for p in fleet.proxies()
                                                  if p.cluster == "edge" and p.admin_address])
-    admin = AdminApi(store, fleet, registry).app()
+    canary_lease = coordination.lease(CANARY_LEASE)  # canaries advance on one replica at a time
+    admin = AdminApi(store, fleet, registry, authenticator=authenticator, options=options,
+                     replica=lambda: {"id": coordination.replica, "shared": coordination.shared,
+                                      "leases": coordination.leases()}).app()
     admin.add_routes(canary_routes(store, canaries))
     runner = web.AppRunner(admin, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.admin_host, settings.admin_port)
+    ssl_context = (None if settings.tls_cert is None or settings.tls_key is None
+                   else admin_ssl_context(settings.tls_cert, settings.tls_key))
+    site = web.TCPSite(runner, settings.admin_host, settings.admin_port, ssl_context=ssl_context)
     await site.start()
-    publishing = asyncio.create_task(publisher.run())
-    balancing = asyncio.create_task(balancer.run())
-    canarying = asyncio.create_task(canaries.run())
+    tasks = [asyncio.create_task(work) for work in (
+        publisher.run(), quota.run(), run_while_held(canary_lease, canaries.run), coordination.run(),
+        authenticator.run())]
     current = await store.current()
-    log.info("xDS on %s:%d, admin API on http://%s:%d, store %s at revision %d",
-             settings.xds_host, xds_port, settings.admin_host, settings.admin_port, settings.store, current.number)
+    log.info("replica %s: xDS on %s:%d (%s), admin API on %s://%s:%d, store %s at revision %d",
+             settings.replica_id, settings.xds_host, xds_port,
+             "mutual TLS" if settings.client_ca else "TLS" if ssl_context else "plaintext",
+             "https" if ssl_context else "http", settings.admin_host, settings.admin_port,
+             redacted(settings.store), current.number)
+    if not _loopback(settings.admin_host) and not authenticator.enforcing:
+        log.warning("the admin API listens on %s without tokens: %s", settings.admin_host,
+                    "anyone who reaches it can change policy (--auth off)" if settings.auth == "off"
+                    else "only loopback clients are served until a token exists (sluice token create)")
     try:
         await stop.wait()
     finally:
         log.info("stopping")
-        for task in (publishing, balancing, canarying):
+        for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await coordination.close()  # hands the leases over at once
         await server.stop(grace=1.0)
         await runner.cleanup()
         await store.close()
@@ -89,13 +122,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default=d.store, help=f"policy store URL (default {d.store})")
     p.add_argument("--filters-dir", default=str(d.filters_dir), help=f"compiled WASM filters (default {d.filters_dir})")
     p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--replica-id", default=None, help="this replica's name in leases and logs (default HOST-PID)")
+    p.add_argument("--auth", choices=["auto", "on", "off"], default=d.auth,
+                   help="admin API tokens: auto (required once one exists; loopback only before), on, off "
+                        f"(default {d.auth})")
+    p.add_argument("--tls-cert", default=None, help="PEM certificate: serve the admin API over HTTPS and xDS over TLS")
+    p.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
+    p.add_argument("--client-ca", default=None,
+                   help="PEM CA: Envoys must present a client certificate it signed (mutual TLS for xDS)")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    settings = ControlPlaneSettings(**{k: v for k, v in vars(args).items() if v is not None})
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=(args.log_level or "INFO").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = ControlPlaneSettings(**{k: v for k, v in vars(args).items() if v is not None})
+    except ValidationError as exc:
+        log.error("invalid settings: %s", "; ".join(e["msg"] for e in exc.errors()))
+        return 2
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -109,4 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # bad settings such as an unsupported store URL
         log.error("%s", exc)
         return 2
+    except StoreUnavailable as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     return 0

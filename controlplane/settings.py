@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -15,7 +18,7 @@ class ControlPlaneSettings(BaseSettings):
     xds_port: int = Field(18000, ge=0, le=65535)
     admin_host: str = "127.0.0.1"
     admin_port: int = Field(8080, ge=0, le=65535)
-    store: str = Field("sqlite:///var/sluice.db", description="sqlite:///PATH")
+    store: str = Field("sqlite:///var/sluice.db", description="sqlite:///PATH (one replica) or redis://HOST:PORT/DB")
     # Where an edge proxy listens when its bootstrap does not say (node metadata listen_address/port).
     edge_listen_address: str = "127.0.0.1"
     edge_listen_port: int = Field(10000, ge=1, le=65535)
@@ -24,3 +27,22 @@ class ControlPlaneSettings(BaseSettings):
     push_max_delay_s: float = Field(0.25, ge=0, description="...but never later than this after the first write")
     quota_interval_s: float = Field(1.0, gt=0, description="how often global rate-limit shares are rebalanced")
     log_level: str = "INFO"
+
+    replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+                            description="this replica's name in leases and logs")
+    store_poll_s: float = Field(0.5, gt=0, le=10, description="how often a Redis replica checks for revisions "
+                                "and tokens it was not told about (bounds the cost of a lost notification)")
+    lease_ttl_s: float = Field(3.0, ge=0.5, le=60, description="a dead lease holder is replaced within about this")
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: bearer tokens are required once one exists (before that, loopback only)")
+    tls_cert: Path | None = Field(None, description="PEM certificate: HTTPS admin API and TLS xDS")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    client_ca: Path | None = Field(None, description="PEM CA: xDS clients (Envoys) must present a certificate it signed")
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> ControlPlaneSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set both tls_cert and tls_key, or neither")
+        if self.client_ca is not None and self.tls_cert is None:
+            raise ValueError("client_ca (mutual TLS for xDS) needs tls_cert and tls_key")
+        return self

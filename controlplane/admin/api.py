@@ -1,9 +1,9 @@
-"""The admin API (aiohttp) under /api/v1: policy CRUD, apply, revisions, proxies."""
+"""The admin API (aiohttp) under /api/v1: policy CRUD, apply (and its dry run), history, tokens,
+proxies. Every route but /healthz and the OpenAPI document passes the auth middleware."""
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,58 +11,44 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from controlplane.admin.auth import auth_middleware
 from controlplane.admin.errors import error
+from controlplane.admin.history import HistoryApi, preview
 from controlplane.admin.openapi import openapi_document
+from controlplane.admin.tokens import TokensApi
+from controlplane.admin.writes import commit_change, etag, expected_revision, json_body
+from controlplane.auth import Authenticator
 from controlplane.policy import InvalidPolicy, Policy, Problem, documents_of, parse_document, with_document, without_object
 from controlplane.policy.documents import KIND_BY_PLURAL, Document
 from controlplane.store import Conflict, Store, StoreUnavailable
+from controlplane.translate import Options
 from controlplane.xds import Fleet
 
 MAX_BODY = 4 * 1024 * 1024
 
 
-def _etag(revision: int) -> str:
-    return f'"{revision}"'
-
-
-def _expected(request: web.Request) -> int | None:
-    """`If-Match: "7"` makes a write conditional on revision 7 still being current."""
-    raw = request.headers.get("If-Match")
-    if raw is None or raw.strip() == "*":
-        return None
-    try:
-        return int(raw.strip().strip('"'))
-    except ValueError:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"If-Match must be a revision number such as \"7\", not {raw!r}"}),
-            content_type="application/json",
-        ) from None
-
-
-async def _json_body(request: web.Request) -> Any:
-    try:
-        return await request.json()
-    except json.JSONDecodeError as exc:
-        raise web.HTTPBadRequest(
-            text=json.dumps({"error": f"request body is not valid JSON: {exc}"}), content_type="application/json"
-        ) from None
-
-
 class AdminApi:
-    def __init__(self, store: Store, fleet: Fleet, registry: CollectorRegistry) -> None:
+    def __init__(self, store: Store, fleet: Fleet, registry: CollectorRegistry, *, authenticator: Authenticator,
+                 options: Options, replica: Callable[[], dict[str, Any]]) -> None:
         self._store = store
         self._fleet = fleet
         self._registry = registry
+        self._authenticator = authenticator
+        self._options = options
+        self._replica = replica
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._errors])
+        app = web.Application(client_max_size=MAX_BODY,
+                              middlewares=[self._errors, auth_middleware(self._authenticator)])
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/api/v1/openapi.json", self.openapi)
         app.router.add_get("/api/v1/policy", self.get_policy)
         app.router.add_post("/api/v1/apply", self.apply)
-        app.router.add_get("/api/v1/revisions", self.revisions)
         app.router.add_get("/api/v1/proxies", self.proxies)
+        app.router.add_get("/api/v1/replica", self.replica)
+        app.router.add_routes(HistoryApi(self._store, self._fleet).routes())
+        app.router.add_routes(TokensApi(self._store, self._authenticator).routes())
         app.router.add_get("/api/v1/{plural}", self.list_objects)
         app.router.add_get("/api/v1/{plural}/{name}", self.get_object)
         app.router.add_put("/api/v1/{plural}/{name}", self.put_object)
@@ -78,7 +64,12 @@ class AdminApi:
         except Conflict as exc:
             return error(409, str(exc), revision=exc.actual)
         except StoreUnavailable as exc:
-            return error(503, f"policy store unavailable: {exc}")
+            current = await self._store.current()
+            if request.method in ("GET", "HEAD"):
+                return error(503, f"policy store unavailable: {exc}; this needs the store, while "
+                                  f"GET /api/v1/policy still answers with revision {current.number}")
+            return error(503, f"policy store unavailable: {exc}; nothing was changed and revision "
+                              f"{current.number} keeps serving: retry when the store is back")
 
     async def healthz(self, _: web.Request) -> web.Response:
         current = await self._store.current()
@@ -94,20 +85,16 @@ class AdminApi:
         current = await self._store.current()
         return web.json_response(
             {"revision": current.number, "documents": [d.dump() for d in documents_of(current.policy)]},
-            headers={"ETag": _etag(current.number)},
+            headers={"ETag": etag(current.number)},
         )
-
-    async def revisions(self, request: web.Request) -> web.Response:
-        limit = int(request.query.get("limit", "50"))
-        history = await self._store.history(max(1, min(limit, 1000)))
-        return web.json_response({"revisions": [
-            {"number": r.number, "created_at": r.created_at, "actor": r.actor, "message": r.message}
-            for r in history
-        ]})
 
     async def proxies(self, _: web.Request) -> web.Response:
         current = await self._store.current()
         return web.json_response({"revision": current.number, "proxies": [p.view() for p in self._fleet.proxies()]})
+
+    async def replica(self, _: web.Request) -> web.Response:
+        current = await self._store.current()
+        return web.json_response({**self._replica(), "revision": current.number})
 
     def _kind(self, request: web.Request) -> str:
         plural = request.match_info["plural"]
@@ -123,7 +110,7 @@ class AdminApi:
         current = await self._store.current()
         kind = KIND_BY_PLURAL[plural]
         items = [Document(kind.name, n, s).dump() for n, s in sorted(getattr(current.policy, plural).items())]
-        return web.json_response({"revision": current.number, "items": items}, headers={"ETag": _etag(current.number)})
+        return web.json_response({"revision": current.number, "items": items}, headers={"ETag": etag(current.number)})
 
     async def get_object(self, request: web.Request) -> web.Response:
         plural, name = self._kind(request), request.match_info["name"]
@@ -132,12 +119,12 @@ class AdminApi:
         if spec is None:
             return error(404, f"{KIND_BY_PLURAL[plural].name} {name!r} not found")
         doc = Document(KIND_BY_PLURAL[plural].name, name, spec).dump()
-        return web.json_response(doc, headers={"ETag": _etag(current.number)})
+        return web.json_response(doc, headers={"ETag": etag(current.number)})
 
     async def put_object(self, request: web.Request) -> web.Response:
         plural, name = self._kind(request), request.match_info["name"]
         kind = KIND_BY_PLURAL[plural].name
-        raw = await _json_body(request)
+        raw = await json_body(request)
         if isinstance(raw, dict) and "spec" not in raw and "kind" not in raw:
             raw = {"spec": raw}  # a bare spec is accepted too
         if isinstance(raw, dict):
@@ -148,7 +135,7 @@ class AdminApi:
         return await self._write(request, lambda p: with_document(p, doc), f"put {kind} {name}")
 
     async def apply(self, request: web.Request) -> web.Response:
-        raw = await _json_body(request)
+        raw = await json_body(request)
         if not isinstance(raw, dict) or not isinstance(raw.get("documents"), list):
             raise InvalidPolicy([Problem(loc="documents", msg="expected a list of documents")])
         problems: list[Problem] = []
@@ -166,7 +153,20 @@ class AdminApi:
                 policy = with_document(policy, doc)
             return policy
 
+        if request.query.get("dry_run", "false").lower() in ("true", "1", "yes"):
+            return await self._dry_run(request, apply_all)
         return await self._write(request, apply_all, "apply " + ", ".join(f"{d.kind} {d.name}" for d in docs))
+
+    async def _dry_run(self, request: web.Request, change: Callable[[Policy], Policy]) -> web.Response:
+        """Validate as a write would and show what would change, in the policy and in Envoy."""
+        expected = expected_revision(request)
+        current = await self._store.current()
+        proposed = change(current.policy)
+        if problems := proposed.problems():
+            raise InvalidPolicy(problems)
+        if expected is not None and expected != current.number:
+            raise Conflict(expected, current.number)
+        return web.json_response(preview(current, proposed, self._options), headers={"ETag": etag(current.number)})
 
     async def delete_object(self, request: web.Request) -> web.Response:
         plural, name = self._kind(request), request.match_info["name"]
@@ -181,35 +181,4 @@ class AdminApi:
         return await self._write(request, lambda p: without_object(p, plural, name), f"delete {kind} {name}")
 
     async def _write(self, request: web.Request, change: Callable[[Policy], Policy], message: str) -> web.Response:
-        """Commit `change(current policy)` as a new revision.
-
-        With If-Match the write is conditional (409 when another write came first); without it,
-        a concurrent write just means re-applying the change on top of the newer revision.
-        """
-        expected = _expected(request)
-        for _ in range(5):
-            current = await self._store.current()
-            updated = change(current.policy)
-            if problems := updated.problems():
-                raise InvalidPolicy(problems)
-            if expected is not None and expected != current.number:
-                raise Conflict(expected, current.number)
-            if updated == current.policy:
-                return web.json_response({"revision": current.number, "changed": False},
-                                         headers={"ETag": _etag(current.number)})
-            try:
-                revision = await self._store.commit(
-                    updated, expected=current.number, actor=_actor(request), message=message
-                )
-            except Conflict:
-                if expected is not None:
-                    raise
-                continue
-            self._fleet.revision_written(revision.number, time.time())
-            return web.json_response({"revision": revision.number, "changed": True},
-                                     headers={"ETag": _etag(revision.number)})
-        return error(503, "too many concurrent writes; retry")
-
-
-def _actor(request: web.Request) -> str:
-    return request.headers.get("X-Sluice-Actor", "anonymous")[:64]
+        return await commit_change(self._store, self._fleet, request, change, message)

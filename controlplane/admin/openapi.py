@@ -17,7 +17,8 @@ def _json(schema: str) -> dict[str, Any]:
 
 def _responses(ok: str, *errors: int) -> dict[str, Any]:
     out: dict[str, Any] = {"200": {"description": ok}}
-    reasons = {404: "not found", 409: "revision conflict or object in use", 422: "invalid policy",
+    reasons = {400: "malformed request", 401: "missing, unknown or expired token", 403: "the token's role is too low",
+               404: "not found", 409: "revision conflict or object in use", 422: "invalid policy",
                503: "store unavailable"}
     for status in errors:
         out[str(status)] = {"description": reasons[status], **_json("Error")}
@@ -48,38 +49,82 @@ def openapi_document() -> dict[str, Any]:
     }
     if_match = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
                 "description": "the revision (ETag) the write expects to replace"}
+    limit = {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}}
+
+    def number(name: str) -> dict[str, Any]:
+        return {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}
+
+    documents = {"type": "object", "required": ["documents"],
+                 "properties": {"documents": {"type": "array", "items": {"$ref": "#/components/schemas/Document"}}}}
     paths: dict[str, Any] = {
-        "/healthz": {"get": {"summary": "liveness and current revision", "responses": _responses("ok")}},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": _responses("metrics")}},
+        "/healthz": {"get": {"summary": "liveness and current revision", "security": [],
+                             "responses": _responses("ok")}},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "responses": _responses("metrics", 401, 403)}},
+        "/api/v1/openapi.json": {"get": {"summary": "this document", "security": [], "responses": _responses("ok")}},
         "/api/v1/policy": {"get": {"summary": "every policy object at the current revision",
-                                   "responses": _responses("policy")}},
+                                   "responses": _responses("policy", 401, 403)}},
         "/api/v1/apply": {"post": {
-            "summary": "create or replace several objects in one revision",
-            "parameters": [if_match],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["documents"],
-                "properties": {"documents": {"type": "array",
-                                             "items": {"$ref": "#/components/schemas/Document"}}}}}}},
-            "responses": _responses("applied", 409, 422, 503),
+            "summary": "create or replace several objects in one revision; with dry_run, only show what "
+                       "would change (objects, field by field, and Envoy resources)",
+            "parameters": [if_match, {"name": "dry_run", "in": "query", "required": False,
+                                      "schema": {"type": "boolean", "default": False}}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": documents}}},
+            "responses": _responses("applied, or the dry run's preview", 400, 401, 403, 409, 422, 503),
         }},
-        "/api/v1/revisions": {"get": {"summary": "policy history, newest first", "responses": _responses("ok")}},
+        "/api/v1/revisions": {"get": {"summary": "policy history, newest first", "parameters": [limit],
+                                      "responses": _responses("ok", 400, 401, 403, 503)}},
+        "/api/v1/revisions/{number}": {"get": {"summary": "one revision with its documents",
+                                               "parameters": [number("number")],
+                                               "responses": _responses("ok", 400, 401, 403, 404, 503)}},
+        "/api/v1/revisions/{a}/diff/{b}": {"get": {
+            "summary": "what changed from revision a to revision b: objects added, removed and changed (by field)",
+            "parameters": [number("a"), number("b")], "responses": _responses("ok", 400, 401, 403, 404, 503)}},
+        "/api/v1/revisions/{number}/rollback": {"post": {
+            "summary": "a new revision with the content of this one", "parameters": [number("number"), if_match],
+            "responses": _responses("rolled back", 400, 401, 403, 404, 409, 422, 503)}},
+        "/api/v1/audit": {"get": {"summary": "the audit log, newest first: who changed what, when, and the diff",
+                                  "parameters": [limit], "responses": _responses("ok", 400, 401, 403, 503)}},
+        "/api/v1/tokens": {
+            "get": {"summary": "admin API tokens (never their secrets); admin role",
+                    "responses": _responses("ok", 401, 403, 503)},
+            "post": {"summary": "create a token; the answer holds its secret, shown only this once; admin role",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                         "type": "object", "required": ["name", "role"], "properties": {
+                             "name": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9._-]{0,62})$"},
+                             "role": {"enum": ["viewer", "operator", "admin"]},
+                             "expires_in_s": {"type": "number", "exclusiveMinimum": 0}}}}}},
+                     "responses": {"201": {"description": "created"},
+                                   **_responses("", 400, 401, 403, 409, 422, 503)}},
+        },
+        "/api/v1/tokens/{name}": {"delete": {
+            "summary": "revoke a token; admin role",
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": _responses("revoked", 401, 403, 404, 409, 503)}},
         "/api/v1/proxies": {"get": {"summary": "connected proxies: ACKed, in-flight and NACKed versions",
-                                    "responses": _responses("ok")}},
+                                    "responses": _responses("ok", 401, 403)}},
+        "/api/v1/replica": {"get": {"summary": "this replica: its id, its store, the leases it holds",
+                                    "responses": _responses("ok", 401, 403)}},
     }
     for kind in KINDS.values():
         name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
-        paths[f"/api/v1/{kind.plural}"] = {"get": {"summary": f"list {kind.plural}", "responses": _responses("ok")}}
+        paths[f"/api/v1/{kind.plural}"] = {"get": {"summary": f"list {kind.plural}",
+                                                   "responses": _responses("ok", 401, 403)}}
         paths[f"/api/v1/{kind.plural}/{{name}}"] = {
-            "get": {"summary": f"read a {kind.name}", "parameters": [name_param], "responses": _responses("ok", 404)},
+            "get": {"summary": f"read a {kind.name}", "parameters": [name_param],
+                    "responses": _responses("ok", 401, 403, 404)},
             "put": {"summary": f"create or replace a {kind.name}", "parameters": [name_param, if_match],
                     "requestBody": {"required": True, **_json("Document")},
-                    "responses": _responses("stored", 409, 422, 503)},
+                    "responses": _responses("stored", 400, 401, 403, 409, 422, 503)},
             "delete": {"summary": f"delete a {kind.name}", "parameters": [name_param, if_match],
-                       "responses": _responses("deleted", 404, 409, 503)},
+                       "responses": _responses("deleted", 400, 401, 403, 404, 409, 503)},
         }
     return {
         "openapi": "3.1.0",
         "info": {"title": "sluice admin API", "version": "1"},
         "paths": paths,
-        "components": {"schemas": schemas},
+        # Every operation needs a token once tokens exist (see the README, "Admin API security").
+        "security": [{"bearer": []}],
+        "components": {"schemas": schemas,
+                       "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
     }

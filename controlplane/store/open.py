@@ -24,3 +24,11 @@ async def open_store(url: str, *, poll_s: float = 0.5) -> Store:
             raise ValueError("store URL names no Redis host: expected redis://HOST:PORT/DB")
         return await RedisStore.open(url, poll_s=poll_s)
     raise ValueError(f"unsupported store URL {parsed.scheme}://…: expected sqlite:///PATH or redis://HOST:PORT/DB")
+
+
+def redacted(url: str) -> str:
+    """The store URL without its password, for logs."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    return parsed._replace(netloc=parsed.netloc.replace(f":{parsed.password}@", ":***@")).geturl()

@@ -1,0 +1,73 @@
+"""Which role each admin API request needs, checked before any handler runs.
+
+viewer: every read (GET). operator: every change of policy (and canaries). admin: tokens.
+/healthz and the OpenAPI document are public. Handlers ask `actor(request)` whom to record.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from aiohttp import web
+
+from controlplane.admin.errors import error
+from controlplane.auth import Authenticator, Principal, Unauthorized, role_allows
+
+PUBLIC = frozenset({"/healthz", "/api/v1/openapi.json"})
+PRINCIPAL = "sluice.principal"
+
+
+def needed_role(request: web.Request) -> str | None:
+    if request.path in PUBLIC:
+        return None
+    if request.path == "/api/v1/tokens" or request.path.startswith("/api/v1/tokens/"):
+        return "admin"
+    if request.method in ("GET", "HEAD"):
+        return "viewer"
+    return "operator"
+
+
+def _loopback(remote: str | None) -> bool:
+    try:
+        return remote is not None and ipaddress.ip_address(remote).is_loopback
+    except ValueError:  # a Unix socket peer
+        return False
+
+
+def _unauthorized(message: str) -> web.Response:
+    response = error(401, message)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="sluice", error="invalid_token"'
+    return response
+
+
+def auth_middleware(authenticator: Authenticator) -> Any:
+    @web.middleware
+    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+        needed = needed_role(request)
+        if needed is None or authenticator.mode == "off":
+            return await handler(request)
+        if not authenticator.enforcing:
+            if _loopback(request.remote):
+                return await handler(request)
+            return _unauthorized("no admin API token exists yet, so only loopback clients are served; "
+                                 "create one with `sluice token create --role admin --store URL`")
+        try:
+            principal = authenticator.authenticate(request.headers.get("Authorization"))
+        except Unauthorized as exc:
+            return _unauthorized(str(exc))
+        if not role_allows(principal.role, needed):
+            return error(403, f"token {principal.name!r} has role {principal.role}; this needs {needed}")
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+    return check
+
+
+def actor(request: web.Request) -> str:
+    """Who made this change, for the audit log: the token's name when tokens are in force;
+    otherwise whatever the client calls itself (X-Sluice-Actor), as nothing was proven."""
+    principal: Principal | None = request.get(PRINCIPAL)
+    if principal is not None:
+        return principal.name
+    return request.headers.get("X-Sluice-Actor", "anonymous")[:64]

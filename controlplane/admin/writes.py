@@ -1,0 +1,76 @@
+"""How every policy change through the admin API becomes a revision: conditional on If-Match
+when the client sends it, re-applied on top of a newer revision when it does not."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from controlplane.admin.auth import actor
+from controlplane.admin.errors import error
+from controlplane.policy import InvalidPolicy, Policy
+from controlplane.store import Conflict, Store
+from controlplane.xds import Fleet
+
+
+def etag(revision: int) -> str:
+    return f'"{revision}"'
+
+
+def bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+
+
+def expected_revision(request: web.Request) -> int | None:
+    """`If-Match: "7"` makes a write conditional on revision 7 still being current."""
+    raw = request.headers.get("If-Match")
+    if raw is None or raw.strip() == "*":
+        return None
+    try:
+        return int(raw.strip().strip('"'))
+    except ValueError:
+        raise bad_request(f"If-Match must be a revision number such as \"7\", not {raw!r}") from None
+
+
+async def json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise bad_request(f"request body is not valid JSON: {exc}") from None
+
+
+def int_param(request: web.Request, name: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise bad_request(f"{name} must be an integer, not {value!r}") from None
+
+
+async def commit_change(store: Store, fleet: Fleet, request: web.Request, change: Callable[[Policy], Policy],
+                        message: str, **extra: Any) -> web.Response:
+    """Commit `change(current policy)` as a new revision, or answer why not."""
+    expected = expected_revision(request)
+    for _ in range(5):
+        current = await store.current()
+        updated = change(current.policy)
+        if problems := updated.problems():
+            raise InvalidPolicy(problems)
+        if expected is not None and expected != current.number:
+            raise Conflict(expected, current.number)
+        if updated == current.policy:
+            return web.json_response({"revision": current.number, "changed": False, **extra},
+                                     headers={"ETag": etag(current.number)})
+        try:
+            revision = await store.commit(updated, expected=current.number, actor=actor(request), message=message)
+        except Conflict:
+            if expected is not None:
+                raise
+            continue
+        fleet.revision_written(revision.number, time.time())
+        return web.json_response({"revision": revision.number, "changed": True, **extra},
+                                 headers={"ETag": etag(revision.number)})
+    return error(503, "too many concurrent writes; retry")
