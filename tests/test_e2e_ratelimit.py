@@ -118,13 +118,12 @@ def test_limit_change_applies_without_dropping_connections(controlplane: Control
 
 
 def counters(envoy: Envoy, policy: str) -> dict[str, float]:
-    """The filter's counters for one policy, from Envoy's /stats/prometheus."""
-    prefix = f"sluice_ratelimit_{policy.replace('-', '_')}_"
+    """The filter's counters for one policy, from Envoy's /stats/prometheus (policy as a label)."""
     out = {}
     for line in envoy.stats().splitlines():
-        if line.startswith(prefix):
+        if line.startswith("sluice_ratelimit_") and f'{{policy="{policy}"}}' in line:
             name, value = line.rsplit(" ", 1)
-            out[name.removeprefix(prefix).split("{")[0]] = float(value)
+            out[name.removeprefix("sluice_ratelimit_").split("{")[0]] = float(value)
     return out
 
 
