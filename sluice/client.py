@@ -1,12 +1,19 @@
-"""`sluice apply | get | delete | status`: the admin API from a terminal, like kubectl."""
+"""`sluice apply | get | delete | status | history | diff | rollback | audit | token`: the admin API
+from a terminal, like kubectl. `sluice token create --store URL` also works offline, on the store."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import getpass
 import json
+import os
+import re
+import ssl
 import sys
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +35,25 @@ class ApiError(Exception):
         self.body = body
 
 
+class CommandError(Exception):
+    """A command failed for a reason its message states in full."""
+
+
 class Client:
-    def __init__(self, server: str, timeout: float = 10.0) -> None:
+    def __init__(self, server: str, timeout: float = 10.0, *, token: str | None = None,
+                 cafile: str | None = None) -> None:
         self.server = server.rstrip("/")
         self.timeout = timeout
+        self._headers = {"Content-Type": "application/json", "X-Sluice-Actor": "cli"}
+        if token:
+            self._headers["Authorization"] = f"Bearer {token}"
+        self._context = ssl.create_default_context(cafile=cafile) if cafile else None
 
     def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.server + path, data=data, method=method,
-                                         headers={"Content-Type": "application/json", "X-Sluice-Actor": "cli"})
+        request = urllib.request.Request(self.server + path, data=data, method=method, headers=self._headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self._context) as response:
                 return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             try:
@@ -68,13 +83,122 @@ def _problems(exc: ApiError, docs: list[dict[str, Any]] | None = None) -> str:
 def apply(client: Client, args: argparse.Namespace) -> int:
     docs = load_documents(args.filename)
     try:
-        result = client.call("POST", "/api/v1/apply", {"documents": docs})
+        result = client.call("POST", "/api/v1/apply" + ("?dry_run=true" if args.dry_run else ""), {"documents": docs})
     except ApiError as exc:
         print(_problems(exc, docs), file=sys.stderr)
         return 1
+    if args.dry_run:
+        print(f"dry run against revision {result['revision']}: "
+              + ("would change" if result["changed"] else "no change"))
+        print(_object_changes(result["objects"]), end="")
+        if result["resources"]:
+            print("Envoy resources:")
+            for r in result["resources"]:
+                print(f"  {_MARK[r['change']]} {r['type']} {r['name']}")
+        return 0
     names = ", ".join(f"{d.get('kind')}/{d.get('name')}" for d in docs)
     state = "applied" if result["changed"] else "unchanged"
     print(f"revision {result['revision']}: {state} {names}")
+    return 0
+
+
+_MARK = {"added": "+", "removed": "-", "changed": "~"}
+
+
+def _object_changes(objects: list[dict[str, Any]]) -> str:
+    lines = []
+    for o in objects:
+        lines.append(f"  {_MARK[o['change']]} {o['kind']} {o['name']}")
+        for f in o.get("fields", []):
+            lines.append(f"      {f['path']}: {json.dumps(f['from'])} -> {json.dumps(f['to'])}")
+    return "".join(line + "\n" for line in lines)
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def history(client: Client, args: argparse.Namespace) -> int:
+    revisions = client.call("GET", f"/api/v1/revisions?limit={args.limit}")["revisions"]
+    print(f"{'REVISION':<9} {'WHEN':<20} {'ACTOR':<20} MESSAGE")
+    for r in revisions:
+        print(f"{r['number']:<9} {_when(r['created_at']):<20} {r['actor']:<20} {r['message']}")
+    return 0
+
+
+def diff(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("GET", f"/api/v1/revisions/{args.a}/diff/{args.b}")
+    print(f"revision {result['from']} -> {result['to']}:" + ("" if result["objects"] else " no change"))
+    print(_object_changes(result["objects"]), end="")
+    return 0
+
+
+def rollback(client: Client, args: argparse.Namespace) -> int:
+    result = client.call("POST", f"/api/v1/revisions/{args.revision}/rollback")
+    state = "rolled back" if result["changed"] else "already"
+    print(f"revision {result['revision']}: {state} to the content of revision {args.revision}")
+    return 0
+
+
+def audit(client: Client, args: argparse.Namespace) -> int:
+    for e in client.call("GET", f"/api/v1/audit?limit={args.limit}")["entries"]:
+        revision = f"revision {e['revision']}: " if e["revision"] is not None else ""
+        print(f"{_when(e['at'])} {e['actor']:<20} {revision}{e['message']}")
+    return 0
+
+
+def _duration(text: str) -> float:
+    """`90`, `90s`, `15m`, `12h`, `30d` -> seconds."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 3600, 15m, 12h or 30d, not {text!r}")
+    return float(match[1]) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+
+
+def token_create(client: Client, args: argparse.Namespace) -> int:
+    """Prints the secret alone on stdout (once: only its digest is stored), the rest on stderr."""
+    name = args.name or f"{args.role}-{datetime.now():%Y%m%d-%H%M%S}"
+    if args.store:
+        secret = asyncio.run(_create_offline(args.store, name, args.role, args.expires_in))
+    else:
+        body: dict[str, Any] = {"name": name, "role": args.role}
+        if args.expires_in is not None:
+            body["expires_in_s"] = args.expires_in
+        secret = client.call("POST", "/api/v1/tokens", body)["token"]
+    expiry = "never expires" if args.expires_in is None else f"expires in {args.expires_in:g} s"
+    print(f"created token {name} (role {args.role}, {expiry}); it is shown only now", file=sys.stderr)
+    print(secret)
+    return 0
+
+
+async def _create_offline(url: str, name: str, role: str, expires_in_s: float | None) -> str:
+    # Imported here: the other commands only talk HTTP and need none of the control plane.
+    from controlplane.auth import issue
+    from controlplane.store import StoreUnavailable, TokenExists, open_store
+
+    secret, record = issue(name, role, created_by=f"cli:{getpass.getuser()}", expires_in_s=expires_in_s)
+    try:
+        store = await open_store(url)
+        try:
+            await store.add_token(record)
+        finally:
+            await store.close()
+    except (StoreUnavailable, TokenExists) as exc:
+        raise CommandError(str(exc)) from None
+    return secret
+
+
+def token_list(client: Client, _: argparse.Namespace) -> int:
+    print(f"{'NAME':<24} {'ROLE':<9} {'CREATED':<20} {'BY':<20} EXPIRES")
+    for t in client.call("GET", "/api/v1/tokens")["tokens"]:
+        expires = "never" if t["expires_at"] is None else _when(t["expires_at"])
+        print(f"{t['name']:<24} {t['role']:<9} {_when(t['created_at']):<20} {t['created_by']:<20} {expires}")
+    return 0
+
+
+def token_revoke(client: Client, args: argparse.Namespace) -> int:
+    client.call("DELETE", f"/api/v1/tokens/{args.name}")
+    print(f"revoked token {args.name}")
     return 0
 
 
@@ -173,12 +297,18 @@ def status(client: Client, _: argparse.Namespace) -> int:
 def with_server(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options every command that talks to the admin API takes."""
     p.add_argument("--server", default="http://127.0.0.1:8080", help="admin API URL (default %(default)s)")
+    p.add_argument("--token", default=os.environ.get("SLUICE_TOKEN"),
+                   help="bearer token for the admin API (default: $SLUICE_TOKEN)")
+    p.add_argument("--cacert", default=os.environ.get("SLUICE_CACERT"),
+                   help="PEM CA that signed an https admin API's certificate (default: $SLUICE_CACERT)")
     return p
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = with_server(sub.add_parser("apply", help="create or update policy objects from a YAML file"))
     p.add_argument("-f", "--filename", required=True, help="YAML file of documents, or - for stdin")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate and show what would change (objects and Envoy resources); store nothing")
     p.set_defaults(client_command=apply)
     p = with_server(sub.add_parser("get", help="show policy objects"))
     p.add_argument("kind", nargs="?", help="backend, service, ratelimit or edge (default: everything)")
@@ -192,10 +322,37 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.set_defaults(client_command=delete)
     p = with_server(sub.add_parser("status", help="control plane revision and every proxy's sync state"))
     p.set_defaults(client_command=status)
+    p = with_server(sub.add_parser("history", help="policy revisions, newest first"))
+    p.add_argument("--limit", type=int, default=20, help="how many (default %(default)s)")
+    p.set_defaults(client_command=history)
+    p = with_server(sub.add_parser("diff", help="what changed between two revisions, object by object and field by field"))
+    p.add_argument("a", type=int, help="from this revision")
+    p.add_argument("b", type=int, help="to this revision")
+    p.set_defaults(client_command=diff)
+    p = with_server(sub.add_parser("rollback", help="make a new revision with the content of an old one"))
+    p.add_argument("revision", type=int)
+    p.set_defaults(client_command=rollback)
+    p = with_server(sub.add_parser("audit", help="the audit log: who changed what, and when"))
+    p.add_argument("--limit", type=int, default=20, help="how many entries (default %(default)s)")
+    p.set_defaults(client_command=audit)
+    token = sub.add_parser("token", help="admin API tokens: create, list, revoke")
+    actions = token.add_subparsers(title="token commands", metavar="ACTION", required=True)
+    p = with_server(actions.add_parser("create", help="create a token and print its secret (shown only once)"))
+    p.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    p.add_argument("--name", help="the token's name, recorded as the actor of its changes (default ROLE-TIME)")
+    p.add_argument("--expires-in", type=_duration, metavar="DURATION", help="e.g. 3600, 15m, 12h, 30d (default never)")
+    p.add_argument("--store", help="write to this store directly, with no control plane running (bootstrap): "
+                                   "sqlite:///PATH or redis://HOST:PORT/DB")
+    p.set_defaults(client_command=token_create)
+    p = with_server(actions.add_parser("list", help="every token (names and roles, never secrets)"))
+    p.set_defaults(client_command=token_list)
+    p = with_server(actions.add_parser("revoke", help="delete a token; it stops working on every replica"))
+    p.add_argument("name")
+    p.set_defaults(client_command=token_revoke)
 
 
 def run(args: argparse.Namespace) -> int:
-    client = Client(args.server)
+    client = Client(args.server, token=args.token, cafile=args.cacert)
     try:
         return int(args.client_command(client, args))
     except urllib.error.URLError as exc:
@@ -204,6 +361,6 @@ def run(args: argparse.Namespace) -> int:
     except ApiError as exc:
         print(_problems(exc), file=sys.stderr)
         return 1
-    except (OSError, yaml.YAMLError) as exc:
+    except (CommandError, OSError, ValueError, yaml.YAMLError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -120,14 +120,16 @@ class ControlPlane:
 
     @classmethod
     def start(cls, workdir: Path, store: str | None = None, xds_port: int | None = None,
-              admin_port: int | None = None, env: dict[str, str] | None = None) -> ControlPlane:
+              admin_port: int | None = None, env: dict[str, str] | None = None,
+              args: tuple[str, ...] = (), name: str = "controlplane") -> ControlPlane:
+        """`args`: more flags; `name`: the process and log name (replicas in one workdir)."""
         xds_port = xds_port or free_port()
         admin_port = admin_port or free_port()
         store = store or f"sqlite:///{workdir / 'sluice.db'}"
-        proc = Proc("controlplane", [PYTHON, "-m", "sluice", "controlplane", "--xds-port", str(xds_port),
-                                     "--admin-port", str(admin_port), "--store", store,
-                                     "--filters-dir", str(ROOT / "build/filters/bin")],
-                    workdir / "controlplane.log", env=env or {}).start()
+        proc = Proc(name, [PYTHON, "-m", "sluice", "controlplane", "--xds-port", str(xds_port),
+                           "--admin-port", str(admin_port), "--store", store,
+                           "--filters-dir", str(ROOT / "build/filters/bin"), *args],
+                    workdir / f"{name}.log", env=env or {}).start()
         cp = cls(proc, xds_port, admin_port, store)
         cp.wait_ready()
         return cp
