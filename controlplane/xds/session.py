@@ -2,8 +2,8 @@
 
 Make-before-break, both ways. Types go in PUSH_ORDER, one response at a time, and a type
 waits until the ones before it are settled (answered at the current version, every EDS/RDS
-resource requested), so a route never reaches a proxy before the clusters and endpoints it
-needs. And a cluster the policy removed stays on the proxy (with its endpoints) while a
+resource requested; endpoints alone may go while clusters are in flight), so a route never
+reaches a proxy before the clusters and endpoints it needs. And a cluster the policy removed stays on the proxy (with its endpoints) while a
 listener or route configuration the proxy runs, or is being sent, still routes to it: it
 goes in the first push after the proxy ACKed routes that no longer use it.
 """
@@ -90,9 +90,12 @@ class Session(ABC, Generic[Request]):
 
     def responses(self, snapshot: Snapshot) -> list[bytes]:
         view = self._offer(snapshot)
+        clusters_in_flight = False
         for type_url in PUSH_ORDER:
             if type_url not in view.types:
                 continue
+            if clusters_in_flight and type_url != ENDPOINT:
+                return []
             state = self.settled(type_url, view)
             if state is Settled.NOT_SUBSCRIBED:
                 if type_url in (ENDPOINT, ROUTE) and view.types[type_url].resources:
@@ -110,6 +113,11 @@ class Session(ABC, Generic[Request]):
                     continue
                 return []  # the proxy has yet to ask for resources the next types depend on
             if state is Settled.IN_FLIGHT:
+                if type_url == CLUSTER:
+                    # Envoy ACKs new clusters once they are warm, that is once it has their
+                    # endpoints: those go out meanwhile, and nothing after them.
+                    clusters_in_flight = True
+                    continue
                 return []
             response = self.push(type_url, view)
             if type_url in ROUTING:
