@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,8 +67,11 @@ class RedisServer:
         self.wait_ready()
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer.start(tmp_path)
-    yield server
-    server.proc.stop()
+@contextmanager
+def running_redis(workdir: Path, *extra: str) -> Iterator[RedisServer]:
+    """A Redis for the duration of a fixture or a `with` block."""
+    server = RedisServer.start(workdir, *extra)
+    try:
+        yield server
+    finally:
+        server.proc.stop()

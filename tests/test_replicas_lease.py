@@ -8,15 +8,23 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
-from redis_server import RedisServer, redis_server  # noqa: F401 (fixture)
+import pytest
+from redis_server import RedisServer, running_redis
 
 from controlplane.replica import RedisLease
 from controlplane.replica.shares import SharesBoard
 from controlplane.store.redis_store import connect
 
 TTL = 1.0
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    with running_redis(tmp_path) as server:
+        yield server
 
 
 @contextlib.asynccontextmanager
@@ -40,7 +48,7 @@ async def watch_holders(leases: list[RedisLease], seconds: float) -> list[tuple[
     return samples
 
 
-async def test_one_holder_and_takeover_when_it_dies(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_one_holder_and_takeover_when_it_dies(redis_server: RedisServer) -> None:
     client = connect(redis_server.url)
     a, b = RedisLease(client, "job", "a", ttl_s=TTL), RedisLease(client, "job", "b", ttl_s=TTL)
     async with running(a) as task_a, running(b):
@@ -58,7 +66,7 @@ async def test_one_holder_and_takeover_when_it_dies(redis_server: RedisServer) -
     await client.aclose()
 
 
-async def test_release_hands_over_at_once(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_release_hands_over_at_once(redis_server: RedisServer) -> None:
     client = connect(redis_server.url)
     a, b = RedisLease(client, "job", "a", ttl_s=TTL), RedisLease(client, "job", "b", ttl_s=TTL)
     async with running(a) as task_a:
@@ -72,7 +80,7 @@ async def test_release_hands_over_at_once(redis_server: RedisServer) -> None:  #
     await client.aclose()
 
 
-async def test_no_holder_while_redis_is_frozen(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_no_holder_while_redis_is_frozen(redis_server: RedisServer) -> None:
     """A holder that cannot renew stops acting before its key expires, so none acts twice."""
     client = connect(redis_server.url)
     a, b = RedisLease(client, "job", "a", ttl_s=TTL), RedisLease(client, "job", "b", ttl_s=TTL)
@@ -93,7 +101,7 @@ async def test_no_holder_while_redis_is_frozen(redis_server: RedisServer) -> Non
     await client.aclose()
 
 
-async def test_a_deposed_holder_cannot_write(redis_server: RedisServer) -> None:  # noqa: F811
+async def test_a_deposed_holder_cannot_write(redis_server: RedisServer) -> None:
     client = connect(redis_server.url)
     a, b = RedisLease(client, "quota", "a", ttl_s=TTL), RedisLease(client, "quota", "b", ttl_s=TTL)
     board_a, board_b = SharesBoard(client, a), SharesBoard(client, b)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from policies import demo_policy
-from redis_server import RedisServer
+from redis_server import running_redis
 
 from controlplane.policy import Policy, parse_document, with_document
 from controlplane.store import Conflict, TokenExists, TokenRecord, open_store
@@ -33,9 +33,8 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'store.db'}"
         return
-    server = RedisServer.start(tmp_path)
-    yield server.url
-    server.proc.stop()
+    with running_redis(tmp_path) as server:
+        yield server.url
 
 
 async def test_revisions_conflict_and_reopen(store_url: str) -> None:
