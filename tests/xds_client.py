@@ -33,7 +33,9 @@ Response = DiscoveryResponse | DeltaDiscoveryResponse
 
 class AdsClient:
     def __init__(self, target: str, node_id: str, *, protocol: str = "sotw", cluster: str = "edge",
-                 metadata: dict[str, Any] | None = None, channel: grpc.aio.Channel | None = None) -> None:
+                 metadata: dict[str, Any] | None = None, channel: grpc.aio.Channel | None = None,
+                 reading: bool = True) -> None:
+        """`reading=False` makes a hung proxy: its stream is never read."""
         self.protocol = protocol
         self.node = Node(id=node_id, cluster=cluster)
         self.node.metadata.update(metadata or {})
@@ -50,7 +52,7 @@ class AdsClient:
         self.acked: dict[str, float] = {}  # type -> when the last ACK went out (time.monotonic)
         # One reader for the stream's life: cancelling a grpc.aio read would cancel the call.
         self._responses: asyncio.Queue[Response | BaseException] = asyncio.Queue()
-        self._reader = asyncio.create_task(self._read())
+        self._reader = asyncio.create_task(self._read() if reading else asyncio.sleep(0))
 
     async def _read(self) -> None:
         try:
