@@ -1,5 +1,8 @@
 """The snapshot cache: the latest snapshot per proxy group, per-proxy overrides of single
-types (a proxy's share of a global rate limit), and a way to wait for the next change."""
+types (a proxy's share of a global rate limit), and a way to wait for the next change.
+
+A change wakes only the streams it concerns (those of the group, or of the one proxy), so a
+proxy's new rate-limit share does not wake a thousand others."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ class SnapshotCache:
     def __init__(self) -> None:
         self._snapshots: dict[str, Snapshot] = {}
         self._overrides: dict[str, dict[str, TypeSnapshot]] = {}
-        self._changed = asyncio.Event()
+        self._waiting: dict[tuple[str, str], set[asyncio.Event]] = {}  # ("group"|"node", name) -> watchers
 
     def get(self, group: str, node: str | None = None) -> Snapshot | None:
         snapshot = self._snapshots.get(group)
@@ -22,12 +25,9 @@ class SnapshotCache:
             return snapshot
         return Snapshot(snapshot.revision, {**snapshot.types, **override})
 
-    def groups(self) -> list[str]:
-        return list(self._snapshots)
-
     def set(self, group: str, snapshot: Snapshot) -> None:
         self._snapshots[group] = snapshot
-        self._notify()
+        self._notify(("group", group))
 
     def set_overrides(self, node: str, types: dict[str, TypeSnapshot]) -> None:
         """Replace what this proxy gets instead of its group's version of some types."""
@@ -35,22 +35,33 @@ class SnapshotCache:
             self._overrides[node] = types
         elif self._overrides.pop(node, None) is None:
             return
-        self._notify()
+        self._notify(("node", node))
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def _notify(self, key: tuple[str, str]) -> None:
+        for changed in self._waiting.get(key, ()):
+            changed.set()
 
     async def watch(self, group: str, node: str | None = None) -> AsyncIterator[Snapshot]:
         """Yields the proxy's snapshot now (once there is one) and after every change to it."""
-        last: tuple[object, object] = (None, None)
-        while True:
-            changed = self._changed
-            current = (self._snapshots.get(group), self._overrides.get(node) if node is not None else None)
-            if current[0] is not None and (current[0] is not last[0] or current[1] is not last[1]):
-                last = current
-                snapshot = self.get(group, node)
-                assert snapshot is not None
-                yield snapshot
-                continue
-            await changed.wait()
+        changed = asyncio.Event()
+        keys = [("group", group)] + ([("node", node)] if node is not None else [])
+        for key in keys:
+            self._waiting.setdefault(key, set()).add(changed)
+        try:
+            last: tuple[object, object] = (None, None)
+            while True:
+                changed.clear()
+                current = (self._snapshots.get(group), self._overrides.get(node) if node is not None else None)
+                if current[0] is not None and (current[0] is not last[0] or current[1] is not last[1]):
+                    last = current
+                    snapshot = self.get(group, node)
+                    assert snapshot is not None
+                    yield snapshot
+                    continue
+                await changed.wait()
+        finally:
+            for key in keys:
+                watchers = self._waiting[key]
+                watchers.discard(changed)
+                if not watchers:
+                    del self._waiting[key]

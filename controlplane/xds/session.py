@@ -101,7 +101,7 @@ class Session(ABC, Generic[Request]):
                 if type_url in (ENDPOINT, ROUTE) and view.types[type_url].resources:
                     # The proxy asks for these once it has the clusters or listeners naming
                     # them; until then it has not converged, and nothing after them is sent.
-                    self.proxy.of(type_url)
+                    self._fleet.expects(self.proxy, type_url)
                     return []
                 continue
             if state in (Settled.YES, Settled.REJECTED):

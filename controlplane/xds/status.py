@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,12 +73,18 @@ class ProxyStatus:
 
 
 class Fleet:
-    """Connected proxies, and the control plane's xDS metrics."""
+    """Connected proxies, and the control plane's xDS metrics.
+
+    How many proxies fully run each revision is kept as counts, moved as each proxy's
+    revision moves, so an ACK costs the same with a thousand proxies connected as with one.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._proxies: dict[int, ProxyStatus] = {}
         self._listeners: list[Callable[[], None]] = []
         self._written_at: dict[int, float] = {}
+        self._runs: dict[int, int] = {}  # stream -> the revision its proxy fully runs (-1: none)
+        self._running: collections.Counter[int] = collections.Counter()  # revision -> proxies
         self.pushes = Counter("sluice_xds_pushes", "xDS responses sent", ["type"], registry=registry)
         self.acks = Counter("sluice_xds_acks", "xDS ACKs received", ["type"], registry=registry)
         self.nacks = Counter("sluice_xds_nacks", "xDS NACKs received", ["type"], registry=registry)
@@ -93,11 +100,14 @@ class Fleet:
 
     def connect(self, proxy: ProxyStatus) -> None:
         self._proxies[proxy.stream_id] = proxy
+        self._recount(proxy)
         for listener in self._listeners:
             listener()
 
     def disconnect(self, proxy: ProxyStatus) -> None:
         if self._proxies.pop(proxy.stream_id, None) is not None:
+            self._recount(proxy)
+            self._observe_convergence()  # the proxy that was last to converge may be this one
             for listener in self._listeners:
                 listener()
 
@@ -111,18 +121,24 @@ class Fleet:
         while len(self._written_at) > 100:  # a proxy stuck on a NACK must not grow this forever
             del self._written_at[min(self._written_at)]
 
+    def expects(self, proxy: ProxyStatus, type_url: str) -> None:
+        """The proxy needs this type and has not asked for it yet: it has not converged."""
+        proxy.of(type_url)
+        self._recount(proxy)
+
     def has(self, proxy: ProxyStatus, type_url: str, version: str, revision: int) -> None:
         """The proxy runs exactly this version of the type (a new revision left it unchanged,
         or the proxy reconnected with it)."""
         status = proxy.of(type_url)
         if (status.acked, status.acked_revision) != (version, revision):
             status.acked, status.acked_revision = version, revision
-            self._observe_convergence()
+            self._recount(proxy)
 
     def sent(self, proxy: ProxyStatus, type_url: str, version: str, revision: int) -> None:
         status = proxy.of(type_url)
         status.in_flight, status.in_flight_revision = version, revision
         self.pushes.labels(SHORT[type_url]).inc()
+        self._recount(proxy)  # a type sent for the first time: not converged until ACKed
 
     def answered(self, proxy: ProxyStatus, type_url: str, error: str | None) -> None:
         status = proxy.of(type_url)
@@ -132,13 +148,30 @@ class Fleet:
         else:
             status.acked, status.acked_revision = status.in_flight, status.in_flight_revision
             self.acks.labels(SHORT[type_url]).inc()
-            self._observe_convergence()
         status.in_flight = status.in_flight_revision = None
+        self._recount(proxy)
+
+    def _recount(self, proxy: ProxyStatus) -> None:
+        """Move the proxy to the count of the revision it now fully runs."""
+        before = self._runs.pop(proxy.stream_id, None)
+        if before is not None:
+            self._running[before] -= 1
+            if not self._running[before]:
+                del self._running[before]
+        if proxy.stream_id not in self._proxies:
+            return
+        revision = proxy.revision()
+        now = -1 if revision is None else revision
+        self._runs[proxy.stream_id] = now
+        self._running[now] += 1
+        if now != before:
+            self._observe_convergence()
 
     def _observe_convergence(self) -> None:
-        if not self._proxies:
+        if not self._written_at or not self._running:
             return
+        slowest = min(self._running)
         for revision in sorted(self._written_at):
-            if any(p.revision() is None or p.revision() < revision for p in self._proxies.values()):
+            if slowest < revision:
                 break
             self.convergence.observe(time.time() - self._written_at.pop(revision))
