@@ -1,0 +1,45 @@
+"""The georoute filter's plugin configuration (filters/georoute/config.zig): a 32-byte header,
+the header names, the default region, the labels with every region resolved, then the table's
+prefix arrays unchanged. Bytes, not JSON: the filter reads the arrays in place."""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from controlplane.geo.table import ALIGNMENT, GeoTable, encode_labels
+
+MAGIC = b"SGEO"
+VERSION = 1
+_HEADER = struct.Struct("<4sHHIIHBBB3xI4x")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the filter needs besides the table."""
+
+    country_header: str = "x-sluice-country"
+    region_header: str = "x-sluice-region"
+    default_region: str = "default"
+    countries: Mapping[str, str] | None = None  # country -> region, for labels without a region
+    xff_trusted_hops: int = 0
+
+    def region_of(self, country: str, region: str) -> str:
+        if region:
+            return region
+        return (self.countries or {}).get(country, self.default_region)
+
+
+def table_id(digest: str) -> int:
+    """A 32-bit name for the table, reported by the filter as a gauge (exact in Prometheus)."""
+    return int(digest.removeprefix("sha256:")[:8], 16)
+
+
+def filter_config(table: GeoTable, settings: Settings, digest: str) -> bytes:
+    names = (settings.country_header.encode(), settings.region_header.encode(), settings.default_region.encode())
+    head = _HEADER.pack(MAGIC, VERSION, settings.xff_trusted_hops, table.v4_count, table.v6_count,
+                        len(table.labels), *(len(n) for n in names), table_id(digest))
+    labels = encode_labels((label.country, settings.region_of(label.country, label.region)) for label in table.labels)
+    body = head + b"".join(names) + labels
+    return body + b"\0" * (-len(body) % ALIGNMENT) + table.arrays
