@@ -775,6 +775,18 @@ def test_compose_containers_run_as_processes(stack: dict[str, Any]) -> None:
     assert proxies["backend-v1-sidecar"]["cluster"] == "sidecar"
     assert all(t["last_nack"] is None for p in proxies.values() for t in p["types"].values()), proxies
 
+    # The first admin token, as README "Deployment" creates it (in a control-plane container,
+    # straight into the store); from then on writes need it, and a re-run seed still passes.
+    created = subprocess.run(container_argv(["python", "-m", "sluice", "token", "create", "--role", "admin",
+                                             "--name", "ops", "--store", "redis://redis:6379/0"], Substitute(common)),
+                             capture_output=True, text=True, timeout=60, cwd=cp_app)
+    assert created.returncode == 0, created.stdout + created.stderr
+    token = created.stdout.split()[-1]
+    wait_until(lambda: http("GET", f"{admin1}/api/v1/policy")[0] == 401, 10, what="tokens in force")
+    assert http("GET", f"{admin1}/api/v1/policy", headers={"Authorization": f"Bearer {token}"})[0] == 200
+    again = subprocess.run(seed, capture_output=True, text=True, timeout=60, cwd=cp_app)
+    assert again.returncode == 0 and "leaving the policy alone" in again.stdout, again.stdout + again.stderr
+
     # Redis wrote its append-only file; each process stops on SIGTERM, the backend after its drain.
     assert any((tmp / "redis-data").rglob("*.aof*"))
     for proc in (edge, sidecar, backend, *(p for p, _ in replicas.values())):
