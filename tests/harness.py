@@ -5,6 +5,7 @@ Every process is started here and stopped by its pid when its fixture ends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,16 @@ class Proc:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log.exists() else ""
 
 
+@contextlib.contextmanager
+def stopped_on_failure(proc: Proc) -> Iterator[None]:
+    """A process that never became ready is stopped here: no fixture will own it."""
+    try:
+        yield
+    except BaseException:
+        proc.stop()
+        raise
+
+
 @dataclass
 class ControlPlane:
     proc: Proc
@@ -131,7 +142,8 @@ class ControlPlane:
                            "--filters-dir", str(ROOT / "build/filters/bin"), *args],
                     workdir / f"{name}.log", env=env or {}).start()
         cp = cls(proc, xds_port, admin_port, store)
-        cp.wait_ready()
+        with stopped_on_failure(proc):
+            cp.wait_ready()
         return cp
 
     def wait_ready(self) -> None:
@@ -189,8 +201,9 @@ class Envoy:
                               "--bootstrap", str(workdir / f"{node_id}.yaml"), "--log-level", "info"],
                     workdir / f"{node_id}.log").start()
         envoy = cls(proc, node_id, listen, admin)
-        wait_until(lambda: http("GET", f"{envoy.admin}/ready", timeout=1)[0] == 200, 30,
-                   what=f"Envoy {node_id} ready\n{proc.tail()}")
+        with stopped_on_failure(proc):
+            wait_until(lambda: http("GET", f"{envoy.admin}/ready", timeout=1)[0] == 200, 30,
+                       what=f"Envoy {node_id} ready\n{proc.tail()}")
         return envoy
 
     def config_dump(self, resource: str) -> dict[str, Any]:
@@ -216,7 +229,8 @@ class Backend:
         proc = Proc(name, [PYTHON, "-m", "sluice", "backend", "--http-port", str(port), "--model-repository",
                            str(repository), "--load", load, *extra], workdir / f"{name}.log").start()
         backend = cls(proc, port)
-        backend.wait_ready()
+        with stopped_on_failure(proc):
+            backend.wait_ready()
         return backend
 
     def wait_ready(self) -> None:
