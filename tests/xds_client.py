@@ -8,7 +8,6 @@ endpoints and route configurations they name, and ACK every response.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,14 +32,13 @@ Response = DiscoveryResponse | DeltaDiscoveryResponse
 
 class AdsClient:
     def __init__(self, target: str, node_id: str, *, protocol: str = "sotw", cluster: str = "edge",
-                 metadata: dict[str, Any] | None = None, channel: grpc.aio.Channel | None = None,
-                 reading: bool = True) -> None:
+                 metadata: dict[str, Any] | None = None, reading: bool = True) -> None:
         """`reading=False` makes a hung proxy: its stream is never read."""
         self.protocol = protocol
         self.node = Node(id=node_id, cluster=cluster)
         self.node.metadata.update(metadata or {})
-        self._owns_channel = channel is None
-        self.channel = channel or grpc.aio.insecure_channel(target)
+        # Its own connection, as each Envoy has (grpc otherwise shares one among channels).
+        self.channel = grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
         sotw = protocol == "sotw"
         self._request = DiscoveryRequest if sotw else DeltaDiscoveryRequest
         self.call = self.channel.stream_stream(
@@ -49,7 +47,6 @@ class AdsClient:
             response_deserializer=(DiscoveryResponse if sotw else DeltaDiscoveryResponse).FromString,
         )()
         self._sent_node = False
-        self.acked: dict[str, float] = {}  # type -> when the last ACK went out (time.monotonic)
         # One reader for the stream's life: cancelling a grpc.aio read would cancel the call.
         self._responses: asyncio.Queue[Response | BaseException] = asyncio.Queue()
         self._reader = asyncio.create_task(self._read() if reading else asyncio.sleep(0))
@@ -89,8 +86,6 @@ class AdsClient:
         if isinstance(response, DiscoveryResponse) and error is None:
             extra["version_info"] = response.version_info
         await self.send(response.type_url, response_nonce=response.nonce, **extra, **fields)
-        if error is None:
-            self.acked[response.type_url] = time.monotonic()
 
     async def follow(self, on_ack: Callable[[str, Response], None] = lambda *_: None) -> None:
         """Behave like Envoy until cancelled: wildcard CDS and LDS, then EDS for every cluster
@@ -127,8 +122,7 @@ class AdsClient:
     async def close(self) -> None:
         self.call.cancel()
         self._reader.cancel()
-        if self._owns_channel:
-            await self.channel.close()
+        await self.channel.close()
 
 
 def _named(response: Response, dependent: str) -> list[str]:

@@ -7,7 +7,7 @@ versions in any control-plane process: a restarted control plane re-sends nothin
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import itertools
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse, DiscoveryResponse, Resource
@@ -23,6 +23,20 @@ from controlplane.translate.types import CLUSTER, ENDPOINT, SHORT
 ENCODES = Counter("sluice_xds_encodes", "xDS response bodies and delta resources encoded", ["type"], registry=None)
 
 
+# Whole responses kept per type and snapshot: proxies in one group ask for the same few, while
+# proxies reconnecting with stale versions could each need another (built, not kept).
+VARIANTS = 16
+_NONCES = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A response as it goes on the wire, and the nonce inside it."""
+
+    nonce: str
+    data: bytes
+
+
 @dataclass
 class TypeSnapshot:
     type_url: str
@@ -33,6 +47,9 @@ class TypeSnapshot:
     _bodies: dict[frozenset[str] | None, bytes] = field(default_factory=dict, repr=False)
     _delta: dict[str, bytes] = field(default_factory=dict, repr=False)
     _with: dict[frozenset[tuple[str, str]], TypeSnapshot] = field(default_factory=dict, repr=False)
+    _used: dict[frozenset[str] | None, frozenset[str]] = field(default_factory=dict, repr=False)
+    _sotw: dict[frozenset[str] | None, Encoded] = field(default_factory=dict, repr=False)
+    _deltas: dict[tuple[tuple[str, ...], tuple[str, ...]], Encoded] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, type_url: str, messages: dict[str, Message]) -> TypeSnapshot:
@@ -57,9 +74,13 @@ class TypeSnapshot:
             digest.update(versions[name].encode())
         return cls(type_url, digest.hexdigest()[:16], dict(sorted(packed.items())), versions, uses)
 
-    def used(self, names: Iterable[str]) -> frozenset[str]:
-        """Clusters the named resources route to."""
-        return frozenset().union(*(self.uses.get(n, frozenset()) for n in names))
+    def used(self, names: frozenset[str] | None) -> frozenset[str]:
+        """Clusters the named resources (None: all) route to; asked on every ACK, so kept."""
+        cached = self._used.get(names)
+        if cached is None:
+            chosen = self.uses.values() if names is None else (self.uses[n] for n in names if n in self.uses)
+            cached = self._used[names] = frozenset().union(*chosen)
+        return cached
 
     def with_resources(self, other: TypeSnapshot, names: frozenset[str]) -> TypeSnapshot:
         """This type plus `names` as `other` has them. Built once per set, so every proxy that
@@ -74,6 +95,30 @@ class TypeSnapshot:
                 {**self.uses, **{n: other.uses[n] for n in names if n in other.uses}},
             )
             self._with[key] = cached
+        return cached
+
+    def sotw(self, names: frozenset[str] | None) -> Encoded:
+        """The whole DiscoveryResponse for these names, nonce included: one object for every
+        stream it goes to. A nonce only tells a stream's consecutive responses apart, and no
+        stream is sent the same response twice in a row."""
+        cached = self._sotw.get(names)
+        if cached is None:
+            nonce = str(next(_NONCES))
+            cached = Encoded(nonce, with_nonce(self.body(names), nonce))
+            if len(self._sotw) < VARIANTS:
+                self._sotw[names] = cached
+        return cached
+
+    def delta(self, changed: tuple[str, ...], removed: tuple[str, ...]) -> Encoded:
+        """A DeltaDiscoveryResponse with these resources and removals, shared like `sotw`."""
+        cached = self._deltas.get((changed, removed))
+        if cached is None:
+            nonce = str(next(_NONCES))
+            head = DeltaDiscoveryResponse(system_version_info=self.version, type_url=self.type_url,
+                                          removed_resources=removed, nonce=nonce).SerializeToString()
+            cached = Encoded(nonce, head + b"".join(self.delta_resource(n) for n in changed))
+            if len(self._deltas) < VARIANTS:
+                self._deltas[(changed, removed)] = cached
         return cached
 
     def delta_resource(self, name: str) -> bytes:

@@ -6,10 +6,9 @@ initial_resource_versions receives only what changed while it was away.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DeltaDiscoveryResponse
+from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest
 
 from controlplane.cache import Snapshot
 from controlplane.xds.session import Session, Settled
@@ -25,6 +24,9 @@ class _Subscription:
     answered: bool = True
     rejected: bool = False  # the last answer was a NACK
     nonce: str = ""
+    # The type version `known` was last found (or made) equal to; a subscription change resets
+    # it. Spares a diff over every resource each time the stream wakes.
+    synced: str | None = None
 
 
 class DeltaSession(Session[DeltaDiscoveryRequest]):
@@ -43,6 +45,8 @@ class DeltaSession(Session[DeltaDiscoveryRequest]):
             sub.rejected = self.answered(
                 request.type_url, request.error_detail.message if request.HasField("error_detail") else None)
             sub.answered = True
+        if request.resource_names_subscribe or request.resource_names_unsubscribe:
+            sub.synced = None
         for name in request.resource_names_subscribe:
             if name == WILDCARD:
                 sub.wildcard = True
@@ -68,9 +72,12 @@ class DeltaSession(Session[DeltaDiscoveryRequest]):
             return Settled.NOT_SUBSCRIBED
         if not sub.answered:
             return Settled.IN_FLIGHT
-        changed, removed = self._diff(sub, type_url, snapshot)
-        if changed or removed:
-            return Settled.NEEDS_PUSH
+        version = snapshot.types[type_url].version
+        if sub.synced != version:
+            changed, removed = self._diff(sub, type_url, snapshot)
+            if changed or removed:
+                return Settled.NEEDS_PUSH
+            sub.synced = version
         return Settled.REJECTED if sub.rejected else Settled.YES
 
     def requested(self, type_url: str) -> frozenset[str] | None:
@@ -81,15 +88,13 @@ class DeltaSession(Session[DeltaDiscoveryRequest]):
         sub = self._subs[type_url]
         current = snapshot.types[type_url]
         changed, removed = self._diff(sub, type_url, snapshot)
-        nonce = self.next_nonce()
+        response = current.delta(tuple(changed), tuple(removed))
         for name in changed:
             sub.known[name] = current.versions[name]
         for name in removed:
             del sub.known[name]
-        sub.nonce, sub.answered = nonce, False
-        head = DeltaDiscoveryResponse(system_version_info=current.version, type_url=type_url,
-                                      removed_resources=removed, nonce=nonce).SerializeToString()
-        return head + b"".join(current.delta_resource(n) for n in changed)
+        sub.nonce, sub.answered, sub.synced = response.nonce, False, current.version
+        return response.data
 
-    def held(self, type_url: str, snapshot: Snapshot) -> Iterable[str]:
-        return self._subs[type_url].known.keys()
+    def held(self, type_url: str) -> frozenset[str] | None:
+        return frozenset(self._subs[type_url].known)

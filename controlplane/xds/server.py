@@ -50,7 +50,6 @@ class AdsServer:
         self._fleet = fleet
         self._default_group = default_group
         self._stream_ids = itertools.count(1)
-        self._nonces = itertools.count(1)
 
     def handler(self) -> grpc.GenericRpcHandler:
         def method(behaviour: Callable[..., Any], request: Any) -> grpc.RpcMethodHandler:
@@ -64,16 +63,19 @@ class AdsServer:
             "DeltaAggregatedResources": method(self._delta, DeltaDiscoveryRequest),
         })
 
-    # grpc.aio recognises streaming handlers by being async generator functions.
+    # grpc.aio recognises streaming handlers by being async generator functions. A response is
+    # dropped as soon as it is written: an idle stream holds no bytes of its own.
     async def _sotw(self, requests: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
                     ) -> AsyncIterator[bytes]:
         async for response in self._serve(requests, context, SotwSession, "sotw"):
             yield response
+            del response
 
     async def _delta(self, requests: AsyncIterator[DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
                      ) -> AsyncIterator[bytes]:
         async for response in self._serve(requests, context, DeltaSession, "delta"):
             yield response
+            del response
 
     async def _serve(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
                      kind: type[Session[Any]], protocol: str) -> AsyncIterator[bytes]:
@@ -88,39 +90,41 @@ class AdsServer:
         metadata = first.node.metadata.fields
         proxy = ProxyStatus(first.node.id, first.node.cluster, group.key, next(self._stream_ids), protocol,
                             metadata["admin_address"].string_value if "admin_address" in metadata else None)
-        session = kind(proxy, self._fleet, self._nonces)
+        session = kind(proxy, self._fleet)
         self._publisher.join(group)
         self._fleet.connect(proxy)
         log.info("proxy %s (%s, %s) connected, group %s", proxy.node_id, proxy.cluster, protocol, group.key)
         session.receive(first)
+        # One event wakes the stream: a request arrived, the snapshot changed, or reading ended.
         wake = asyncio.Event()
+        latest: Snapshot | None = None
 
         async def read() -> None:
             async for request in requests:
                 session.receive(request)
                 wake.set()
 
-        reader = asyncio.create_task(read())
-        snapshots = self._cache.watch(group.key, proxy.node_id)
-        next_snapshot: asyncio.Future[Snapshot] = asyncio.ensure_future(anext(snapshots))
-        snapshot: Snapshot | None = None
+        async def follow() -> None:
+            nonlocal latest
+            async for snapshot in self._cache.watch(group.key, proxy.node_id):
+                latest = snapshot
+                wake.set()
+
+        reader, follower = asyncio.create_task(read()), asyncio.create_task(follow())
+        reader.add_done_callback(lambda _: wake.set())
         try:
             while True:
-                woken = asyncio.ensure_future(wake.wait())
-                await asyncio.wait({woken, next_snapshot, reader}, return_when=asyncio.FIRST_COMPLETED)
-                woken.cancel()
+                await wake.wait()
+                wake.clear()
                 if reader.done():
                     reader.result()  # raises what ended the stream, if anything
                     return
-                if next_snapshot.done():
-                    snapshot = next_snapshot.result()
-                    next_snapshot = asyncio.ensure_future(anext(snapshots))
-                wake.clear()
-                if snapshot is not None:
-                    for response in session.responses(snapshot):
-                        yield response
+                if latest is not None and (response := session.response(latest)) is not None:
+                    yield response
+                    del response
+                    wake.set()  # another type may be due without waiting for an answer
         finally:
             reader.cancel()
-            next_snapshot.cancel()
+            follower.cancel()
             self._fleet.disconnect(proxy)
             log.info("proxy %s disconnected", proxy.node_id)

@@ -11,10 +11,8 @@ goes in the first push after the proxy ACKed routes that no longer use it.
 from __future__ import annotations
 
 import enum
-import itertools
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from controlplane.cache import Snapshot
@@ -37,10 +35,9 @@ class Settled(enum.Enum):
 
 
 class Session(ABC, Generic[Request]):
-    def __init__(self, proxy: ProxyStatus, fleet: Fleet, nonces: itertools.count[int]) -> None:
+    def __init__(self, proxy: ProxyStatus, fleet: Fleet) -> None:
         self.proxy = proxy
         self._fleet = fleet
-        self._nonces = nonces
         # Per routing type: clusters that the proxy's config routes to, and the in-flight one's.
         self._running: dict[str, frozenset[str]] = {}
         self._sending: dict[str, frozenset[str]] = {}
@@ -61,11 +58,8 @@ class Session(ABC, Generic[Request]):
         """Record what is sent and return the encoded response."""
 
     @abstractmethod
-    def held(self, type_url: str, snapshot: Snapshot) -> Iterable[str]:
-        """The names of `type_url` the proxy has once it applies what it was sent from `snapshot`."""
-
-    def next_nonce(self) -> str:
-        return str(next(self._nonces))
+    def held(self, type_url: str) -> frozenset[str] | None:
+        """The names of `type_url` the proxy has once it applies what it was last sent (None: all)."""
 
     def answered(self, type_url: str, error: str | None) -> bool:
         """Record an ACK or NACK; returns whether it was a NACK."""
@@ -88,43 +82,46 @@ class Session(ABC, Generic[Request]):
         self._view = view
         return view
 
-    def responses(self, snapshot: Snapshot) -> list[bytes]:
+    def response(self, snapshot: Snapshot) -> bytes | None:
+        """The next response this proxy should get, if any (one at a time, in PUSH_ORDER)."""
         view = self._offer(snapshot)
         clusters_in_flight = False
         for type_url in PUSH_ORDER:
             if type_url not in view.types:
                 continue
             if clusters_in_flight and type_url != ENDPOINT:
-                return []
+                return None
             state = self.settled(type_url, view)
             if state is Settled.NOT_SUBSCRIBED:
                 if type_url in (ENDPOINT, ROUTE) and view.types[type_url].resources:
                     # The proxy asks for these once it has the clusters or listeners naming
                     # them; until then it has not converged, and nothing after them is sent.
                     self._fleet.expects(self.proxy, type_url)
-                    return []
+                    return None
                 continue
             if state in (Settled.YES, Settled.REJECTED):
                 if state is Settled.YES:
                     self._fleet.has(self.proxy, type_url, view.version(type_url), view.revision)
                     if type_url in ROUTING:
-                        self._running[type_url] = view.types[type_url].used(self.held(type_url, view))
+                        self._running[type_url] = view.types[type_url].used(self.held(type_url))
                 if self._complete(type_url, view):
                     continue
-                return []  # the proxy has yet to ask for resources the next types depend on
+                return None  # the proxy has yet to ask for resources the next types depend on
             if state is Settled.IN_FLIGHT:
                 if type_url == CLUSTER:
                     # Envoy ACKs new clusters once they are warm, that is once it has their
                     # endpoints: those go out meanwhile, and nothing after them.
                     clusters_in_flight = True
                     continue
-                return []
+                return None
+            if clusters_in_flight and not self._complete(type_url, view):
+                return None  # wait for the proxy to ask for the new clusters' endpoints
             response = self.push(type_url, view)
             if type_url in ROUTING:
-                self._sending[type_url] = view.types[type_url].used(self.held(type_url, view))
+                self._sending[type_url] = view.types[type_url].used(self.held(type_url))
             self._fleet.sent(self.proxy, type_url, view.version(type_url), view.revision)
-            return [response]
-        return []
+            return response
+        return None
 
     def _complete(self, type_url: str, snapshot: Snapshot) -> bool:
         names = self.requested(type_url)

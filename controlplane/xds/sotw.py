@@ -6,13 +6,11 @@ and the snapshot differs from what was last sent, so a NACK never causes a re-se
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
 
 from controlplane.cache import Snapshot
-from controlplane.cache.snapshot import with_nonce
 from controlplane.xds.session import Session, Settled
 
 
@@ -66,11 +64,9 @@ class SotwSession(Session[DiscoveryRequest]):
     def push(self, type_url: str, snapshot: Snapshot) -> bytes:
         sub = self._subs[type_url]
         current = snapshot.types[type_url]
-        nonce = self.next_nonce()
-        sub.sent_version, sub.sent_names, sub.nonce, sub.answered = current.version, sub.names, nonce, False
-        return with_nonce(current.body(sub.names), nonce)
+        response = current.sotw(sub.names)
+        sub.sent_version, sub.sent_names, sub.nonce, sub.answered = current.version, sub.names, response.nonce, False
+        return response.data
 
-    def held(self, type_url: str, snapshot: Snapshot) -> Iterable[str]:
-        names = self._subs[type_url].sent_names
-        resources = snapshot.types[type_url].resources
-        return resources.keys() if names is None else names & resources.keys()
+    def held(self, type_url: str) -> frozenset[str] | None:
+        return self._subs[type_url].sent_names

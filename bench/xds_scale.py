@@ -1,0 +1,293 @@
+"""xDS at fleet scale: how fast one policy write reaches N proxies, and what each proxy costs.
+
+    python bench/xds_scale.py                          # N = 10, 100, 1000; 1,000 routes; 10 writes each
+    python bench/xds_scale.py --fleet 10,100 --writes 5 --profile cp.prof
+
+For each N a fresh control plane runs as a subprocess (stopped by its pid) on a store holding a
+1,000-route policy (100 services of 10 routes over 20 backends). The fleet is one real Envoy
+plus N simulated proxies: real grpc.aio ADS streams, one connection each, that subscribe and
+ACK as Envoy does (tests/xds_client.py), half state of the world and half delta, spread over
+worker processes. All are in one proxy group, as a fleet of identical edges would be.
+
+Each write changes one route's split (one RouteConfiguration, so every proxy gets one RDS
+push). Convergence is the time from just before the admin PUT until the last proxy ACKed the
+new routes (for the real Envoy: until its RDS update_success counter moved), over the writes.
+Control-plane cost comes from /proc/PID: CPU seconds (utime + stime) and VmRSS. RSS per proxy
+is the growth from one connected proxy to N+1, over N. Serialization work is counted by the
+control plane itself (sluice_xds_encodes_total): per write it must not depend on N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from harness import ControlPlane, Envoy, http, wait_until  # noqa: E402 - the tests' process harness
+from xds_client import AdsClient, Response  # noqa: E402
+
+from controlplane.translate.types import ROUTE  # noqa: E402
+
+SERVICES, ROUTES_PER_SERVICE, BACKENDS = 100, 10, 20
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def policy(variant: int = 0) -> list[dict[str, Any]]:
+    backends = [{"kind": "Backend", "name": f"model-{b}", "spec": {"endpoints": [
+        {"address": "127.0.0.1", "port": 20000 + 2 * b}, {"address": "127.0.0.1", "port": 20001 + 2 * b}]}}
+        for b in range(BACKENDS)]
+    return [*backends, *(service(s, variant if s == 0 else 0) for s in range(SERVICES))]
+
+
+def service(s: int, variant: int) -> dict[str, Any]:
+    """Service s; `variant` moves the weight of its first route, so each write differs."""
+    routes = []
+    for r in range(ROUTES_PER_SERVICE):
+        a, b = (s + r) % BACKENDS, (s + r + 1) % BACKENDS
+        w = 50 + (variant % 50 if r == 0 else 0)
+        routes.append({"name": f"r{r}", "match": {"prefix": f"/v2/models/m{r}"},
+                       "split": [{"backend": f"model-{a}", "weight": w}, {"backend": f"model-{b}", "weight": 100 - w}]})
+    return {"kind": "Service", "name": f"svc-{s}", "spec": {"hosts": [f"svc-{s}.example"], "routes": routes}}
+
+
+# --- the control plane's own figures ---------------------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def rss_kib(pid: int) -> int:
+    return int(re.search(r"^VmRSS:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M).group(1))  # type: ignore[union-attr]
+
+
+def metric_sum(cp: ControlPlane, name: str) -> float:
+    text = http("GET", f"{cp.url}/metrics")[2].decode()
+    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+# --- simulated proxies, in worker processes --------------------------------------------------
+
+def worker(conn: Connection, target: str, ids: list[str], metadata: dict[str, Any]) -> None:
+    asyncio.run(_worker(conn, target, ids, metadata))
+
+
+async def _worker(conn: Connection, target: str, ids: list[str], metadata: dict[str, Any]) -> None:
+    acked_at = [0.0] * len(ids)  # each proxy's last RDS ACK (time.monotonic: one clock for all processes)
+    waiting: set[int] = set()
+    since = 0.0
+    done = asyncio.Event()
+
+    def on_ack(i: int) -> Any:
+        def record(type_url: str, _: Response) -> None:
+            if type_url != ROUTE:
+                return
+            acked_at[i] = now = time.monotonic()
+            if i in waiting and now > since:
+                waiting.discard(i)
+                if not waiting:
+                    done.set()
+        return record
+
+    clients: list[AdsClient] = []
+    tasks: list[asyncio.Task[None]] = []
+    for i, node_id in enumerate(ids):
+        client = AdsClient(target, node_id, protocol=("sotw", "delta")[i % 2], metadata=metadata)
+        clients.append(client)
+        tasks.append(asyncio.create_task(client.follow(on_ack(i))))
+        if i % 50 == 49:
+            await asyncio.sleep(0.05)  # connect in waves, as a fleet rolling out would
+    loop = asyncio.get_running_loop()
+    while True:
+        command, arg = await loop.run_in_executor(None, conn.recv)
+        if command == "acked_after":
+            since, waiting = arg, {i for i, t in enumerate(acked_at) if t <= arg}
+            done.clear()
+            if waiting:
+                try:
+                    await asyncio.wait_for(done.wait(), 120)
+                except TimeoutError:
+                    failed = [t for t in tasks if t.done()]
+                    conn.send(("error", f"{len(waiting)} proxies never ACKed; {len(failed)} streams ended: "
+                                        f"{[repr(t.exception()) for t in failed[:3]]}"))
+                    continue
+            conn.send(("ok", max(acked_at)))
+        elif command == "close":
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+            conn.send(("ok", None))
+            return
+
+
+@dataclass
+class Fleet:
+    conns: list[Connection]
+    procs: list[multiprocessing.process.BaseProcess]
+
+    @classmethod
+    def start(cls, n: int, workers: int, target: str, metadata: dict[str, Any]) -> Fleet:
+        ctx = multiprocessing.get_context("spawn")  # grpc does not survive fork
+        conns, procs = [], []
+        for w in range(min(workers, n)):
+            ids = [f"sim-{i}" for i in range(w, n, workers)]
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=worker, args=(child, target, ids, metadata), daemon=True)
+            proc.start()
+            conns.append(parent)
+            procs.append(proc)
+        return cls(conns, procs)
+
+    def acked_after(self, t: float) -> float:
+        """When the last simulated proxy ACKed routes sent after `t`."""
+        for conn in self.conns:
+            conn.send(("acked_after", t))
+        last = 0.0
+        for conn in self.conns:
+            status, value = conn.recv()
+            if status != "ok":
+                raise RuntimeError(value)
+            last = max(last, value)
+        return last
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send(("close", None))
+        for conn, proc in zip(self.conns, self.procs, strict=True):
+            conn.recv()
+            proc.join(timeout=30)
+
+
+def rds_updates(envoy: Envoy) -> int:
+    text = http("GET", f"{envoy.admin}/stats?filter=^http.edge.rds.edge.update_success$")[2].decode()
+    return int(text.split(":")[1])
+
+
+# --- one fleet size ----------------------------------------------------------------------------
+
+@dataclass
+class Result:
+    n: int
+    connect_s: float
+    latencies: list[float]
+    cpu_per_write: float
+    rss_base_mib: float
+    rss_mib: float
+    encodes_per_write: float
+    pushes_per_write: float
+    cp_histogram_mean: float
+
+    @property
+    def rss_per_proxy_kib(self) -> float:
+        return (self.rss_mib - self.rss_base_mib) * 1024 / self.n
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy) -> Result:
+    cp.proc.stop()  # a fresh process per fleet size: nothing left over from the last one
+    cp.proc.start()
+    cp.wait_ready()
+    cp.wait_converged(envoy.node_id, timeout=30)
+    pid = cp.proc.pid
+    time.sleep(1.0)
+    rss_base = rss_kib(pid)
+    started = time.monotonic()
+    fleet = Fleet.start(n, workers, f"127.0.0.1:{cp.xds_port}",
+                        {"listen_address": "127.0.0.1", "listen_port": envoy.listen_port})
+    try:
+        fleet.acked_after(0.0)
+        connect_s = time.monotonic() - started
+        time.sleep(1.0)
+        rss = rss_kib(pid)
+        latencies: list[float] = []
+        variant = 1
+        cpu0, encodes0, pushes0 = cpu_seconds(pid), metric_sum(cp, "sluice_xds_encodes_total"), 0.0
+        hist0 = (metric_sum(cp, "sluice_convergence_seconds_sum"), metric_sum(cp, "sluice_convergence_seconds_count"))
+        for w in range(writes + 1):  # the first write warms up and is not counted
+            if w == 1:
+                cpu0, encodes0 = cpu_seconds(pid), metric_sum(cp, "sluice_xds_encodes_total")
+                pushes0 = metric_sum(cp, "sluice_xds_pushes_total")
+                hist0 = (metric_sum(cp, "sluice_convergence_seconds_sum"),
+                         metric_sum(cp, "sluice_convergence_seconds_count"))
+            before = rds_updates(envoy)
+            time.sleep(0.3)
+            written = time.monotonic()
+            status, _, body = http("PUT", f"{cp.url}/api/v1/services/svc-0", service(0, variant), timeout=30)
+            assert status == 200, body
+            variant += 1
+            envoy_at = wait_until(lambda: rds_updates(envoy) > before and time.monotonic(), 60, 0.005,
+                                  what="the real Envoy's RDS update")
+            last = max(fleet.acked_after(written), envoy_at)
+            if w:
+                latencies.append(last - written)
+        cpu = cpu_seconds(pid) - cpu0
+        encodes = metric_sum(cp, "sluice_xds_encodes_total") - encodes0
+        pushes = metric_sum(cp, "sluice_xds_pushes_total") - pushes0
+        hist = (metric_sum(cp, "sluice_convergence_seconds_sum") - hist0[0],
+                metric_sum(cp, "sluice_convergence_seconds_count") - hist0[1])
+    finally:
+        fleet.close()
+    return Result(n, connect_s, latencies, cpu / writes, rss_base / 1024, rss / 1024, encodes / writes,
+                  pushes / writes, hist[0] / hist[1] if hist[1] else float("nan"))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--fleet", default="10,100,1000", help="simulated proxies per run (default 10,100,1000)")
+    p.add_argument("--writes", type=int, default=10, help="measured writes per fleet size (default 10)")
+    p.add_argument("--workers", type=int, default=2, help="processes running the simulated proxies (default 2)")
+    p.add_argument("--profile", type=Path, help="cProfile the control plane into this file (last fleet size)")
+    args = p.parse_args()
+    sizes = [int(n) for n in args.fleet.split(",")]
+
+    with tempfile.TemporaryDirectory(prefix="xds-scale-") as tmp:
+        workdir = Path(tmp)
+        cp = ControlPlane.start(workdir, env={"SLUICE_LOG_LEVEL": "WARNING"})
+        envoy: Envoy | None = None
+        try:
+            status, body = cp.apply(*policy())
+            assert status == 200, body
+            envoy = Envoy.start(workdir, cp, node_id="real-envoy")
+            cp.wait_converged(envoy.node_id, timeout=30)
+            size = len(http("GET", f"{envoy.admin}/config_dump?resource=dynamic_route_configs")[2])
+            print(f"policy: {SERVICES * ROUTES_PER_SERVICE} routes in {SERVICES} services, {BACKENDS} backends; "
+                  f"Envoy's route config dump {size / 1024:.0f} KiB; {os.cpu_count()} cores")
+            print(f"{'N':>5} {'connect s':>9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'CP hist mean ms':>15} "
+                  f"{'CPU s/write':>11} {'CPU ms/write/proxy':>18} {'RSS MiB':>8} {'RSS KiB/proxy':>13} "
+                  f"{'encodes/write':>13} {'pushes/write':>12}")
+            for i, n in enumerate(sizes):
+                if args.profile and i == len(sizes) - 1:
+                    # python -m cProfile -o FILE -m sluice controlplane ...; written when it stops
+                    cp.proc.argv[1:1] = ["-m", "cProfile", "-o", str(args.profile.resolve())]
+                r = run(n, args.writes, args.workers, cp, envoy)
+                print(f"{r.n:>5} {r.connect_s:>9.1f} {statistics.median(r.latencies) * 1e3:>7.0f} "
+                      f"{percentile(r.latencies, 0.99) * 1e3:>7.0f} {max(r.latencies) * 1e3:>7.0f} "
+                      f"{r.cp_histogram_mean * 1e3:>15.0f} {r.cpu_per_write:>11.3f} "
+                      f"{r.cpu_per_write / (r.n + 1) * 1e3:>18.2f} {r.rss_mib:>8.1f} {r.rss_per_proxy_kib:>13.1f} "
+                      f"{r.encodes_per_write:>13.1f} {r.pushes_per_write:>12.0f}", flush=True)
+        finally:
+            if envoy is not None:
+                envoy.proc.stop()
+            cp.proc.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
