@@ -183,6 +183,7 @@ class Result:
     n: int
     connect_s: float
     latencies: list[float]
+    put_s: float  # the admin API's answer to the write (validation, store commit)
     cpu_per_write: float
     rss_base_mib: float
     rss_mib: float
@@ -217,6 +218,7 @@ def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy) -> Re
         time.sleep(1.0)
         rss = rss_kib(pid)
         latencies: list[float] = []
+        put_s: list[float] = []
         variant = 1
         cpu0, encodes0, pushes0 = cpu_seconds(pid), metric_sum(cp, "sluice_xds_encodes_total"), 0.0
         hist0 = (metric_sum(cp, "sluice_convergence_seconds_sum"), metric_sum(cp, "sluice_convergence_seconds_count"))
@@ -231,6 +233,8 @@ def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy) -> Re
             written = time.monotonic()
             status, _, body = http("PUT", f"{cp.url}/api/v1/services/svc-0", service(0, variant), timeout=30)
             assert status == 200, body
+            if w:
+                put_s.append(time.monotonic() - written)
             variant += 1
             envoy_at = wait_until(lambda: rds_updates(envoy) > before and time.monotonic(), 60, 0.005,
                                   what="the real Envoy's RDS update")
@@ -244,7 +248,7 @@ def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy) -> Re
                 metric_sum(cp, "sluice_convergence_seconds_count") - hist0[1])
     finally:
         fleet.close()
-    return Result(n, connect_s, latencies, cpu / writes, rss_base / 1024, rss / 1024, encodes / writes,
+    return Result(n, connect_s, latencies, statistics.median(put_s), cpu / writes, rss_base / 1024, rss / 1024, encodes / writes,
                   pushes / writes, hist[0] / hist[1] if hist[1] else float("nan"))
 
 
@@ -269,7 +273,7 @@ def main() -> int:
             size = len(http("GET", f"{envoy.admin}/config_dump?resource=dynamic_route_configs")[2])
             print(f"policy: {SERVICES * ROUTES_PER_SERVICE} routes in {SERVICES} services, {BACKENDS} backends; "
                   f"Envoy's route config dump {size / 1024:.0f} KiB; {os.cpu_count()} cores")
-            print(f"{'N':>5} {'connect s':>9} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'CP hist mean ms':>15} "
+            print(f"{'N':>5} {'connect s':>9} {'PUT ms':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'CP hist mean ms':>15} "
                   f"{'CPU s/write':>11} {'CPU ms/write/proxy':>18} {'RSS MiB':>8} {'RSS KiB/proxy':>13} "
                   f"{'encodes/write':>13} {'pushes/write':>12}")
             for i, n in enumerate(sizes):
@@ -277,7 +281,7 @@ def main() -> int:
                     # python -m cProfile -o FILE -m sluice controlplane ...; written when it stops
                     cp.proc.argv[1:1] = ["-m", "cProfile", "-o", str(args.profile.resolve())]
                 r = run(n, args.writes, args.workers, cp, envoy)
-                print(f"{r.n:>5} {r.connect_s:>9.1f} {statistics.median(r.latencies) * 1e3:>7.0f} "
+                print(f"{r.n:>5} {r.connect_s:>9.1f} {r.put_s * 1e3:>6.0f} {statistics.median(r.latencies) * 1e3:>7.0f} "
                       f"{percentile(r.latencies, 0.99) * 1e3:>7.0f} {max(r.latencies) * 1e3:>7.0f} "
                       f"{r.cp_histogram_mean * 1e3:>15.0f} {r.cpu_per_write:>11.3f} "
                       f"{r.cpu_per_write / (r.n + 1) * 1e3:>18.2f} {r.rss_mib:>8.1f} {r.rss_per_proxy_kib:>13.1f} "

@@ -3,9 +3,10 @@
 Make-before-break, both ways. Types go in PUSH_ORDER, one response at a time, and a type
 waits until the ones before it are settled (answered at the current version, every EDS/RDS
 resource requested; endpoints alone may go while clusters are in flight), so a route never
-reaches a proxy before the clusters and endpoints it needs. And a cluster the policy removed stays on the proxy (with its endpoints) while a
-listener or route configuration the proxy runs, or is being sent, still routes to it: it
-goes in the first push after the proxy ACKed routes that no longer use it.
+reaches a proxy before the clusters and endpoints it needs. And a cluster the policy removed
+stays on the proxy (with its endpoints) while a listener or route configuration the proxy
+runs, or is being sent, still routes to it: it goes in the first push after the proxy ACKed
+routes that no longer use it.
 """
 
 from __future__ import annotations
