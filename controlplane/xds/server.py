@@ -111,11 +111,14 @@ class AdsServer:
                 wake.set()
 
         reader, follower = asyncio.create_task(read()), asyncio.create_task(follow())
-        reader.add_done_callback(lambda _: wake.set())
+        for task in (reader, follower):
+            task.add_done_callback(lambda _: wake.set())
         try:
             while True:
                 await wake.wait()
                 wake.clear()
+                if follower.done():
+                    follower.result()  # the snapshot feed ends only by failing: raise why
                 if reader.done():
                     reader.result()  # raises what ended the stream, if anything
                     return
