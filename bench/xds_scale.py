@@ -12,9 +12,12 @@ worker processes. All are in one proxy group, as a fleet of identical edges woul
 Each write changes one route's split (one RouteConfiguration, so every proxy gets one RDS
 push). Convergence is the time from just before the admin PUT until the last proxy ACKed the
 new routes (for the real Envoy: until its RDS update_success counter moved), over the writes.
-Control-plane cost comes from /proc/PID: CPU seconds (utime + stime) and VmRSS. RSS per proxy
-is the growth from one connected proxy to N+1, over N. Serialization work is counted by the
-control plane itself (sluice_xds_encodes_total): per write it must not depend on N.
+The control plane's own histogram (sluice_convergence_seconds: committed until the last ACK
+arrived) is shown beside it. Costs come from /proc/PID: CPU seconds (utime + stime) of the
+control plane and of the simulated fleet (which shares the same cores), and the control
+plane's VmRSS; RSS per proxy is its growth from one connected proxy to N+1, over N.
+Serialization work is counted by the control plane itself (sluice_xds_encodes_total): per
+write it must not depend on N.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -45,11 +49,11 @@ SERVICES, ROUTES_PER_SERVICE, BACKENDS = 100, 10, 20
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def policy(variant: int = 0) -> list[dict[str, Any]]:
+def policy() -> list[dict[str, Any]]:
     backends = [{"kind": "Backend", "name": f"model-{b}", "spec": {"endpoints": [
         {"address": "127.0.0.1", "port": 20000 + 2 * b}, {"address": "127.0.0.1", "port": 20001 + 2 * b}]}}
         for b in range(BACKENDS)]
-    return [*backends, *(service(s, variant if s == 0 else 0) for s in range(SERVICES))]
+    return [*backends, *(service(s, 0) for s in range(SERVICES))]
 
 
 def service(s: int, variant: int) -> dict[str, Any]:
@@ -57,7 +61,7 @@ def service(s: int, variant: int) -> dict[str, Any]:
     routes = []
     for r in range(ROUTES_PER_SERVICE):
         a, b = (s + r) % BACKENDS, (s + r + 1) % BACKENDS
-        w = 50 + (variant % 50 if r == 0 else 0)
+        w = 1 + variant % 99 if r == 0 and variant else 50  # consecutive variants differ
         routes.append({"name": f"r{r}", "match": {"prefix": f"/v2/models/m{r}"},
                        "split": [{"backend": f"model-{a}", "weight": w}, {"backend": f"model-{b}", "weight": 100 - w}]})
     return {"kind": "Service", "name": f"svc-{s}", "spec": {"hosts": [f"svc-{s}.example"], "routes": routes}}
@@ -185,11 +189,12 @@ class Result:
     latencies: list[float]
     put_s: float  # the admin API's answer to the write (validation, store commit)
     cpu_per_write: float
+    fleet_cpu_per_write: float  # the simulated proxies' processes: they share the cores
     rss_base_mib: float
     rss_mib: float
     encodes_per_write: float
     pushes_per_write: float
-    cp_histogram_mean: float
+    cp_histogram_mean: float  # sluice_convergence_seconds: committed until the last ACK arrived
 
     @property
     def rss_per_proxy_kib(self) -> float:
@@ -201,14 +206,63 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+# header, width, cell. p99 over 10 writes is the slowest of them.
+COLUMNS: list[tuple[str, int, Callable[[Result], str]]] = [
+    ("N", 5, lambda r: f"{r.n}"),
+    ("connect s", 9, lambda r: f"{r.connect_s:.1f}"),
+    ("PUT ms", 6, lambda r: f"{r.put_s * 1e3:.0f}"),
+    ("p50 ms", 6, lambda r: f"{statistics.median(r.latencies) * 1e3:.0f}"),
+    ("p99 ms", 6, lambda r: f"{percentile(r.latencies, 0.99) * 1e3:.0f}"),
+    ("CP-side mean ms", 15, lambda r: f"{r.cp_histogram_mean * 1e3:.0f}"),
+    ("CP CPU s/write", 14, lambda r: f"{r.cpu_per_write:.3f}"),
+    ("CP CPU ms/write/proxy", 21, lambda r: f"{r.cpu_per_write / (r.n + 1) * 1e3:.2f}"),
+    ("fleet CPU s/write", 17, lambda r: f"{r.fleet_cpu_per_write:.3f}"),
+    ("CP RSS MiB", 10, lambda r: f"{r.rss_mib:.1f}"),
+    ("RSS KiB/proxy", 13, lambda r: f"{r.rss_per_proxy_kib:.1f}"),
+    ("encodes/write", 13, lambda r: f"{r.encodes_per_write:.1f}"),
+    ("pushes/write", 12, lambda r: f"{r.pushes_per_write:.0f}"),
+]
+
+
+@dataclass
+class Counters:
+    """What the control plane and the fleet have spent so far."""
+
+    cpu: float
+    fleet_cpu: float
+    encodes: float
+    pushes: float
+    converged_sum: float
+    converged_count: float
+
+    @classmethod
+    def read(cls, cp: ControlPlane, fleet: Fleet) -> Counters:
+        return cls(cpu_seconds(cp.proc.pid), sum(cpu_seconds(p.pid) for p in fleet.procs if p.pid is not None),
+                   metric_sum(cp, "sluice_xds_encodes_total"), metric_sum(cp, "sluice_xds_pushes_total"),
+                   metric_sum(cp, "sluice_convergence_seconds_sum"),
+                   metric_sum(cp, "sluice_convergence_seconds_count"))
+
+
+def write(cp: ControlPlane, envoy: Envoy, fleet: Fleet, variant: int) -> tuple[float, float]:
+    """One admin write: (seconds the PUT took, seconds until the last proxy ACKed it)."""
+    before = rds_updates(envoy)
+    time.sleep(0.3)  # the previous write is settled everywhere
+    written = time.monotonic()
+    status, _, body = http("PUT", f"{cp.url}/api/v1/services/svc-0", service(0, variant), timeout=30)
+    assert status == 200, body
+    answered = time.monotonic()
+    envoy_at = wait_until(lambda: rds_updates(envoy) > before and time.monotonic(), 60, 0.005,
+                          what="the real Envoy's RDS update")
+    return answered - written, max(fleet.acked_after(written), envoy_at) - written
+
+
 def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy) -> Result:
     cp.proc.stop()  # a fresh process per fleet size: nothing left over from the last one
     cp.proc.start()
     cp.wait_ready()
     cp.wait_converged(envoy.node_id, timeout=30)
-    pid = cp.proc.pid
     time.sleep(1.0)
-    rss_base = rss_kib(pid)
+    rss_base = rss_kib(cp.proc.pid)
     started = time.monotonic()
     fleet = Fleet.start(n, workers, f"127.0.0.1:{cp.xds_port}",
                         {"listen_address": "127.0.0.1", "listen_port": envoy.listen_port})
@@ -216,40 +270,18 @@ def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy) -> Re
         fleet.acked_after(0.0)
         connect_s = time.monotonic() - started
         time.sleep(1.0)
-        rss = rss_kib(pid)
-        latencies: list[float] = []
-        put_s: list[float] = []
-        variant = 1
-        cpu0, encodes0, pushes0 = cpu_seconds(pid), metric_sum(cp, "sluice_xds_encodes_total"), 0.0
-        hist0 = (metric_sum(cp, "sluice_convergence_seconds_sum"), metric_sum(cp, "sluice_convergence_seconds_count"))
-        for w in range(writes + 1):  # the first write warms up and is not counted
-            if w == 1:
-                cpu0, encodes0 = cpu_seconds(pid), metric_sum(cp, "sluice_xds_encodes_total")
-                pushes0 = metric_sum(cp, "sluice_xds_pushes_total")
-                hist0 = (metric_sum(cp, "sluice_convergence_seconds_sum"),
-                         metric_sum(cp, "sluice_convergence_seconds_count"))
-            before = rds_updates(envoy)
-            time.sleep(0.3)
-            written = time.monotonic()
-            status, _, body = http("PUT", f"{cp.url}/api/v1/services/svc-0", service(0, variant), timeout=30)
-            assert status == 200, body
-            if w:
-                put_s.append(time.monotonic() - written)
-            variant += 1
-            envoy_at = wait_until(lambda: rds_updates(envoy) > before and time.monotonic(), 60, 0.005,
-                                  what="the real Envoy's RDS update")
-            last = max(fleet.acked_after(written), envoy_at)
-            if w:
-                latencies.append(last - written)
-        cpu = cpu_seconds(pid) - cpu0
-        encodes = metric_sum(cp, "sluice_xds_encodes_total") - encodes0
-        pushes = metric_sum(cp, "sluice_xds_pushes_total") - pushes0
-        hist = (metric_sum(cp, "sluice_convergence_seconds_sum") - hist0[0],
-                metric_sum(cp, "sluice_convergence_seconds_count") - hist0[1])
+        rss = rss_kib(cp.proc.pid)
+        write(cp, envoy, fleet, 1)  # warms up, not counted
+        before = Counters.read(cp, fleet)
+        puts, latencies = zip(*(write(cp, envoy, fleet, variant) for variant in range(2, writes + 2)), strict=True)
+        after = Counters.read(cp, fleet)
     finally:
         fleet.close()
-    return Result(n, connect_s, latencies, statistics.median(put_s), cpu / writes, rss_base / 1024, rss / 1024, encodes / writes,
-                  pushes / writes, hist[0] / hist[1] if hist[1] else float("nan"))
+    converged = after.converged_count - before.converged_count
+    return Result(n, connect_s, list(latencies), statistics.median(puts), (after.cpu - before.cpu) / writes,
+                  (after.fleet_cpu - before.fleet_cpu) / writes, rss_base / 1024, rss / 1024,
+                  (after.encodes - before.encodes) / writes, (after.pushes - before.pushes) / writes,
+                  (after.converged_sum - before.converged_sum) / converged if converged else float("nan"))
 
 
 def main() -> int:
@@ -273,19 +305,13 @@ def main() -> int:
             size = len(http("GET", f"{envoy.admin}/config_dump?resource=dynamic_route_configs")[2])
             print(f"policy: {SERVICES * ROUTES_PER_SERVICE} routes in {SERVICES} services, {BACKENDS} backends; "
                   f"Envoy's route config dump {size / 1024:.0f} KiB; {os.cpu_count()} cores")
-            print(f"{'N':>5} {'connect s':>9} {'PUT ms':>6} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'CP hist mean ms':>15} "
-                  f"{'CPU s/write':>11} {'CPU ms/write/proxy':>18} {'RSS MiB':>8} {'RSS KiB/proxy':>13} "
-                  f"{'encodes/write':>13} {'pushes/write':>12}")
+            print(" ".join(f"{h:>{w}}" for h, w, _ in COLUMNS))
             for i, n in enumerate(sizes):
                 if args.profile and i == len(sizes) - 1:
                     # python -m cProfile -o FILE -m sluice controlplane ...; written when it stops
                     cp.proc.argv[1:1] = ["-m", "cProfile", "-o", str(args.profile.resolve())]
                 r = run(n, args.writes, args.workers, cp, envoy)
-                print(f"{r.n:>5} {r.connect_s:>9.1f} {r.put_s * 1e3:>6.0f} {statistics.median(r.latencies) * 1e3:>7.0f} "
-                      f"{percentile(r.latencies, 0.99) * 1e3:>7.0f} {max(r.latencies) * 1e3:>7.0f} "
-                      f"{r.cp_histogram_mean * 1e3:>15.0f} {r.cpu_per_write:>11.3f} "
-                      f"{r.cpu_per_write / (r.n + 1) * 1e3:>18.2f} {r.rss_mib:>8.1f} {r.rss_per_proxy_kib:>13.1f} "
-                      f"{r.encodes_per_write:>13.1f} {r.pushes_per_write:>12.0f}", flush=True)
+                print(" ".join(f"{value(r):>{w}}" for _, w, value in COLUMNS), flush=True)
         finally:
             if envoy is not None:
                 envoy.proc.stop()

@@ -122,10 +122,10 @@ class AdsServer:
                 if reader.done():
                     reader.result()  # raises what ended the stream, if anything
                     return
-                if latest is not None and (response := session.response(latest)) is not None:
+                # Usually one response, then the proxy's answer; endpoints may follow clusters at once.
+                while latest is not None and (response := session.response(latest)) is not None:
                     yield response
                     del response
-                    wake.set()  # another type may be due without waiting for an answer
         finally:
             reader.cancel()
             follower.cancel()
