@@ -16,7 +16,7 @@ from redis_server import RedisServer, running_redis
 
 from controlplane.replica import RedisLease
 from controlplane.replica.shares import SharesBoard
-from controlplane.store.redis_store import connect
+from controlplane.store.redis_client import connect
 
 TTL = 1.0
 
@@ -51,18 +51,19 @@ async def watch_holders(leases: list[RedisLease], seconds: float) -> list[tuple[
 async def test_one_holder_and_takeover_when_it_dies(redis_server: RedisServer) -> None:
     client = connect(redis_server.url)
     a, b = RedisLease(client, "job", "a", ttl_s=TTL), RedisLease(client, "job", "b", ttl_s=TTL)
-    async with running(a) as task_a, running(b):
-        await asyncio.wait_for(a.wait_held(), 2)  # a started first
-        samples = await watch_holders([a, b], 1.5)
-        assert all(holders == [0] for _, holders in samples), "a renews; b never gets it"
-        # a dies without releasing: its key must expire before b may take it.
-        task_a.cancel()
-        died = time.monotonic()
-        samples = await watch_holders([a, b], 2.5)
-        assert all(len(holders) <= 1 for _, holders in samples)
-        took_over = next(t for t, holders in samples if holders == [1])
-        assert TTL * 0.5 < took_over - died < TTL + TTL / 3 + 0.5
-        assert await client.get("sluice:lease:job") == b.token
+    async with running(a) as task_a:
+        await asyncio.wait_for(a.wait_held(), 2)
+        async with running(b):
+            samples = await watch_holders([a, b], 1.5)
+            assert all(holders == [0] for _, holders in samples), "a renews; b never gets it"
+            # a dies without releasing: its key must expire before b may take it.
+            task_a.cancel()
+            died = time.monotonic()
+            samples = await watch_holders([a, b], 2.5)
+            assert all(len(holders) <= 1 for _, holders in samples)
+            took_over = next(t for t, holders in samples if holders == [1])
+            assert TTL * 0.5 < took_over - died < TTL + TTL / 3 + 0.5
+            assert await client.get("sluice:lease:job") == b.token
     await client.aclose()
 
 
@@ -84,20 +85,21 @@ async def test_no_holder_while_redis_is_frozen(redis_server: RedisServer) -> Non
     """A holder that cannot renew stops acting before its key expires, so none acts twice."""
     client = connect(redis_server.url)
     a, b = RedisLease(client, "job", "a", ttl_s=TTL), RedisLease(client, "job", "b", ttl_s=TTL)
-    async with running(a), running(b):
+    async with running(a):
         await asyncio.wait_for(a.wait_held(), 2)
-        os.kill(redis_server.proc.pid, signal.SIGSTOP)
-        frozen = time.monotonic()
-        try:
-            lost = asyncio.create_task(a.wait_lost())
-            samples = await watch_holders([a, b], 2.0)
-            assert lost.done() and not a.held and not b.held
-            assert max(t for t, holders in samples if holders) - frozen < TTL  # gave up within its TTL
-        finally:
-            os.kill(redis_server.proc.pid, signal.SIGCONT)
-        samples = await watch_holders([a, b], 3.0)
-        assert all(len(holders) <= 1 for _, holders in samples)
-        assert samples[-1][1] in ([0], [1])  # someone holds it again once Redis is back
+        async with running(b):
+            os.kill(redis_server.proc.pid, signal.SIGSTOP)
+            frozen = time.monotonic()
+            try:
+                lost = asyncio.create_task(a.wait_lost())
+                samples = await watch_holders([a, b], 2.0)
+                assert lost.done() and not a.held and not b.held
+                assert max(t for t, holders in samples if holders) - frozen < TTL  # gave up within its TTL
+            finally:
+                os.kill(redis_server.proc.pid, signal.SIGCONT)
+            samples = await watch_holders([a, b], 3.0)
+            assert all(len(holders) <= 1 for _, holders in samples)
+            assert samples[-1][1] in ([0], [1])  # someone holds it again once Redis is back
     await client.aclose()
 
 

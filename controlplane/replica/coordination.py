@@ -14,7 +14,7 @@ from controlplane.replica.directory import ProxyDirectory
 from controlplane.replica.lease import Lease, RedisLease, SoleLease
 from controlplane.replica.quota import ApplyShares, QuotaLeader
 from controlplane.replica.shares import SharesBoard
-from controlplane.store.redis_store import connect
+from controlplane.store.redis_client import connect
 from controlplane.xds import Fleet
 
 QUOTA_LEASE = "quota-balancer"

@@ -17,6 +17,8 @@ import logging
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from controlplane.store.redis_client import bounded
+
 from controlplane.xds import Fleet
 from controlplane.xds.status import ProxyStatus
 
@@ -47,7 +49,7 @@ class ProxyDirectory:
                     if entries:
                         pipe.hset(self._key, mapping=entries)
                         pipe.pexpire(self._key, int(self._interval_s * 3000))
-                    await pipe.execute()
+                    await bounded(pipe.execute())
             except (RedisError, OSError) as exc:
                 log.debug("cannot advertise proxies: %s", exc)
             with contextlib.suppress(TimeoutError):
@@ -55,6 +57,9 @@ class ProxyDirectory:
 
     async def read(self) -> dict[str, Entry]:
         """Every replica's proxies, by node id (a node seen on two replicas while it moves counts once)."""
+        return await bounded(self._read())
+
+    async def _read(self) -> dict[str, Entry]:
         keys = [key async for key in self._client.scan_iter(match=PREFIX + "*", count=100)]
         async with self._client.pipeline(transaction=False) as pipe:
             for key in keys:

@@ -24,6 +24,8 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from controlplane.store.redis_client import bounded
+
 log = logging.getLogger(__name__)
 
 SAFETY = 0.2  # share of the TTL a holder gives up early, for scheduling delays on its side
@@ -125,9 +127,9 @@ class RedisLease:
         was_held = self.held
         try:
             if was_held:
-                ok = bool(await self._renew(keys=[self.key], args=[self._token, self._ttl_ms]))
+                ok = bool(await bounded(self._renew(keys=[self.key], args=[self._token, self._ttl_ms])))
             else:
-                ok = bool(await self._client.set(self.key, self._token, nx=True, px=self._ttl_ms))
+                ok = bool(await bounded(self._client.set(self.key, self._token, nx=True, px=self._ttl_ms)))
         except (RedisError, OSError) as exc:
             # Unknown outcome: keep counting down what we had; the lease lapses on its own.
             log.debug("lease %s: %s", self.name, exc)
@@ -164,7 +166,7 @@ class RedisLease:
         self._valid_until = 0.0
         self._notify()
         with contextlib.suppress(RedisError, OSError):
-            await self._release(keys=[self.key], args=[self._token])
+            await bounded(self._release(keys=[self.key], args=[self._token]))
 
 
 def holder_script(body: str) -> str:

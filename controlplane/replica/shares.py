@@ -8,6 +8,7 @@ late write is refused), and announced on a channel; readers also poll it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -16,6 +17,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from controlplane.replica.lease import RedisLease, holder_script
+from controlplane.store.announcements import announcements
+from controlplane.store.redis_client import bounded
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +44,19 @@ class SharesBoard:
     async def publish(self, shares: Shares) -> bool:
         """Store `shares` if this replica's lease is still held in Redis; False if it is not."""
         raw = json.dumps(shares, sort_keys=True, separators=(",", ":"))
-        return bool(await self._write(keys=[self._lease.key, SHARES], args=[self._lease.token, raw, CHANNEL]))
+        return bool(await bounded(self._write(keys=[self._lease.key, SHARES], args=[self._lease.token, raw, CHANNEL])))
 
     async def watch(self) -> AsyncIterator[Shares]:
         """The shares now and after each change; waits out Redis outages (the last shares stay)."""
         seen: str | None = None
         while True:
             try:
-                async with self._client.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
-                    while True:
-                        raw = await self._client.get(SHARES)
+                async with contextlib.aclosing(announcements(self._client, CHANNEL, self._poll_s)) as wakeups:
+                    async for _ in wakeups:
+                        raw = await bounded(self._client.get(SHARES))
                         if raw is not None and raw != seen:
                             seen = raw
                             yield json.loads(raw)
-                        await pubsub.get_message(ignore_subscribe_messages=True, timeout=self._poll_s)
             except (RedisError, OSError) as exc:
                 log.debug("shares: %s", exc)
                 await asyncio.sleep(self._poll_s)

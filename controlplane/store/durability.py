@@ -5,12 +5,14 @@ from __future__ import annotations
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from controlplane.store.redis_client import bounded
+
 
 async def durability_warnings(client: Redis) -> list[str]:
     """What, in this Redis's settings, can lose a revision the admin API acknowledged."""
     try:
-        config = {**await client.config_get("appendonly"), **await client.config_get("appendfsync"),
-                  **await client.config_get("maxmemory-policy")}
+        config = {**await bounded(client.config_get("appendonly")), **await bounded(client.config_get("appendfsync")),
+                  **await bounded(client.config_get("maxmemory-policy"))}
     except ResponseError as exc:  # managed Redis services often disable CONFIG
         return [f"cannot read the Redis settings ({exc}); make sure it runs with appendonly yes, "
                 "appendfsync always and maxmemory-policy noeviction"]

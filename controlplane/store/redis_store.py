@@ -24,17 +24,16 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
-from urllib.parse import urlparse
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from controlplane.policy import Policy
+from controlplane.store.announcements import announcements
 from controlplane.store.base import AuditEntry, Conflict, Latest, Revision, StoreUnavailable, TokenExists, TokenRecord
 from controlplane.store.diff import policy_diff
 from controlplane.store.durability import durability_warnings
+from controlplane.store.redis_client import bounded, connect, where
 from controlplane.store.sqlite import EMPTY
 
 log = logging.getLogger(__name__)
@@ -69,19 +68,6 @@ return 1
 
 def revision_key(number: int) -> str:
     return f"sluice:rev:{number}"
-
-
-def where(url: str) -> str:
-    """The URL without credentials, for logs and error messages."""
-    parsed = urlparse(url)
-    return f"{parsed.scheme}://{parsed.hostname}:{parsed.port or 6379}{parsed.path or '/0'}"
-
-
-def connect(url: str) -> Redis:
-    """A client that fails fast: an unreachable Redis is an error within about a second, and
-    a command is retried once, at once, only to replace a pooled connection that went stale."""
-    return Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0, retry=Retry(NoBackoff(), 1),
-                          decode_responses=True)
 
 
 def _entry(entry: AuditEntry) -> str:
@@ -121,7 +107,7 @@ class RedisStore:
 
     async def _call(self, operation: Awaitable[T]) -> T:
         try:
-            return await operation
+            return await bounded(operation)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"cannot reach Redis at {self._where}: {exc}") from exc
 
@@ -143,21 +129,18 @@ class RedisStore:
         lost_at: float | None = None
         while True:
             try:
-                async with self._client.pubsub() as pubsub:
-                    await self._call(pubsub.subscribe(CHANNEL))
-                    await self._catch_up()
-                    if lost_at is not None:
-                        log.warning("Redis at %s is back after %.1f s; at revision %d", self._where,
-                                    time.monotonic() - lost_at, self._latest.value.number)
-                        lost_at = None
-                    while True:
-                        await self._call(pubsub.get_message(ignore_subscribe_messages=True, timeout=self._poll_s))
+                async with contextlib.aclosing(announcements(self._client, CHANNEL, self._poll_s)) as wakeups:
+                    async for _ in wakeups:
                         await self._catch_up()
-            except StoreUnavailable as exc:
+                        if lost_at is not None:
+                            log.warning("Redis at %s is back after %.1f s; at revision %d", self._where,
+                                        time.monotonic() - lost_at, self._latest.value.number)
+                            lost_at = None
+            except (StoreUnavailable, RedisError, OSError) as exc:
                 if lost_at is None:
                     lost_at = time.monotonic()
-                    log.warning("%s; writes fail until it is back, revision %d keeps serving",
-                                exc, self._latest.value.number)
+                    log.warning("cannot reach Redis at %s (%s); writes fail until it is back, revision %d "
+                                "keeps serving", self._where, exc, self._latest.value.number)
                 await asyncio.sleep(self._poll_s)
 
     async def current(self) -> Revision:
