@@ -159,3 +159,24 @@ def test_filter_refusal_is_a_nack_and_old_limits_stay(controlplane: ControlPlane
     assert burst(envoy, "192.0.2.60", 2) == Counter({429: 2})  # still the old bucket of 2
 
 
+
+
+def test_example_file_limits_each_client_behind_one_balancer(controlplane: ControlPlane,
+                                                             limited: Callable[..., Envoy]) -> None:
+    import subprocess
+
+    from harness import PYTHON
+
+    envoy = limited()
+    result = subprocess.run([PYTHON, "-m", "sluice", "apply", "-f", str(ROOT / "examples/ratelimit.yaml"),
+                             "--server", controlplane.url], capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert result.returncode == 0, result.stderr
+    controlplane.wait_converged(envoy.node_id)
+    # As the load balancer would send it: X-Forwarded-For: <client>. Burst 5, then 1/s.
+    started = time.monotonic()
+    codes = [send(envoy, "192.0.2.10")[0] for _ in range(5)]
+    codes += [send(envoy, "192.0.2.10", extra_xff="198.51.100.99")[0] for _ in range(3)]
+    refilled = int(time.monotonic() - started)  # at 1 token/s, a slow machine may earn one back
+    assert codes[:5] == [200] * 5
+    assert codes[5:].count(200) <= refilled  # entries a client adds on the left change nothing
+    assert send(envoy, "192.0.2.11")[0] == 200  # another client has its own bucket
