@@ -224,3 +224,16 @@ def test_webhooks_gate_promotion_and_hear_the_outcome(controlplane: ControlPlane
         assert calls[-1][1]["canary"] == "v2" and calls[-1][1]["phase"] == "success"
     finally:
         server.shutdown()
+
+
+def test_example_canary_starts_on_the_demo_policy(controlplane: ControlPlane) -> None:
+    import yaml
+
+    docs = [*yaml.safe_load_all((ROOT / "examples/demo.yaml").read_text()),
+            *yaml.safe_load_all((ROOT / "examples/canary.yaml").read_text())]
+    code, body = controlplane.apply(*docs)
+    assert code == 200, body
+    body = wait_until(lambda: (s := get_json(f"{controlplane.url}/api/v1/canaries/classifier-v2/status"))
+                      ["status"]["weight"] == 20 and s, 10, what="the first step")
+    assert body["steps"] == [20, 40, 60, 80, 100] and body["spec"]["interval_s"] == 5
+    assert body["spec"]["thresholds"] == {"min_success_rate": 0.99, "max_p99_ms": 500, "min_requests": 5}
