@@ -19,26 +19,47 @@ COUNTRIES = {
 LABELS = [Label(country, region) for region, countries in COUNTRIES.items() for country in countries]
 
 
-def synthetic_rows(count: int, *, seed: int = 1, v6_share: float = 0.2) -> list[Row]:
-    """`count` distinct prefixes, nested and adjacent ones included (random lengths overlap)."""
+def synthetic_rows(count: int, *, seed: int = 1, v6_share: float = 0.2, nested_share: float = 0.05) -> list[Row]:
+    """`count` distinct prefixes shaped like a country table: mostly disjoint blocks spread over
+    each family's space (IPv4 /17../24 and a few /32, IPv6 /24../48, /64 and /128), plus
+    `nested_share` of them inside another one with another label (longest-prefix cases)."""
     rng = random.Random(seed)
-    seen: set[tuple[int, int, int]] = set()
-    rows: list[Row] = []
+    nested = round(count * nested_share)
+    outer = count - nested
+    v4_outer = outer - round(outer * v6_share)
+    blocks = _disjoint(rng, 32, v4_outer, (17, 18, 19, 20, 21, 22, 22, 23, 23, 24, 24, 24, 24, 24, 32)) + \
+        _disjoint(rng, 128, outer - v4_outer, (24, 29, 32, 32, 36, 40, 44, 48, 48, 48, 64, 128))
+    rows = [Row(network, rng.choice(LABELS), f"row {i}") for i, network in enumerate(blocks)]
+    seen = {row.network for row in rows}
     while len(rows) < count:
-        if rng.random() < v6_share:
-            version, bits = 6, 128
-            length = rng.choice((20, 24, 28, 29, 32, 32, 36, 40, 44, 48, 48, 48, 56, 64, 128))
-            address = (0x2000 << 112 | rng.getrandbits(125)) >> (bits - length) << (bits - length)
-        else:
-            version, bits = 4, 32
-            length = rng.choice((8, 12, 14, 16, 17, 18, 19, 20, 21, 22, 22, 23, 24, 24, 24, 24, 32))
-            address = rng.getrandbits(32) >> (bits - length) << (bits - length)
-        if (version, address, length) in seen:
+        parent = rows[rng.randrange(outer)].network
+        if parent.prefixlen == parent.max_prefixlen:
             continue
-        seen.add((version, address, length))
-        network = (ipaddress.IPv4Network if version == 4 else ipaddress.IPv6Network)((address, length))
-        rows.append(Row(network, rng.choice(LABELS), f"row {len(rows)}"))
+        length = rng.randrange(parent.prefixlen + 1, parent.max_prefixlen + 1)
+        offset = rng.randrange(parent.num_addresses) >> (parent.max_prefixlen - length) << (parent.max_prefixlen - length)
+        network = ipaddress.ip_network((int(parent.network_address) + offset, length))
+        if network not in seen:
+            seen.add(network)
+            rows.append(Row(network, rng.choice(LABELS), f"row {len(rows)}"))
     return rows
+
+
+def _disjoint(rng: random.Random, bits: int, count: int, lengths: tuple[int, ...]) -> list[Network]:
+    """`count` disjoint prefixes in ascending order with random gaps, spread over the space
+    (IPv6 over 2000::/3, where global unicast lives)."""
+    kind = ipaddress.IPv4Network if bits == 32 else ipaddress.IPv6Network
+    start, end = (0, 1 << 32) if bits == 32 else (1 << 125, 1 << 126)
+    mean_size = sum(1 << (bits - n) for n in lengths) / len(lengths)
+    cursor, out = start, []
+    for i in range(count):
+        length = rng.choice(lengths)
+        size = 1 << (bits - length)
+        cursor = -(-cursor // size) * size  # aligned: a prefix starts on its own boundary
+        out.append(kind((cursor, length)))
+        room = (end - cursor) // max(count - i, 1)
+        cursor += size + rng.randrange(max(1, int(room - 1.5 * mean_size)))
+    assert cursor <= end, "the lengths do not fit the space"
+    return out
 
 
 def table_of(rows: list[tuple[str, str, str]]) -> GeoTable:

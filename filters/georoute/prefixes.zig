@@ -8,9 +8,13 @@
 //! longest prefix holding it, or `unmatched`. Adjacent ranges never share a label (merged), so
 //! n prefixes give at most 2n + 1 ranges.
 //!
-//! Lookup is a binary search for the last start <= address: log2(ranges) probes, no allocation.
-//! Memory is static: `capacity` prefixes worth of ranges, (2 * capacity + 1) * (@sizeOf(Int) + 2)
-//! bytes, of which a table touches only what its ranges use.
+//! Lookup is a binary search for the last start <= address, narrowed first by an index on the top
+//! 16 address bits (DIR-16 style): `index[b]` is the first range starting in block b, so the
+//! search runs over the few ranges of one block (a binary search over a million ranges would be
+//! 20 dependent probes, most of them cache misses: ~6 us per request in Envoy at 500,000
+//! prefixes; with the index, one probe of the index and a handful within one block).
+//! Memory is static: (2 * capacity + 1) * (@sizeOf(Int) + 2) bytes of ranges, of which a table
+//! touches only what its ranges use, plus the 256 KiB index.
 const std = @import("std");
 const assert = std.debug.assert;
 
@@ -26,11 +30,16 @@ pub fn Table(comptime Int: type, comptime capacity: usize) type {
         pub const bits = @bitSizeOf(Int);
         pub const prefixes_max = capacity;
         pub const ranges_max = 2 * capacity + 1;
-        pub const bytes = ranges_max * (@sizeOf(Int) + @sizeOf(u16));
+        pub const index_bits = 16;
+        const blocks = 1 << index_bits;
+        const block_shift = bits - index_bits;
+        pub const bytes = ranges_max * (@sizeOf(Int) + @sizeOf(u16)) + (blocks + 1) * @sizeOf(u32);
 
         starts: [ranges_max]Int = undefined,
         labels: [ranges_max]u16 = undefined,
         len: u32 = 0,
+        /// index[b]: the first range whose start lies in block b (or later); index[blocks] = len.
+        index: [blocks + 1]u32 = undefined,
 
         /// The first and last address of a prefix.
         pub fn first(address: Int, length: u8) Int {
@@ -87,6 +96,16 @@ pub fn Table(comptime Int: type, comptime capacity: usize) type {
             }
             assert(self.len >= 1 and self.len <= 2 * addresses.len + 1);
             assert(self.starts[0] == 0);
+            self.buildIndex();
+        }
+
+        fn buildIndex(self: *Self) void {
+            var i: u32 = 0;
+            for (&self.index, 0..) |*entry, block| {
+                while (i < self.len and self.starts[i] >> block_shift < block) i += 1;
+                entry.* = i;
+            }
+            assert(self.index[0] == 0 and self.index[blocks] == self.len);
         }
 
         /// Appends a boundary: from `start` on, `label`. Boundaries arrive in non-decreasing order;
@@ -112,10 +131,12 @@ pub fn Table(comptime Int: type, comptime capacity: usize) type {
         /// The label of the longest prefix holding `address`, or `unmatched`.
         pub fn lookup(self: *const Self, address: Int) u16 {
             assert(self.len >= 1);
-            assert(self.starts[0] == 0);
+            const block: u32 = @intCast(address >> block_shift);
+            // The range holding the block's first address starts in the block or before it.
+            var low: u32 = self.index[block] -| 1;
+            var high: u32 = self.index[block + 1];
             // Invariant: starts[low] <= address < starts[high] (high == len: the end of space).
-            var low: u32 = 0;
-            var high: u32 = self.len;
+            assert(low < high and self.starts[low] <= address);
             while (high - low > 1) {
                 const middle = low + (high - low) / 2;
                 if (self.starts[middle] <= address) low = middle else high = middle;
@@ -208,6 +229,24 @@ test "v4: /0 matches everything, longer prefixes still win, /32 at the top of th
     try testing.expectEqual(@as(u16, 7), table.lookup(v4("203.0.114.0")));
     try testing.expectEqual(@as(u16, 7), table.lookup(v4("255.255.255.254")));
     try testing.expectEqual(@as(u16, 10), table.lookup(v4("255.255.255.255")));
+}
+
+test "index: blocks without a range start belong to the range started in an earlier block" {
+    var table: TestTable(u32) = .{};
+    buildTest(u32, &table, &.{
+        .{ .text = "10.0.0.0", .length = 8, .label = 1 },
+        .{ .text = "10.200.0.128", .length = 25, .label = 2 },
+        .{ .text = "11.0.0.0", .length = 16, .label = 3 },
+    });
+    try testing.expectEqual(@as(u16, 1), table.lookup(v4("10.199.255.255"))); // block 10.199: no start
+    try testing.expectEqual(@as(u16, 1), table.lookup(v4("10.200.0.0"))); // block 10.200, before its start
+    try testing.expectEqual(@as(u16, 2), table.lookup(v4("10.200.0.255")));
+    try testing.expectEqual(@as(u16, 1), table.lookup(v4("10.200.1.0")));
+    try testing.expectEqual(@as(u16, 3), table.lookup(v4("11.0.255.255")));
+    try testing.expectEqual(unmatched, table.lookup(v4("11.1.0.0")));
+    try testing.expectEqual(unmatched, table.lookup(v4("255.255.255.255")));
+    try testing.expectEqual(@as(u32, 0), table.index[0]);
+    try testing.expectEqual(table.len, table.index[1 << 16]);
 }
 
 test "v4: adjacent prefixes with one label merge into one range" {
