@@ -76,6 +76,8 @@ class HistoryApi:
     async def _revision(self, request: web.Request, key: str) -> Revision | web.Response:
         number = int_param(request, key, request.match_info[key])
         try:
+            if not 0 <= number < 2**63:  # beyond any revision number a store can hold
+                raise KeyError(number)
             return await self._store.revision(number)
         except KeyError:
             return error(404, f"revision {number} does not exist")
