@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,7 +48,7 @@ schema = schemathesis.openapi.from_dict(json.loads(json.dumps(openapi_document()
 
 
 @schema.parametrize()
-@settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 def test_no_server_errors(case: Any, admin_api: tuple[ControlPlane, str], served: ControlPlane) -> None:
     cp, token = admin_api
     response = case.call(base_url=cp.url, headers={"Authorization": f"Bearer {token}"}, timeout=10)
