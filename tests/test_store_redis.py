@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from harness import ControlPlane, http, wait_until
 from policies import demo_policy
-from redis_server import RedisServer, running_redis
+from redis_server import RedisServer, require_redis, running_redis
 
 from controlplane.policy import Policy, parse_document, with_document
 from controlplane.store import StoreUnavailable, open_store
@@ -158,3 +158,13 @@ def test_demo_policy_on_redis(tmp_path: Path, redis_server: RedisServer) -> None
         assert cp.revision() == 1
     finally:
         cp.proc.stop()
+
+
+def test_without_redis_server_tests_skip_or_fail_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("SLUICE_REQUIRE_REDIS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="redis-server is not on PATH"):
+        require_redis()
+    monkeypatch.setenv("SLUICE_REQUIRE_REDIS", "1")  # as .ci/run sets it
+    with pytest.raises(pytest.fail.Exception, match="SLUICE_REQUIRE_REDIS=1 but redis-server is not on PATH"):
+        require_redis()
