@@ -53,7 +53,8 @@ class ProxyDirectory:
             except (RedisError, OSError) as exc:
                 log.debug("cannot advertise proxies: %s", exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), self._interval_s)
+                async with asyncio.timeout(self._interval_s):  # not wait_for: see RedisLease.wait_lost
+                    await changed.wait()
 
     async def read(self) -> dict[str, Entry]:
         """Every replica's proxies, by node id (a node seen on two replicas while it moves counts once)."""

@@ -157,8 +157,11 @@ class RedisLease:
     async def wait_lost(self) -> None:
         while self.held:
             changed = self._changed
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # arrives as the event fires, and this is cancelled at the end of every term.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), max(0.0, self._valid_until - time.monotonic()))
+                async with asyncio.timeout(max(0.0, self._valid_until - time.monotonic())):
+                    await changed.wait()
 
     async def release(self) -> None:
         if not self.held:

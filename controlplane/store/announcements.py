@@ -7,6 +7,8 @@ from collections.abc import AsyncIterator
 
 from redis.asyncio import Redis
 
+from controlplane.store.redis_client import bounded
+
 
 async def announcements(client: Redis, channel: str, poll_s: float) -> AsyncIterator[None]:
     """Yields once subscribed, then after every message on `channel` and at least every `poll_s`.
@@ -17,7 +19,7 @@ async def announcements(client: Redis, channel: str, poll_s: float) -> AsyncIter
     can swallow a cancellation that arrives as the timeout fires (and then never return), while
     a blocking read is cancelled cleanly."""
     async with client.pubsub() as pubsub:
-        await pubsub.subscribe(channel)
+        await bounded(pubsub.subscribe(channel))
         woken = asyncio.Event()
 
         async def read() -> None:
