@@ -5,6 +5,7 @@ ACKed routes use them, NACKs never re-sent, and bursts of writes debounced."""
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 
@@ -251,7 +252,9 @@ async def test_burst_of_writes_is_pushed_once_or_twice(controlplane: ControlPlan
         await asyncio.to_thread(controlplane.wait_converged, "raw-follower", last)
         pushes = await asyncio.to_thread(metric, controlplane, "sluice_xds_pushes_total", type="rds") - before
         print(f"100 writes in {took * 1e3:.0f} ms -> {pushes:.0f} RDS push(es)")
-        assert 1 <= pushes <= 2, f"100 writes in {took:.3f} s caused {pushes} pushes"
+        # At most one push per max delay (0.25 s) of writing, plus one: 100 writes within
+        # 200 ms make one or two; a loaded machine that takes longer to write gets its share.
+        assert 1 <= pushes <= math.ceil(took / 0.25) + 1, f"100 writes in {took:.3f} s caused {pushes} pushes"
         (proxy,) = await asyncio.to_thread(controlplane.proxies)
         assert {t for t, s in proxy["types"].items() if s["acked_revision"] == last} == {"cds", "eds", "lds", "rds"}
     finally:

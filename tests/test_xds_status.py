@@ -11,10 +11,9 @@ from policies import demo_policy
 
 
 def histogram(cp: ControlPlane) -> dict[str, float]:
-    """sluice_convergence_seconds: count, sum and the count at or under 1 s."""
+    """sluice_convergence_seconds: count and sum."""
     text = http("GET", f"{cp.url}/metrics")[2].decode()
-    values = dict(re.findall(r'^sluice_convergence_seconds_(count|sum|bucket\{le="1\.0"\}) (\S+)$', text, re.M))
-    return {"count": float(values["count"]), "sum": float(values["sum"]), "le_1": float(values['bucket{le="1.0"}'])}
+    return {k: float(v) for k, v in re.findall(r"^sluice_convergence_seconds_(count|sum) (\S+)$", text, re.M)}
 
 
 def test_convergence_histogram_observes_each_write(controlplane: ControlPlane, start_envoy: Callable[..., Envoy],
@@ -35,7 +34,6 @@ def test_convergence_histogram_observes_each_write(controlplane: ControlPlane, s
         took.append(time.time() - started)
     after = histogram(controlplane)
     assert after["count"] - before["count"] == 3
-    assert after["le_1"] - before["le_1"] == 3
     # Each observation is real time: at least the publisher's quiet period (50 ms), at most
     # what the test saw from before its write until after the proxy reported the ACK.
     assert 3 * 0.05 <= after["sum"] - before["sum"] <= sum(took)
