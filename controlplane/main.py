@@ -23,6 +23,8 @@ from controlplane.cache import SnapshotCache
 from controlplane.cache.publisher import Publisher
 from controlplane.canary import CanaryController
 from controlplane.canary.api import routes as canary_routes
+from controlplane.geo.api import routes as geo_routes
+from controlplane.geo.tables import GeoTables, PublishingStore
 from controlplane.replica import Coordination, run_while_held
 from controlplane.settings import ControlPlaneSettings
 from controlplane.store import StoreUnavailable, open_store, redacted
@@ -50,9 +52,10 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
     fleet = Fleet(registry)
     published = Gauge("sluice_published_revision", "Policy revision in the snapshots", registry=registry)
     cache = SnapshotCache()
-    options = Options(filters_dir=settings.filters_dir)
+    geo_tables = GeoTables(store)
+    options = Options(filters_dir=settings.filters_dir, geo_tables=geo_tables.get)
     publisher = Publisher(
-        store, cache, functools.partial(translate, options=options),
+        PublishingStore(store, geo_tables), cache, functools.partial(translate, options=options),
         lambda policy, shares: translate_shares(policy, shares, options),
         quiet_s=settings.push_quiet_s, max_delay_s=settings.push_max_delay_s,
         on_publish=lambda r: (published.set(r.number), quota.rebalance()),
@@ -80,6 +83,7 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
                      replica=lambda: {"id": coordination.replica, "shared": coordination.shared,
                                       "leases": coordination.leases()}).app()
     admin.add_routes(canary_routes(store, canaries))
+    admin.add_routes(geo_routes(store, fleet, geo_tables))
     runner = web.AppRunner(admin, access_log=None)
     await runner.setup()
     ssl_context = (None if settings.tls_cert is None or settings.tls_key is None

@@ -5,7 +5,6 @@ prefix arrays unchanged. Bytes, not JSON: the filter reads the arrays in place."
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 from controlplane.geo.table import ALIGNMENT, GeoTable, encode_labels
@@ -17,18 +16,16 @@ _HEADER = struct.Struct("<4sHHIIHBBB3xI4x")
 
 @dataclass(frozen=True)
 class Settings:
-    """What the filter needs besides the table."""
+    """What the filter needs besides the table (hashable: configurations are cached by it)."""
 
     country_header: str = "x-sluice-country"
     region_header: str = "x-sluice-region"
     default_region: str = "default"
-    countries: Mapping[str, str] | None = None  # country -> region, for labels without a region
+    countries: tuple[tuple[str, str], ...] = ()  # (country, region), for labels without a region
     xff_trusted_hops: int = 0
 
     def region_of(self, country: str, region: str) -> str:
-        if region:
-            return region
-        return (self.countries or {}).get(country, self.default_region)
+        return region or dict(self.countries).get(country, self.default_region)
 
 
 def table_id(digest: str) -> int:
@@ -40,6 +37,8 @@ def filter_config(table: GeoTable, settings: Settings, digest: str) -> bytes:
     names = (settings.country_header.encode(), settings.region_header.encode(), settings.default_region.encode())
     head = _HEADER.pack(MAGIC, VERSION, settings.xff_trusted_hops, table.v4_count, table.v6_count,
                         len(table.labels), *(len(n) for n in names), table_id(digest))
-    labels = encode_labels((label.country, settings.region_of(label.country, label.region)) for label in table.labels)
+    countries = dict(settings.countries)
+    labels = encode_labels((label.country, label.region or countries.get(label.country, settings.default_region))
+                           for label in table.labels)
     body = head + b"".join(names) + labels
     return body + b"\0" * (-len(body) % ALIGNMENT) + table.arrays

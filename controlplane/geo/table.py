@@ -20,14 +20,16 @@ from dataclasses import dataclass
 from sys import byteorder
 from typing import NamedTuple
 
+from controlplane.policy.geo import COUNTRY_PATTERN, REGION_PATTERN
+
 # The filter's bounds (filters/georoute/config.zig).
 V4_PREFIXES_MAX = 1 << 20
 V6_PREFIXES_MAX = 1 << 19
 LABELS_MAX = 1024
 ALIGNMENT = 16
 
-COUNTRY = re.compile(r"^[A-Z]{2}$")
-REGION = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+COUNTRY = re.compile(COUNTRY_PATTERN)
+REGION = re.compile(REGION_PATTERN)
 
 BLOB_MAGIC = b"SGTB"
 BLOB_VERSION = 1
@@ -39,10 +41,11 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class TableError(ValueError):
-    """Every problem found, each naming where it came from (a CSV line, a network)."""
+    """Every problem found, each as (where, what): where names the source ("line 12")."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else ""))
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        shown = "; ".join(f"{where}: {what}" for where, what in problems[:5])
+        super().__init__(shown + (f"; and {len(problems) - 5} more" if len(problems) > 5 else ""))
         self.problems = problems
 
 
@@ -101,7 +104,7 @@ class GeoTable:
     @classmethod
     def build(cls, rows: Iterable[Row]) -> GeoTable:
         """Sorted, deduplicated, checked; TableError lists every problem."""
-        problems: list[str] = []
+        problems: list[tuple[str, str]] = []
         label_problems: dict[Label, str | None] = {}
         # (version, address, length) -> first row: plain ints hash and sort far faster than
         # ipaddress objects, which matters at 500,000 rows.
@@ -110,20 +113,21 @@ class GeoTable:
             if row.label not in label_problems:
                 label_problems[row.label] = row.label.problem()
             if (problem := label_problems[row.label]) is not None:
-                problems.append(f"{row.where}: {problem}")
+                problems.append((row.where, problem))
                 continue
             key = _key(row.network)
             first = seen.setdefault(key, row)
             if first is not row and first.label != row.label:
-                problems.append(f"{row.where}: {canonical(row.network)} is also at {first.where} "
-                                "with another country/region")
+                problems.append((row.where, f"{canonical(row.network)} is also at {first.where} "
+                                            "with another country/region"))
         labels = sorted({row.label for row in seen.values()})
         if len(labels) > LABELS_MAX:
-            problems.append(f"{len(labels)} distinct country/region pairs, at most {LABELS_MAX}")
+            problems.append(("table", f"{len(labels)} distinct country/region pairs, at most {LABELS_MAX}"))
         v4 = sorted((a, n, r.label) for (v, a, n), r in seen.items() if v == 4)
         v6 = sorted((a, n, r.label) for (v, a, n), r in seen.items() if v == 6)
         if len(v4) > V4_PREFIXES_MAX or len(v6) > V6_PREFIXES_MAX:
-            problems.append(f"{len(v4)} IPv4 and {len(v6)} IPv6 prefixes: at most {V4_PREFIXES_MAX} and {V6_PREFIXES_MAX}")
+            problems.append(("table", f"{len(v4)} IPv4 and {len(v6)} IPv6 prefixes: "
+                                      f"at most {V4_PREFIXES_MAX} and {V6_PREFIXES_MAX}"))
         if problems:
             raise TableError(problems)
         index = {label: i for i, label in enumerate(labels)}

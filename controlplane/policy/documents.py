@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError, field_validator
 
 from controlplane.policy.canary import Canary
+from controlplane.policy.geo import Geo, GeoRoute
 from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
 from controlplane.policy.policy import Policy, Problem
 
@@ -27,6 +28,8 @@ KINDS: dict[str, Kind] = {
         Kind("RateLimit", "ratelimits", RateLimit),
         Kind("Edge", "edges", Edge),
         Kind("Canary", "canaries", Canary),
+        Kind("Geo", "geo", Geo),
+        Kind("GeoRoute", "georoutes", GeoRoute),
     )
 }
 KIND_BY_PLURAL: dict[str, Kind] = {k.plural: k for k in KINDS.values()}

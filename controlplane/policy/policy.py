@@ -7,6 +7,7 @@ field that caused it.
 from __future__ import annotations
 
 from controlplane.policy.canary import Canary, CanaryStatus
+from controlplane.policy.geo import Geo, GeoRoute
 from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
 
 
@@ -28,6 +29,8 @@ class Policy(Strict):
     canaries: dict[Name, Canary] = {}
     # Written by the canary controller, not by operators: where each canary stands.
     canary_status: dict[Name, CanaryStatus] = {}
+    geo: dict[Name, Geo] = {}
+    georoutes: dict[Name, GeoRoute] = {}
 
     @property
     def edge(self) -> Edge:
@@ -76,6 +79,45 @@ class Policy(Strict):
                                      msg="the service has more than 16 routes: name at most 16"))
         for name, canary in sorted(self.canaries.items()):
             found.extend(self._canary_problems(name, canary))
+        found.extend(self._geo_problems())
+        return found
+
+    def _geo_problems(self) -> list[Problem]:
+        found = [Problem(loc=f"geo.{name}", msg="the Geo object must be named 'geo'")
+                 for name in self.geo if name != "geo"]
+        routed: dict[tuple[str, str], str] = {}
+        for name, geo_route in sorted(self.georoutes.items()):
+            where = f"georoutes.{name}"
+            if "geo" not in self.geo:
+                found.append(Problem(loc=where, msg="needs the Geo object 'geo': without it nothing sets the region "
+                                                    "header, and clients could choose their region themselves"))
+            service = self.services.get(geo_route.service)
+            if service is None:
+                found.append(Problem(loc=f"{where}.service", msg=f"unknown service {geo_route.service!r}"))
+            elif geo_route.route not in {r.name for r in service.routes}:
+                found.append(Problem(loc=f"{where}.route",
+                                     msg=f"service {geo_route.service!r} has no route {geo_route.route!r}"))
+            other = routed.setdefault((geo_route.service, geo_route.route), name)
+            if other != name:
+                found.append(Problem(loc=f"{where}.route", msg=f"GeoRoute {other!r} already routes this route"))
+            driving = [n for n, c in sorted(self.canaries.items())
+                       if (c.service, c.route) == (geo_route.service, geo_route.route)]
+            if driving:
+                found.append(Problem(loc=f"{where}.route", msg=f"canary {driving[0]!r} drives this route's split, "
+                                                               "which geo-routed requests do not use"))
+            for region, target in sorted(geo_route.regions.items()):
+                backend = self.backends.get(target.backend)
+                if backend is None:
+                    found.append(Problem(loc=f"{where}.regions.{region}.backend",
+                                         msg=f"unknown backend {target.backend!r}"))
+                elif backend.health_check is None:
+                    found.append(Problem(loc=f"{where}.regions.{region}.backend",
+                                         msg=f"backend {target.backend!r} has no health_check: without active health "
+                                             "checks its region would never fail over"))
+                protocols = {self.backends[b].protocol for b in geo_route.chain(region) if b in self.backends}
+                if len(protocols) > 1:
+                    found.append(Problem(loc=f"{where}.regions.{region}.fallback",
+                                         msg="the region and its fallbacks mix http1 and http2 backends"))
         return found
 
     def _canary_problems(self, name: str, canary: Canary) -> list[Problem]:
@@ -101,9 +143,12 @@ class Policy(Strict):
 
     def users_of_service(self, service: str) -> list[str]:
         return ([f"ratelimits.{n}" for n, limit in sorted(self.ratelimits.items()) if limit.service == service]
-                + [f"canaries.{n}" for n, c in sorted(self.canaries.items()) if c.service == service])
+                + [f"canaries.{n}" for n, c in sorted(self.canaries.items()) if c.service == service]
+                + [f"georoutes.{n}" for n, g in sorted(self.georoutes.items()) if g.service == service])
 
     def users_of_backend(self, backend: str) -> list[str]:
         return ([f"services.{s}.routes.{r.name}" for s, svc in sorted(self.services.items())
                  for r in svc.routes if any(b == backend for _, b in r.backends_named())]
-                + [f"canaries.{n}" for n, c in sorted(self.canaries.items()) if backend in (c.stable, c.canary)])
+                + [f"canaries.{n}" for n, c in sorted(self.canaries.items()) if backend in (c.stable, c.canary)]
+                + [f"georoutes.{n}.regions.{r}" for n, g in sorted(self.georoutes.items())
+                   for r, t in sorted(g.regions.items()) if t.backend == backend])

@@ -104,6 +104,15 @@ class Store(Protocol):
         """False when there was no such token. Audited."""
         ...
 
+    async def put_blob(self, digest: str, data: bytes) -> None:
+        """Keep `data` under its content digest (a geo table: too large for every revision to
+        copy, so the policy names it by digest). Writing an existing digest changes nothing."""
+        ...
+
+    async def get_blob(self, digest: str) -> bytes | None:
+        """The blob stored under `digest`, None when there is none."""
+        ...
+
     async def close(self) -> None: ...
 
 

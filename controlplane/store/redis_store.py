@@ -5,6 +5,7 @@ Keys (one Redis database per sluice installation):
   sluice:rev:N           revision N: {created_at, actor, message, policy} as JSON, never rewritten
   sluice:audit           the audit log: a stream, only ever appended to
   sluice:tokens          admin API tokens: name -> {role, digest, ...} as JSON
+  sluice:blob:DIGEST     a content-addressed blob (a geo table), base64: the client decodes replies
 and the pub/sub channel `sluice:revisions`, on which each commit announces its number.
 
 A commit is one Lua script: compare the current number, write the revision, bump the number,
@@ -18,6 +19,7 @@ notification missed while disconnected costs at most one poll.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -211,6 +213,13 @@ class RedisStore:
     async def delete_token(self, name: str, *, actor: str) -> bool:
         entry = AuditEntry(time.time(), actor, "token.delete", f"token {name}")
         return bool(await self._call(self._delete_token(keys=[TOKENS, AUDIT], args=[name, _entry(entry)])))
+
+    async def put_blob(self, digest: str, data: bytes) -> None:
+        await self._call(self._client.set(f"sluice:blob:{digest}", base64.b64encode(data).decode(), nx=True))
+
+    async def get_blob(self, digest: str) -> bytes | None:
+        raw: str | None = await self._call(self._client.get(f"sluice:blob:{digest}"))
+        return None if raw is None else base64.b64decode(raw)
 
     async def close(self) -> None:
         if self._follower is not None:

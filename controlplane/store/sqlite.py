@@ -40,6 +40,11 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+-- Content-addressed blobs (geo tables) that revisions name by digest.
+CREATE TABLE IF NOT EXISTS blobs (
+    digest TEXT PRIMARY KEY,
+    data   BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tokens (
     name       TEXT PRIMARY KEY,
     role       TEXT NOT NULL,
@@ -198,6 +203,14 @@ class SqliteStore:
             return deleted
 
         return await self._run(lambda: self._transaction(write))
+
+    async def put_blob(self, digest: str, data: bytes) -> None:
+        await self._run(lambda: self._db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?)", (digest, data)))
+
+    async def get_blob(self, digest: str) -> bytes | None:
+        row = await self._run(lambda: self._db.execute("SELECT data FROM blobs WHERE digest = ?",
+                                                       (digest,)).fetchone())
+        return None if row is None else bytes(row[0])
 
     async def close(self) -> None:
         await self._run(self._db.close)

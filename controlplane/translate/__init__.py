@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf.message import Message
@@ -13,6 +13,7 @@ from controlplane.translate import types
 from controlplane.translate.clusters import clusters
 from controlplane.translate.endpoints import load_assignments
 from controlplane.translate.filters import edge_filters
+from controlplane.translate.geo import TableLookup, failover_assignments, failover_clusters, with_geo_routes
 from controlplane.translate.listeners import edge_listener
 from controlplane.translate.routes import route_configuration, route_name
 from controlplane.translate.sidecar import SIDECAR, sidecar_resources
@@ -51,6 +52,9 @@ class Options:
     """What the translator needs to know besides the policy."""
 
     filters_dir: Path = Path("build/filters/bin")  # compiled WASM filters, as Envoy will read them
+    # Uploaded geo tables by digest (controlplane.geo.tables.GeoTables.get): content-addressed,
+    # so translating stays a function of the policy.
+    geo_tables: TableLookup = field(default=lambda _: None)
 
 
 def translate(policy: Policy, group: ProxyGroup, options: Options = Options()) -> Resources:
@@ -58,12 +62,12 @@ def translate(policy: Policy, group: ProxyGroup, options: Options = Options()) -
         assert group.local_backend is not None  # checked when the group was made
         return sidecar_resources(policy, (group.listen_address, group.listen_port), group.local_backend,
                                  group.outbound_port)
-    http_filters, filter_configs = edge_filters(policy, options.filters_dir)
+    http_filters, filter_configs = edge_filters(policy, options.filters_dir, geo_tables=options.geo_tables)
     listener = edge_listener(group.listen_address, group.listen_port, http_filters)
-    routes = route_configuration(policy)
+    routes = with_geo_routes(route_configuration(policy), policy)
     return {
-        types.CLUSTER: {c.name: c for c in clusters(policy)},
-        types.ENDPOINT: {a.cluster_name: a for a in load_assignments(policy)},
+        types.CLUSTER: {c.name: c for c in [*clusters(policy), *failover_clusters(policy)]},
+        types.ENDPOINT: {a.cluster_name: a for a in [*load_assignments(policy), *failover_assignments(policy)]},
         types.EXTENSION_CONFIG: {c.name: c for c in filter_configs},
         types.LISTENER: {listener.name: listener},
         types.ROUTE: {routes.name: routes},
@@ -72,7 +76,7 @@ def translate(policy: Policy, group: ProxyGroup, options: Options = Options()) -
 
 def translate_shares(policy: Policy, shares: Mapping[str, float], options: Options = Options()) -> Resources:
     """What differs for one proxy holding `shares` of the global rate limits: its filter configs."""
-    _, filter_configs = edge_filters(policy, options.filters_dir, shares)
+    _, filter_configs = edge_filters(policy, options.filters_dir, shares, options.geo_tables)
     return {types.EXTENSION_CONFIG: {c.name: c for c in filter_configs}}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 
 from envoy.config.core.v3.base_pb2 import AsyncDataSource, DataSource
@@ -15,11 +16,13 @@ from envoy.extensions.filters.http.wasm.v3.wasm_pb2 import Wasm
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import HttpFilter
 from envoy.extensions.wasm.v3.wasm_pb2 import PluginConfig, VmConfig
 from google.protobuf.any_pb2 import Any
-from google.protobuf.wrappers_pb2 import StringValue
+from google.protobuf.wrappers_pb2 import BytesValue, StringValue
 
 from controlplane.policy import Policy
+from controlplane.translate.geo import TableLookup, georoute_configuration
 from controlplane.translate.sources import ads
 
+GEOROUTE = "sluice.georoute"
 RATELIMIT = "sluice.ratelimit"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 
@@ -35,7 +38,12 @@ def discovered(name: str) -> HttpFilter:
     return HttpFilter(name=name, config_discovery=ExtensionConfigSource(config_source=ads(), type_urls=[WASM_TYPE]))
 
 
-def wasm_filter(name: str, module: Path, plugin: str, configuration: dict[str, object]) -> TypedExtensionConfig:
+def wasm_filter(name: str, module: Path, plugin: str,
+                configuration: dict[str, object] | bytes) -> TypedExtensionConfig:
+    """`configuration`: JSON for the filter, or bytes it reads as they are (Envoy hands a
+    BytesValue's bytes to the VM unchanged)."""
+    packed_configuration = _packed(BytesValue(value=configuration) if isinstance(configuration, bytes) else
+                                   StringValue(value=json.dumps(configuration, sort_keys=True, separators=(",", ":"))))
     config = Wasm(config=PluginConfig(
         name=plugin,
         root_id=plugin,
@@ -43,7 +51,7 @@ def wasm_filter(name: str, module: Path, plugin: str, configuration: dict[str, o
         # shared data (the token buckets): a new limit does not reset every client.
         vm_config=VmConfig(vm_id=f"sluice-{plugin}", runtime="envoy.wasm.runtime.v8",
                            code=AsyncDataSource(local=DataSource(filename=str(module)))),
-        configuration=_packed(StringValue(value=json.dumps(configuration, sort_keys=True, separators=(",", ":")))),
+        configuration=packed_configuration,
         fail_open=False,
     ))
     return TypedExtensionConfig(name=name, typed_config=_packed(config))
@@ -81,10 +89,31 @@ def ratelimit_config(policy: Policy, shares: Mapping[str, float] | None = None) 
     }
 
 
-def edge_filters(policy: Policy, filters_dir: Path, shares: Mapping[str, float] | None = None
-                 ) -> tuple[list[HttpFilter], list[TypedExtensionConfig]]:
-    """The edge listener's filter chain (before the router) and the configs it discovers."""
-    if not policy.ratelimits:
-        return [], []
-    module = filters_dir.resolve() / "ratelimit.wasm"
-    return [discovered(RATELIMIT)], [wasm_filter(RATELIMIT, module, "ratelimit", ratelimit_config(policy, shares))]
+def _no_tables(_: str) -> None:
+    return None
+
+
+@lru_cache(maxsize=4)
+def _georoute(module: Path, configuration: bytes) -> TypedExtensionConfig:
+    return wasm_filter(GEOROUTE, module, "georoute", configuration)
+
+
+def edge_filters(policy: Policy, filters_dir: Path, shares: Mapping[str, float] | None = None,
+                 geo_tables: TableLookup = _no_tables) -> tuple[list[HttpFilter], list[TypedExtensionConfig]]:
+    """The edge listener's filter chain (before the router) and the configs it discovers:
+    georoute first, so rate limits and routes see the client's region."""
+    chain: list[HttpFilter] = []
+    configs: list[TypedExtensionConfig] = []
+    geo = policy.geo.get("geo")
+    if geo is not None:
+        chain.append(discovered(GEOROUTE))
+        # Without its table in memory the filter gets no config: the consistency check then
+        # refuses the snapshot and proxies keep the previous one.
+        configuration = georoute_configuration(policy, geo, geo_tables)
+        if configuration is not None:
+            configs.append(_georoute(filters_dir.resolve() / "georoute.wasm", configuration))
+    if policy.ratelimits:
+        module = filters_dir.resolve() / "ratelimit.wasm"
+        chain.append(discovered(RATELIMIT))
+        configs.append(wasm_filter(RATELIMIT, module, "ratelimit", ratelimit_config(policy, shares)))
+    return chain, configs

@@ -23,7 +23,7 @@ ROWS = [
     ("2001:db8:1::/48", "", "ap"),  # a region without a country
     ("2001:db8:1::1/128", "JP", "ap"),
 ]
-SETTINGS = Settings(default_region="us", countries={"NL": "eu", "FR": "eu"}, xff_trusted_hops=1)
+SETTINGS = Settings(default_region="us", countries=(("FR", "eu"), ("NL", "eu")), xff_trusted_hops=1)
 
 
 @pytest.fixture(scope="module")
