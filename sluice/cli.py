@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from sluice import canary_cli, client
+from sluice import canary_cli, client, geo_cli
 
 # Components parse their own flags; importing one does not import the others, so the
 # backend and the control plane stay independent programs.
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name, help=summary + f" (see `sluice {name} --help`)")
     client.add_commands(sub)
     canary_cli.add_commands(sub)
+    geo_cli.add_commands(sub)
     args = parser.parse_args(argv)
     if not hasattr(args, "client_command"):
         parser.print_help()

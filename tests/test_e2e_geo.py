@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -14,8 +15,11 @@ from http.client import HTTPConnection
 from typing import Any
 
 import pytest
-from harness import ROOT, Backend, ControlPlane, Envoy, http, wait_until
+import yaml
+from geo_data import synthetic_rows
+from harness import PYTHON, ROOT, Backend, ControlPlane, Envoy, http, wait_until
 from mmdb_writer import country_record, write_mmdb
+from policies import demo_policy
 
 WASM = ROOT / "build/filters/bin/georoute.wasm"
 BODY = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}).encode()
@@ -196,3 +200,43 @@ def test_uploaded_tables_apply_without_a_listener_drain(controlplane: ControlPla
     assert "draining_state" not in listener
     assert listener["active_state"]["version_info"] == listener_version  # only the filter config changed
 
+
+
+def test_example_file_and_cli_upload(controlplane: ControlPlane, start_envoy: Callable[..., Envoy],
+                                     backends: dict[int, Backend]) -> None:
+    documents = [d for d in yaml.safe_load_all((ROOT / "examples/geo.yaml").read_text()) if d]
+    for d in documents:  # the example names the demo's ports; follow the test backends' (as `make up` does)
+        if d["kind"] == "Backend":
+            d["spec"]["endpoints"][0]["port"] = backends[1 if d["name"] == "classifier-v1" else 2].port
+    status, body = controlplane.apply(*demo_policy(backends[1].port, backends[2].port), *documents)
+    assert status == 200, body
+    envoy = start_envoy(controlplane)
+    controlplane.wait_converged(envoy.node_id)
+    assert (version(envoy, "198.51.100.7"), version(envoy, "203.0.113.7"), version(envoy, NOWHERE)) == ("2", "1", "1")
+
+    def sluice(*args: str) -> str:
+        result = subprocess.run([PYTHON, "-m", "sluice", *args, "--server", controlplane.url],
+                                capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    assert "2 IPv4 and 2 IPv6 prefixes" in sluice("geo", "upload", "examples/geo.csv")
+    controlplane.wait_converged(envoy.node_id)
+    # Rows without a region take it from the example's `countries`: FR -> eu, CA -> us.
+    assert (version(envoy, "2001:db8:e0::1"), version(envoy, "2001:db8:a0::1")) == ("2", "1")
+    assert version(envoy, "198.51.100.7") == "2"
+    assert "uploaded table" in sluice("geo", "show")
+
+
+def test_half_a_million_prefixes_reach_envoy_by_ecds(controlplane: ControlPlane, edge: Envoy) -> None:
+    """A 4.7 MB filter configuration through the xDS stream (no gRPC size limit is in the way:
+    Envoy's gRPC client sets none by default, nor does the Python server for sending)."""
+    rows = synthetic_rows(500_000)
+    table = "".join(f"{r.network},{r.label.country},{r.label.region}\n" for r in rows).encode()
+    status, body = upload(controlplane, table, "text/csv")
+    assert status == 200 and body["ipv4_prefixes"] + body["ipv6_prefixes"] == 500_000, body
+    controlplane.wait_converged(edge.node_id, timeout=30)
+    stats = http("GET", f"{edge.admin}/stats?filter=sluice_georoute.prefixes")[2].decode()
+    assert stats.strip() == "wasmcustom.sluice_georoute.prefixes: 500000"
+    eu = next(r for r in rows if r.label.region == "eu" and r.network.version == 4 and r.network.prefixlen < 32)
+    assert version(edge, str(eu.network.network_address + 1)) == "2"
