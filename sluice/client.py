@@ -237,9 +237,9 @@ def _detail(doc: dict[str, Any]) -> str:
         return "; ".join(routes)
     if doc["kind"] == "RateLimit":
         key = "+".join(k["name"] if k["type"] == "header" else k["type"] for k in spec["key"]) or "everyone"
-        routes = ",".join(spec["routes"]) or "all routes"
+        limited = ",".join(spec["routes"]) or "all routes"
         shadow = " (shadow)" if spec["shadow"] else ""
-        return f"{spec['service']} [{routes}] {spec['rate']}/s burst {spec['burst']} per {key}{shadow}"
+        return f"{spec['service']} [{limited}] {spec['rate']}/s burst {spec['burst']} per {key}{shadow}"
     if doc["kind"] == "Edge":
         return f"xff_trusted_hops={spec['xff_trusted_hops']}"
     return ""
@@ -325,7 +325,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p = with_server(sub.add_parser("history", help="policy revisions, newest first"))
     p.add_argument("--limit", type=int, default=20, help="how many (default %(default)s)")
     p.set_defaults(client_command=history)
-    p = with_server(sub.add_parser("diff", help="what changed between two revisions, object by object and field by field"))
+    p = with_server(sub.add_parser("diff", help="what changed between two revisions, object by object and by field"))
     p.add_argument("a", type=int, help="from this revision")
     p.add_argument("b", type=int, help="to this revision")
     p.set_defaults(client_command=diff)

@@ -35,7 +35,8 @@ def test_diff_any_two_revisions(controlplane: ControlPlane) -> None:
     assert two_one == [{"path": "spec.endpoints.0.port", "from": 9001, "to": 8001}]
     added = get_json(f"{cp.url}/api/v1/revisions/0/diff/1")["objects"]
     assert [(o["kind"], o["name"], o["change"]) for o in added] == [
-        ("Backend", "classifier-v1", "added"), ("Backend", "classifier-v2", "added"), ("Service", "classifier", "added")]
+        ("Backend", "classifier-v1", "added"), ("Backend", "classifier-v2", "added"),
+        ("Service", "classifier", "added")]
     assert added[2]["spec"]["routes"][0]["name"] == "infer"
     removed = get_json(f"{cp.url}/api/v1/revisions/2/diff/3")["objects"]
     assert [(o["name"], o["change"]) for o in removed] == [("classifier", "removed")]

@@ -93,7 +93,8 @@ async def test_audit_log_has_who_when_what_and_the_diff(store_url: str) -> None:
     second, first = (e for e in await store.audit(10) if e.action == "commit")
     assert (first.actor, first.revision, first.message) == ("alice", 1, "demo")
     assert {(d["kind"], d["name"], d["change"]) for d in first.diff or []} == {
-        ("Backend", "classifier-v1", "added"), ("Backend", "classifier-v2", "added"), ("Service", "classifier", "added")}
+        ("Backend", "classifier-v1", "added"), ("Backend", "classifier-v2", "added"),
+        ("Service", "classifier", "added")}
     assert second.actor == "bob" and second.at >= first.at
     assert second.diff == [{"kind": "Backend", "name": "classifier-v1", "change": "changed",
                             "fields": [{"path": "spec.endpoints.0.port", "from": 8001, "to": 9999}]}]
@@ -114,5 +115,6 @@ async def test_tokens_are_stored_as_digests(store_url: str) -> None:
     assert await store.delete_token("ops", actor="alice") is True
     assert await store.delete_token("ops", actor="alice") is False
     assert await store.tokens() == []
-    assert [(e.action, e.actor) for e in await store.audit(2)] == [("token.delete", "alice"), ("token.create", "bootstrap")]
+    assert [(e.action, e.actor) for e in await store.audit(2)] == [
+        ("token.delete", "alice"), ("token.create", "bootstrap")]
     await store.close()

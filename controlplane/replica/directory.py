@@ -16,6 +16,7 @@ import logging
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from controlplane.store.redis_client import bounded
 
@@ -41,8 +42,8 @@ class ProxyDirectory:
         fleet.on_change(changed.set)
         while True:
             changed.clear()
-            entries = {p.node_id: json.dumps([p.cluster, p.admin_address])
-                       for p in fleet.proxies() if p.admin_address}
+            entries: dict[FieldT, EncodableT] = {p.node_id: json.dumps([p.cluster, p.admin_address])
+                                                 for p in fleet.proxies() if p.admin_address}
             try:
                 async with self._client.pipeline(transaction=True) as pipe:
                     pipe.delete(self._key)

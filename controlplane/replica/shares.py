@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
+from typing import cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -53,7 +54,7 @@ class SharesBoard:
             try:
                 async with contextlib.aclosing(announcements(self._client, CHANNEL, self._poll_s)) as wakeups:
                     async for _ in wakeups:
-                        raw = await bounded(self._client.get(SHARES))
+                        raw = cast(str | None, await bounded(self._client.get(SHARES)))  # decoded replies
                         if raw is not None and raw != seen:
                             seen = raw
                             yield json.loads(raw)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from redis.asyncio import Redis
 
 from controlplane.store.redis_client import bounded
 
 
-async def announcements(client: Redis, channel: str, poll_s: float) -> AsyncIterator[None]:
+async def announcements(client: Redis, channel: str, poll_s: float) -> AsyncGenerator[None, None]:
     """Yields once subscribed, then after every message on `channel` and at least every `poll_s`.
     Raises the connection's error (RedisError or OSError) when the subscription breaks.
     Use it under `contextlib.aclosing`, so that its reader stops with the consumer.

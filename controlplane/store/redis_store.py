@@ -1,4 +1,5 @@
-"""The shared store of several control-plane replicas, in one Redis (redis-py asyncio).
+"""The shared store of several control-plane replicas, in one Redis (redis-py asyncio, decoded
+replies: every value is a str, hence the casts below).
 
 Keys (one Redis database per sluice installation):
   sluice:revision        the current revision number
@@ -25,7 +26,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -176,7 +177,7 @@ class RedisStore:
     async def revision(self, number: int) -> Revision:
         if number == 0:
             return EMPTY
-        raw = await self._call(self._client.get(revision_key(number)))
+        raw = cast(str | None, await self._call(self._client.get(revision_key(number))))
         if raw is None:
             raise KeyError(number)
         return _revision(number, raw)
@@ -186,18 +187,19 @@ class RedisStore:
         numbers = list(range(newest, max(0, newest - limit), -1))
         if not numbers:
             return []
-        raws = await self._call(self._client.mget([revision_key(n) for n in numbers]))
+        raws = cast(list[str | None], await self._call(self._client.mget([revision_key(n) for n in numbers])))
         return [_revision(n, raw) for n, raw in zip(numbers, raws, strict=True) if raw is not None]
 
     def watch(self) -> AsyncIterator[Revision]:
         return self._latest.watch()
 
     async def audit(self, limit: int) -> list[AuditEntry]:
-        entries = await self._call(self._client.xrevrange(AUDIT, count=limit))
+        entries = cast(list[tuple[str, dict[str, str]]],
+                       await self._call(self._client.xrevrange(AUDIT, count=limit)))
         return [AuditEntry(**json.loads(fields["entry"])) for _, fields in entries]
 
     async def tokens(self) -> list[TokenRecord]:
-        raw: dict[str, str] = await self._call(self._client.hgetall(TOKENS))
+        raw = cast(dict[str, str], await self._call(self._client.hgetall(TOKENS)))
         return sorted((TokenRecord(**json.loads(v)) for v in raw.values()), key=lambda t: t.name)
 
     async def add_token(self, token: TokenRecord) -> None:
