@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from controlplane.admin.auth import actor
 from controlplane.canary.controller import CanaryController
 from controlplane.canary.transitions import ACTIONS, operate
 from controlplane.policy import CanaryStatus
@@ -55,8 +56,7 @@ def routes(store: Store, controller: CanaryController) -> list[web.RouteDef]:
             except ValueError as exc:
                 return _error(409, str(exc))
             try:
-                revision = await store.commit(updated, expected=current.number,
-                                              actor=request.headers.get("X-Sluice-Actor", "anonymous")[:64],
+                revision = await store.commit(updated, expected=current.number, actor=actor(request),
                                               message=f"canary {name}: {action}")
             except Conflict:
                 continue  # the controller wrote first; apply the action on top of its revision
