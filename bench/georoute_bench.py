@@ -50,7 +50,13 @@ from envoy.config.core.v3.address_pb2 import Address, CidrRange, SocketAddress
 from envoy.config.core.v3.base_pb2 import AsyncDataSource, DataSource
 from envoy.config.listener.v3.listener_components_pb2 import Filter, FilterChain
 from envoy.config.listener.v3.listener_pb2 import Listener
-from envoy.config.route.v3.route_components_pb2 import DirectResponseAction, HeaderMatcher, Route, RouteMatch, VirtualHost
+from envoy.config.route.v3.route_components_pb2 import (
+    DirectResponseAction,
+    HeaderMatcher,
+    Route,
+    RouteMatch,
+    VirtualHost,
+)
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 from envoy.extensions.filters.http.ip_tagging.v3.ip_tagging_pb2 import IPTagging
 from envoy.extensions.filters.http.router.v3.router_pb2 import Router

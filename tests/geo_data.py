@@ -36,7 +36,8 @@ def synthetic_rows(count: int, *, seed: int = 1, v6_share: float = 0.2, nested_s
         if parent.prefixlen == parent.max_prefixlen:
             continue
         length = rng.randrange(parent.prefixlen + 1, parent.max_prefixlen + 1)
-        offset = rng.randrange(parent.num_addresses) >> (parent.max_prefixlen - length) << (parent.max_prefixlen - length)
+        host_bits = parent.max_prefixlen - length
+        offset = rng.randrange(parent.num_addresses) >> host_bits << host_bits
         network = ipaddress.ip_network((int(parent.network_address) + offset, length))
         if network not in seen:
             seen.add(network)

@@ -20,8 +20,9 @@ HEALTH = {"path": "/v2/health/ready", "interval_s": 1}
 GEO = {"kind": "Geo", "name": "geo", "spec": {"default_region": "us", "prefixes": [
     {"cidr": "198.51.100.0/24", "country": "DE", "region": "eu"},
     {"cidr": "203.0.113.0/24", "country": "US"}]}}
-GEOROUTE_DOC = {"kind": "GeoRoute", "name": "by-region", "spec": {"service": "classifier", "route": "infer", "regions": {
-    "eu": {"backend": "classifier-v2", "fallback": ["us"]}, "us": {"backend": "classifier-v1"}}}}
+GEOROUTE_DOC = {"kind": "GeoRoute", "name": "by-region", "spec": {
+    "service": "classifier", "route": "infer",
+    "regions": {"eu": {"backend": "classifier-v2", "fallback": ["us"]}, "us": {"backend": "classifier-v1"}}}}
 
 
 def build(*documents: dict[str, Any], health: bool = True) -> Policy:
@@ -74,8 +75,8 @@ def test_cross_object_rules() -> None:
                                                                  "georoutes.by-region.regions.eu.backend"]
     twice = {**GEOROUTE_DOC, "name": "again"}
     assert any("already routes this route" in p.msg for p in build(GEO, GEOROUTE_DOC, twice).problems())
-    canary = {"kind": "Canary", "name": "c", "spec": {"service": "classifier", "route": "infer",
-                                                      "stable": "classifier-v1", "canary": "classifier-v2", "step_weight": 20}}
+    canary = {"kind": "Canary", "name": "c", "spec": {"service": "classifier", "route": "infer", "step_weight": 20,
+                                                      "stable": "classifier-v1", "canary": "classifier-v2"}}
     assert any("drives this route's split" in p.msg for p in build(GEO, GEOROUTE_DOC, canary).problems())
     named = {**GEO, "name": "other"}
     assert "must be named 'geo'" in build(named).problems()[0].msg

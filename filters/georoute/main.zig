@@ -99,11 +99,12 @@ export fn proxy_on_configure(root_context_id: u32, plugin_configuration_size: u3
     const s = &settings[active];
     const prefix_count: u32 = @intCast(views.v4.addresses.len + views.v6.addresses.len);
     recordGauges(prefix_count, tables.ranges(), s.table_id);
-    host.logf(.info, "georoute: table {x:0>8}: {d} IPv4 and {d} IPv6 prefixes, {d} ranges, {d} labels, built in {d} us; " ++
-        "headers {s}, {s}; default region {s}; xff_trusted_hops={d}", .{
-        s.table_id,                         views.v4.addresses.len, views.v6.addresses.len, tables.ranges(),
-        s.label_count,                      (host.nowNanos() -| started) / 1000, s.country_header.slice(),
-        s.region_header.slice(),            s.default_region.slice(), s.xff_trusted_hops,
+    const built_us = (host.nowNanos() -| started) / 1000;
+    host.logf(.info, "georoute: table {x:0>8}: {d} IPv4 and {d} IPv6 prefixes, {d} ranges, {d} labels, built in {d} us", .{
+        s.table_id, views.v4.addresses.len, views.v6.addresses.len, tables.ranges(), s.label_count, built_us,
+    });
+    host.logf(.info, "georoute: headers {s}, {s}; default region {s}; xff_trusted_hops={d}", .{
+        s.country_header.slice(), s.region_header.slice(), s.default_region.slice(), s.xff_trusted_hops,
     });
     return 1;
 }
