@@ -3,7 +3,9 @@ when the client sends it, re-applied on top of a newer revision when it does not
 
 from __future__ import annotations
 
+import asyncio
 import json
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,7 +56,7 @@ async def commit_change(store: Store, fleet: Fleet, request: web.Request, change
                         message: str, **extra: Any) -> web.Response:
     """Commit `change(current policy)` as a new revision, or answer why not."""
     expected = expected_revision(request)
-    for _ in range(5):
+    for attempt in range(50):
         current = await store.current()
         updated = change(current.policy)
         if problems := updated.problems():
@@ -69,6 +71,9 @@ async def commit_change(store: Store, fleet: Fleet, request: web.Request, change
         except Conflict:
             if expected is not None:
                 raise
+            # Another write (this replica's or another's) came first: back off a little, with
+            # jitter, so a burst of writers take turns instead of colliding again.
+            await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
             continue
         fleet.revision_written(revision.number, time.time())
         return web.json_response({"revision": revision.number, "changed": True, **extra},
