@@ -49,6 +49,8 @@ def test_field_rules() -> None:
     assert field_problems(geo(prefixes=[{"cidr": "10.0.0.0/8", "country": "de"}]))[0][0] == "spec.prefixes.0.country"
     assert "prefixes.1: 10.0.0.0/8 is already prefixes.0" in field_problems(geo(prefixes=[
         {"cidr": "10.0.0.0/8", "region": "eu"}, {"cidr": "10.0.0.0/8", "region": "us"}]))[0][1]
+    assert "is already prefixes.0" in field_problems(geo(prefixes=[
+        {"cidr": "10.0.0.0/8", "region": "eu"}, {"cidr": "::ffff:10.0.0.0/104", "region": "us"}]))[0][1]
     assert "must differ" in field_problems(geo(region_header="x-a", country_header="x-a"))[0][1]
     assert "relies on" in field_problems(geo(region_header="x-forwarded-for"))[0][1]
     assert field_problems(geo(region_header="X-Region"))[0][0] == "spec.region_header"

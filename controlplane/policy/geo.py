@@ -24,6 +24,7 @@ Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
 RESERVED_HEADERS = frozenset({"host", "x-forwarded-for", "content-length", "content-type", "transfer-encoding",
                               "connection", "te", "upgrade", "x-request-id"})
 INLINE_PREFIXES_MAX = 1024
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
 
 
 class GeoPrefix(Strict):
@@ -37,9 +38,14 @@ class GeoPrefix(Strict):
     @classmethod
     def _network(cls, cidr: str) -> str:
         try:
-            return str(ipaddress.ip_network(cidr, strict=True))
+            network = ipaddress.ip_network(cidr, strict=True)
         except ValueError as exc:
             raise ValueError(f"not a CIDR prefix with zero host bits: {exc}") from None
+        # An IPv4-mapped prefix is the IPv4 prefix it maps (as the filter looks clients up), so
+        # that the same network written twice is caught as a repeat.
+        if isinstance(network, ipaddress.IPv6Network) and network.prefixlen >= 96 and network.subnet_of(_MAPPED):
+            network = ipaddress.IPv4Network((int(network.network_address) & 0xFFFFFFFF, network.prefixlen - 96))
+        return str(network)
 
     @model_validator(mode="after")
     def _says_something(self) -> GeoPrefix:
