@@ -19,13 +19,11 @@ from typing import Any
 
 import yaml
 
-KINDS = {
-    **{k: "backends" for k in ("backend", "backends")},
-    **{k: "services" for k in ("service", "services", "svc")},
-    **{k: "ratelimits" for k in ("ratelimit", "ratelimits")},
-    **{k: "edges" for k in ("edge", "edges")},
-    **{k: "canaries" for k in ("canary", "canaries")},
-}
+from controlplane.policy import KINDS as POLICY_KINDS
+
+# Every policy kind by its singular and plural names (and kubectl's `svc`), from the model.
+KINDS = {alias: kind.plural for kind in POLICY_KINDS.values() for alias in (kind.name.lower(), kind.plural)}
+KINDS["svc"] = "services"
 
 
 class ApiError(Exception):
@@ -249,7 +247,8 @@ def _plural(kind: str) -> str:
     try:
         return KINDS[kind.lower()]
     except KeyError:
-        raise SystemExit(f"error: unknown kind {kind!r}; expected one of: backend, service, ratelimit, edge") from None
+        known = ", ".join(k.name.lower() for k in POLICY_KINDS.values())
+        raise SystemExit(f"error: unknown kind {kind!r}; expected one of: {known}") from None
 
 
 def delete(client: Client, args: argparse.Namespace) -> int:
@@ -311,7 +310,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
                    help="validate and show what would change (objects and Envoy resources); store nothing")
     p.set_defaults(client_command=apply)
     p = with_server(sub.add_parser("get", help="show policy objects"))
-    p.add_argument("kind", nargs="?", help="backend, service, ratelimit or edge (default: everything)")
+    p.add_argument("kind", nargs="?", help="a policy kind such as service or ratelimit (default: everything)")
     p.add_argument("name", nargs="?")
     p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
     p.set_defaults(client_command=get)
