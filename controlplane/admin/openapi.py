@@ -15,10 +15,15 @@ def _json(schema: str) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
 
 
+def text_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
 def _responses(ok: str, *errors: int) -> dict[str, Any]:
     out: dict[str, Any] = {"200": {"description": ok}}
     reasons = {400: "malformed request", 401: "missing, unknown or expired token", 403: "the token's role is too low",
-               404: "not found", 409: "revision conflict or object in use", 422: "invalid policy",
+               404: "not found", 409: "revision conflict, object in use, or not possible in this state",
+               413: "body too large", 415: "unsupported content type", 422: "invalid policy",
                503: "store unavailable"}
     for status in errors:
         out[str(status)] = {"description": reasons[status], **_json("Error")}
@@ -105,9 +110,28 @@ def openapi_document() -> dict[str, Any]:
                                     "responses": _responses("ok", 401, 403)}},
         "/api/v1/replica": {"get": {"summary": "this replica: its id, its store, the leases it holds",
                                     "responses": _responses("ok", 401, 403)}},
+        "/api/v1/canaries/{name}/status": {"get": {
+            "summary": "a canary's state, steps, event log and the open analysis window's live figures",
+            "parameters": [text_param("name")], "responses": _responses("ok", 401, 403, 404)}},
+        "/api/v1/canaries/{name}/{action}": {"post": {
+            "summary": "operate a canary: pause, resume, promote (now) or abort (roll back now)",
+            "parameters": [text_param("name"), {"name": "action", "in": "path", "required": True,
+                                                "schema": {"enum": ["pause", "resume", "promote", "abort"]}}],
+            "responses": _responses("done", 401, 403, 404, 409, 503)}},
+        "/api/v1/geo/table": {"post": {
+            "summary": "upload the CIDR -> country/region table: CSV (text/csv) or a MaxMind DB "
+                       "(application/octet-stream); applied whole, or refused with every bad row",
+            "parameters": [{"name": "format", "in": "query", "required": False,
+                            "schema": {"enum": ["csv", "mmdb"]}}],
+            "requestBody": {"required": True, "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+            "responses": _responses("applied", 401, 403, 409, 413, 415, 422, 503)}},
+        "/api/v1/geo/table/info": {"get": {"summary": "the geo table in force: size, source, regions",
+                                           "responses": _responses("ok", 401, 403, 404, 503)}},
     }
     for kind in KINDS.values():
-        name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+        name_param = text_param("name")
         paths[f"/api/v1/{kind.plural}"] = {"get": {"summary": f"list {kind.plural}",
                                                    "responses": _responses("ok", 401, 403)}}
         paths[f"/api/v1/{kind.plural}/{{name}}"] = {
