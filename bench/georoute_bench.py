@@ -10,7 +10,7 @@ Six Envoys (--concurrency 1, direct response, same listener and routes) run side
               trusts one X-Forwarded-For hop, so ip_tagging tags the client.
   ip_tag-one  one ip_tagging filter with one of those shares: native's best case, one lookup
   empty-wasm  a proxy-wasm filter with ours' single callback, reading one header: the ceiling for
-              any wasm filter (bench/georoute_empty_filter.zig)
+              any wasm filter (bench/empty_filter.zig)
   ours        georoute.wasm with the table (X-Forwarded-For, 1 trusted hop), setting the
               country and region headers
   ours-tiny   the same filter with a one-prefix table (most clients unmatched: the default
@@ -31,13 +31,9 @@ Needs wrk (`apt-get install -y wrk`) and the built filter (`make filters`).
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
 import shutil
-import socket
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -73,32 +69,22 @@ from google.protobuf.wrappers_pb2 import BoolValue, BytesValue, StringValue, UIn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+import envoy_wrk  # noqa: E402
+from envoy_wrk import Envoy, free_port  # noqa: E402
 from geo_data import synthetic_rows  # noqa: E402
-from ratelimit_bench import cpu_seconds, parse_wrk  # noqa: E402
 
 from controlplane.geo.compact import Settings, filter_config  # noqa: E402
 from controlplane.geo.table import GeoTable, Row, canonical  # noqa: E402
 
-ENVOY = ROOT / ".venv" / "bin" / "envoy"
 GEOROUTE_WASM = ROOT / "build" / "filters" / "bin" / "georoute.wasm"
-EMPTY_SOURCE = ROOT / "bench" / "georoute_empty_filter.zig"
+CALLBACKS = ["proxy_on_request_headers"]  # ours', for the empty filter
 CLIENTS = 4096
-
-# --pin with 2+ cores: Envoy on core 0, wrk on core 1; set by main().
-PIN_ENVOY: list[str] = []
-PIN_WRK: list[str] = []
 
 
 def packed(message: Message) -> Any:
     out = Any()
     out.Pack(message)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wasm_filter(path: Path, name: str, configuration: Message) -> HttpFilter:
@@ -169,59 +155,25 @@ def rss_mib(pid: int) -> float:
     return int(match.group(1)) / 1024
 
 
-class Envoy:
-    def __init__(self, name: str, workdir: Path, http_filters: list[HttpFilter], checked_header: str | None):
-        self.name = name
-        self.port, self.admin = free_port(), free_port()
-        self.checked_header = checked_header
-        config = workdir / f"{name}.pb"  # binary: half a million CIDR ranges parse fast
-        config.write_bytes(bootstrap(self.port, self.admin, http_filters, checked_header).SerializeToString())
-        self.log_path = workdir / f"{name}.log"
-        self.log = open(self.log_path, "wb")
-        self.started = time.monotonic()
-        self.ready_s = 0.0
-        self.rss = 0.0
-        self.process = subprocess.Popen(
-            PIN_ENVOY + [str(ENVOY), "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
-                         "--log-level", "warn", "--component-log-level", "wasm:info"],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+def georoute_envoy(workdir: Path, name: str, http_filters: list[HttpFilter], checked_header: str | None) -> Envoy:
+    port, admin = free_port(), free_port()
+    config = bootstrap(port, admin, http_filters, checked_header).SerializeToString()  # binary: parses fast
+    return envoy_wrk.bench_envoy(workdir, name, config, listen_port=port, admin_port=admin,
+                                 args=["--component-log-level", "wasm:info"])
 
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"envoy {self.name} exited; see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/ready", timeout=1) as r:
-                    if r.status == 200:
-                        self.ready_s = time.monotonic() - self.started
-                        return
-            except OSError:
-                time.sleep(0.1)
-        raise TimeoutError(f"envoy {self.name} not ready")
 
-    def check(self, client: str) -> None:
-        """The filter tagged a request from `client`: the /check route matched its header."""
-        if self.checked_header is None:
-            return
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/check", headers={"X-Forwarded-For": client})
-        try:
-            with urllib.request.urlopen(request, timeout=5) as r:
-                body = r.read().decode()
-        except urllib.error.HTTPError as e:
-            body = f"HTTP {e.code}"
-        if body != "tagged":
-            raise RuntimeError(f"{self.name}: a request from {client} was not tagged ({body!r})")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
+def check(envoy: Envoy, checked_header: str | None, client: str) -> None:
+    """The filter tagged a request from `client`: the /check route matched its header."""
+    if checked_header is None:
+        return
+    request = urllib.request.Request(f"http://127.0.0.1:{envoy.port}/check", headers={"X-Forwarded-For": client})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            body = r.read().decode()
+    except urllib.error.HTTPError as e:
+        body = f"HTTP {e.code}"
+    if body != "tagged":
+        raise RuntimeError(f"{envoy.name}: a request from {client} was not tagged ({body!r})")
 
 
 def clients_script(rows: list[Row], path: Path) -> None:
@@ -244,42 +196,12 @@ end
 """)
 
 
-def run_wrk(envoy: Envoy, duration: float, script: Path) -> dict:
-    cmd = PIN_WRK + ["wrk", "-t1", "-c16", f"-d{int(duration)}s", "--latency", "-s", str(script),
-                     f"http://127.0.0.1:{envoy.port}/"]
-    cpu_before = cpu_seconds(envoy.process.pid)
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=duration + 60).stdout
-    result = parse_wrk(out)
-    result["cpu_us"] = (cpu_seconds(envoy.process.pid) - cpu_before) / max(result["requests"], 1) * 1e6
-    return result
-
-
-def build_empty_filter(workdir: Path) -> Path:
-    out = workdir / "empty.wasm"
-    subprocess.run([sys.executable, "-m", "ziglang", "build-exe", str(EMPTY_SOURCE), "-target", "wasm32-wasi",
-                    "-O", "ReleaseSafe", "-fno-entry", "-rdynamic", "-fstrip", f"-femit-bin={out}"],
-                   check=True, cwd=workdir)
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prefixes", type=int, default=500_000, help="table size (20%% IPv6)")
-    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
-    parser.add_argument("--pin", action="store_true",
-                        help="pin Envoy to core 0 and wrk to core 1 (helps on an otherwise idle machine)")
-    args = parser.parse_args()
-
-    if shutil.which("wrk") is None:
-        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+    args = envoy_wrk.parse_args(parser)
+    if not envoy_wrk.ready_to_run(GEOROUTE_WASM):
         return 2
-    if not GEOROUTE_WASM.is_file():
-        print(f"{GEOROUTE_WASM} is missing: run `make filters`", file=sys.stderr)
-        return 2
-    if args.pin and shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
-        PIN_ENVOY[:] = ["taskset", "-c", "0"]
-        PIN_WRK[:] = ["taskset", "-c", "1"]
 
     workdir = Path(tempfile.mkdtemp(prefix="georoute-bench-"))
     started = time.monotonic()
@@ -299,56 +221,36 @@ def main() -> int:
         "ip_tagging": ([ip_tagging(share) for share in shares], "x-envoy-ip-tags"),
         # One native filter with one share: native's best case, a single lookup.
         "ip_tag-one": ([ip_tagging(shares[0])], "x-envoy-ip-tags"),
-        "empty-wasm": ([wasm_filter(build_empty_filter(workdir), "empty", StringValue())], None),
+        "empty-wasm": ([wasm_filter(envoy_wrk.build_empty_filter(workdir, CALLBACKS), "empty", StringValue())],
+                       None),
         "ours": ([wasm_filter(GEOROUTE_WASM, "sluice_georoute", BytesValue(value=configuration))],
                  "x-sluice-country"),
         "ours-tiny": ([wasm_filter(GEOROUTE_WASM, "sluice_georoute", BytesValue(value=tiny))], "x-sluice-country"),
     }
-    envoys: dict[str, Envoy] = {}
-    results: dict[str, list[dict]] = {name: [] for name in cases}
-    try:
-        for name, (filters, header) in cases.items():
-            envoys[name] = Envoy(name, workdir, filters, header)
-        for envoy in envoys.values():
-            envoy.wait_ready()
-            envoy.check(str(canonical(rows[0].network).network_address))  # in every case's table
-            envoy.rss = rss_mib(envoy.process.pid)
-        for envoy in envoys.values():  # warm-up (VM start, connection pools, caches)
-            run_wrk(envoy, 1, script)
-        for round_ in range(args.rounds):
-            for name, envoy in envoys.items():
-                results[name].append(run_wrk(envoy, args.duration, script))
-            print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr)
+    envoys = {name: georoute_envoy(workdir, name, filters, header) for name, (filters, header) in cases.items()}
+    rss: dict[str, float] = {}
+    with envoy_wrk.running(envoys, ready_timeout=120):
+        for name, envoy in envoys.items():
+            check(envoy, cases[name][1], str(canonical(rows[0].network).network_address))  # in every case's table
+            rss[name] = rss_mib(envoy.process.pid)
+        median = envoy_wrk.measure(envoys, dict.fromkeys(envoys, script), duration=args.duration,
+                                   rounds=args.rounds)
         built = re.search(r"georoute: table .*", envoys["ours"].log_path.read_text())
-    finally:
-        for envoy in envoys.values():
-            envoy.stop()
 
-    median = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]} for name, runs in results.items()}
-    print(f"{args.prefixes:,} prefixes; wrk -t1 -c16, {CLIENTS} client addresses, Envoy --concurrency 1, direct "
-          f"response; median of {args.rounds} interleaved {args.duration:g}s runs"
-          f"{'; Envoy pinned to core 0, wrk to core 1' if PIN_ENVOY else ''}")
-    print(f"{'config':<12} {'requests/s':>11} {'p50':>9} {'p99':>9} {'Envoy CPU/req':>14} {'RSS':>9} {'ready':>7}")
-    for name, m in median.items():
-        envoy = envoys[name]
-        print(f"{name:<12} {m['rps']:>11.0f} {m['p50'] * 1e6:>7.0f}us {m['p99'] * 1e6:>7.0f}us "
-              f"{m['cpu_us']:>12.1f}us {envoy.rss:>7.0f}MiB {envoy.ready_s:>6.1f}s")
-    ours, native, empty = median["ours"], median["ip_tagging"], median["empty-wasm"]
-
-    def compare(label: str, a: dict, b: dict, note: str) -> None:
-        print(f"{label:<24} throughput {a['rps'] / b['rps']:.2f}x   added p99 {(a['p99'] - b['p99']) * 1e6:+5.0f}us   "
-              f"CPU/req {a['cpu_us'] / b['cpu_us']:.2f}x ({a['cpu_us'] - b['cpu_us']:+.1f}us)   {note}")
-
-    print()
-    compare("ours / ip_tagging", ours, native, "(goal >= 0.9x throughput)")
-    compare("ours / empty-wasm", ours, empty, "(the lookup and two headers beyond the wasm ceiling)")
-    compare("empty-wasm / ip_tagging", empty, native, "(the ceiling of any wasm filter)")
-    compare("ours / ip_tag-one", ours, median["ip_tag-one"],
-            f"(against one native filter holding {len(shares[0]):,} of the prefixes)")
-    compare("ours / ours-tiny", ours, median["ours-tiny"], "(what the table's size costs)")
-    compare("ip_tagging / none", native, median["none"], "(the native filters' own cost)")
-    print(f"memory held for the table: ours {envoys['ours'].rss - envoys['empty-wasm'].rss:+.0f} MiB over "
-          f"empty-wasm, ip_tagging {envoys['ip_tagging'].rss - envoys['none'].rss:+.0f} MiB over none (RSS)")
+    title = (f"{args.prefixes:,} prefixes; wrk -t1 -c16, {CLIENTS} client addresses, Envoy --concurrency 1, "
+             f"direct response; {envoy_wrk.runs_note(args.rounds, args.duration)}")
+    envoy_wrk.report(title, median, f"{'RSS':>9} {'ready':>7}",
+                     lambda name, _: f"{rss[name]:>7.0f}MiB {envoys[name].ready_s:>6.1f}s", [
+        ("ours / ip_tagging", "ours", "ip_tagging", "(goal >= 0.9x throughput)"),
+        ("ours / empty-wasm", "ours", "empty-wasm", "(the lookup and two headers beyond the wasm ceiling)"),
+        ("empty-wasm / ip_tagging", "empty-wasm", "ip_tagging", "(the ceiling of any wasm filter)"),
+        ("ours / ip_tag-one", "ours", "ip_tag-one",
+         f"(against one native filter holding {len(shares[0]):,} of the prefixes)"),
+        ("ours / ours-tiny", "ours", "ours-tiny", "(what the table's size costs)"),
+        ("ip_tagging / none", "ip_tagging", "none", "(the native filters' own cost)"),
+    ])
+    print(f"memory held for the table: ours {rss['ours'] - rss['empty-wasm']:+.0f} MiB over "
+          f"empty-wasm, ip_tagging {rss['ip_tagging'] - rss['none']:+.0f} MiB over none (RSS)")
     if built:
         print(f"filter log: {built.group(0)}")
     shutil.rmtree(workdir, ignore_errors=True)

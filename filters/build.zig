@@ -12,11 +12,7 @@ pub fn build(b: *std.Build) void {
     const optimize = b.standardOptimizeOption(.{});
     const wasm_target = b.resolveTargetQuery(.{ .cpu_arch = .wasm32, .os_tag = .wasi });
 
-    const abi = b.createModule(.{
-        .root_source_file = b.path("abi/abi.zig"),
-        .target = wasm_target,
-        .optimize = optimize,
-    });
+    const abi = abiModule(b, wasm_target, optimize);
 
     for (filters) |name| {
         const exe = b.addExecutable(.{
@@ -37,15 +33,28 @@ pub fn build(b: *std.Build) void {
         b.installArtifact(exe);
     }
 
-    // Unit tests of the pure logic (no host imports) on the native target.
+    // Unit tests of the pure logic (no host imports) on the native target: the abi module's own
+    // (its test block names its pure files), and the filters' (importing that module as `abi`).
+    const abi_native = abiModule(b, b.graph.host, optimize);
+    const abi_tests = b.addTest(.{ .root_module = abi_native });
     const unit_tests = b.addTest(.{
         .root_module = b.createModule(.{
             .root_source_file = b.path("unit_tests.zig"),
             .target = b.graph.host,
             .optimize = optimize,
+            .imports = &.{.{ .name = "abi", .module = abi_native }},
         }),
     });
-    const run_unit_tests = b.addRunArtifact(unit_tests);
     const test_step = b.step("test", "Run the unit tests of the filters' pure logic (native target)");
-    test_step.dependOn(&run_unit_tests.step);
+    test_step.dependOn(&b.addRunArtifact(abi_tests).step);
+    test_step.dependOn(&b.addRunArtifact(unit_tests).step);
+}
+
+/// The shared ABI layer; a file belongs to one module only, so filters reach abi/ through it.
+fn abiModule(b: *std.Build, target: std.Build.ResolvedTarget, optimize: std.builtin.OptimizeMode) *std.Build.Module {
+    return b.createModule(.{
+        .root_source_file = b.path("abi/abi.zig"),
+        .target = target,
+        .optimize = optimize,
+    });
 }

@@ -9,6 +9,7 @@
 const std = @import("std");
 const assert = std.debug.assert;
 const Arena = @import("arena.zig").Arena;
+const BoundedString = @import("bounded.zig").BoundedString;
 
 pub const Status = enum(u32) {
     ok = 0,
@@ -105,6 +106,18 @@ fn slice(ptr: usize, len: usize) []const u8 {
     return p[0..len];
 }
 
+/// The (pointer, length) out-parameters of a host call returning bytes in arena memory.
+const Returned = struct {
+    ptr: usize = 0,
+    len: usize = 0,
+
+    /// The bytes, when the call that filled `self` returned `status` ok; else null.
+    fn bytes(self: *const Returned, status: u32) ?[]const u8 {
+        if (@as(Status, @enumFromInt(status)) != .ok) return null;
+        return slice(self.ptr, self.len);
+    }
+};
+
 // ---------------------------------------------------------------------------------------------
 // Logging and clock (safe before proxy_on_vm_start).
 
@@ -114,12 +127,9 @@ pub fn log(level: LogLevel, message: []const u8) void {
 
 /// Formats into a fixed buffer; longer messages are truncated (marked with "...").
 pub fn logf(level: LogLevel, comptime fmt: []const u8, args: anytype) void {
-    var buffer: [log_message_max]u8 = undefined;
-    const message = std.fmt.bufPrint(&buffer, fmt, args) catch blk: {
-        @memcpy(buffer[log_message_max - 3 ..], "...");
-        break :blk buffer[0..];
-    };
-    log(level, message);
+    var message: BoundedString(log_message_max) = .{};
+    message.print(fmt, args);
+    log(level, message.slice());
 }
 pub const log_message_max = 1024;
 
@@ -137,11 +147,9 @@ pub fn nowNanos() u64 {
 
 /// `path` is the segments joined by '\0', e.g. "xds\x00route_name". Null when absent.
 pub fn getProperty(path: []const u8) ?[]const u8 {
-    var ptr: usize = 0;
-    var len: usize = 0;
-    const status: Status = @enumFromInt(proxy_get_property(path.ptr, path.len, &ptr, &len));
-    if (status != .ok) return null;
-    return slice(ptr, len);
+    var value: Returned = .{};
+    const status = proxy_get_property(path.ptr, path.len, &value.ptr, &value.len);
+    return value.bytes(status);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -149,11 +157,9 @@ pub fn getProperty(path: []const u8) ?[]const u8 {
 
 /// Value of a header (name lowercase), null when absent.
 pub fn getHeader(map: MapType, name: []const u8) ?[]const u8 {
-    var ptr: usize = 0;
-    var len: usize = 0;
-    const status: Status = @enumFromInt(proxy_get_header_map_value(@intFromEnum(map), name.ptr, name.len, &ptr, &len));
-    if (status != .ok) return null;
-    return slice(ptr, len);
+    var value: Returned = .{};
+    const status = proxy_get_header_map_value(@intFromEnum(map), name.ptr, name.len, &value.ptr, &value.len);
+    return value.bytes(status);
 }
 
 pub fn addHeader(map: MapType, name: []const u8, value: []const u8) Status {
@@ -170,23 +176,19 @@ pub fn removeHeader(map: MapType, name: []const u8) Status {
 
 /// All pairs of a map in the wire format (iterate with `pairs.Iterator`); null on failure.
 pub fn getHeaderPairs(map: MapType) ?[]const u8 {
-    var ptr: usize = 0;
-    var len: usize = 0;
-    const status: Status = @enumFromInt(proxy_get_header_map_pairs(@intFromEnum(map), &ptr, &len));
-    if (status != .ok) return null;
-    return slice(ptr, len);
+    var value: Returned = .{};
+    const status = proxy_get_header_map_pairs(@intFromEnum(map), &value.ptr, &value.len);
+    return value.bytes(status);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Buffers.
 
 pub fn getBuffer(buffer: BufferType, start: usize, max_size: usize) ?[]const u8 {
-    var ptr: usize = 0;
-    var len: usize = 0;
-    const status: Status = @enumFromInt(proxy_get_buffer_bytes(@intFromEnum(buffer), start, max_size, &ptr, &len));
-    if (status != .ok) return null;
-    if (len > max_size) return null;
-    return slice(ptr, len);
+    var value: Returned = .{};
+    const status = proxy_get_buffer_bytes(@intFromEnum(buffer), start, max_size, &value.ptr, &value.len);
+    if (value.len > max_size) return null;
+    return value.bytes(status);
 }
 
 /// The plugin configuration, to be called from proxy_on_configure with its size argument.

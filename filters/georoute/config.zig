@@ -33,6 +33,8 @@
 //! 16-byte-aligned memory is read in place (no copy).
 const std = @import("std");
 const assert = std.debug.assert;
+const abi = @import("abi");
+const BoundedString = abi.BoundedString;
 
 pub const magic = "SGEO";
 pub const version = 1;
@@ -43,9 +45,9 @@ pub const labels_max = 1024;
 pub const header_name_len_max = 64;
 pub const region_len_max = 63;
 pub const country_len = 2;
-pub const trusted_hops_max = 16;
+/// The bound abi/ip.zig enforces on the X-Forwarded-For hops it skips.
+pub const trusted_hops_max = abi.ip.trusted_hops_max;
 pub const alignment = 16;
-pub const message_len_max = 256;
 
 /// Offsets of the prefix arrays, from the 16-aligned offset where they begin.
 pub const Layout = struct {
@@ -78,24 +80,6 @@ pub const bytes_max = Layout.of(
     v4_prefixes_max,
     v6_prefixes_max,
 ).end;
-
-pub fn BoundedString(comptime capacity: usize) type {
-    return struct {
-        const Self = @This();
-        bytes: [capacity]u8 = undefined,
-        len: std.math.IntFittingRange(0, capacity) = 0,
-
-        pub fn set(self: *Self, value: []const u8) void {
-            assert(value.len <= capacity);
-            @memcpy(self.bytes[0..value.len], value);
-            self.len = @intCast(value.len);
-        }
-
-        pub fn slice(self: *const Self) []const u8 {
-            return self.bytes[0..self.len];
-        }
-    };
-}
 
 pub const Label = struct {
     /// Empty: the prefix names no country (the country header is removed).
@@ -133,22 +117,8 @@ pub const Tables = struct {
     v6: Prefixes(u128),
 };
 
-pub const Message = struct {
-    buffer: [message_len_max]u8 = undefined,
-    len: usize = 0,
-
-    pub fn slice(self: *const Message) []const u8 {
-        return self.buffer[0..self.len];
-    }
-
-    fn print(self: *Message, comptime fmt: []const u8, args: anytype) void {
-        const written = std.fmt.bufPrint(&self.buffer, fmt, args) catch blk: {
-            @memcpy(self.buffer[message_len_max - 3 ..], "...");
-            break :blk self.buffer[0..];
-        };
-        self.len = written.len;
-    }
-};
+/// Why a configuration was refused, formatted into a fixed buffer.
+pub const Message = abi.Message;
 
 /// Bounds-checked sequential reads.
 const Reader = struct {
@@ -437,10 +407,7 @@ fn expectInvalid(bytes: []align(alignment) const u8, fragment: []const u8) !void
     var tables: Tables = undefined;
     var message: Message = .{};
     try testing.expect(!parse(bytes, &test_settings, &tables, &message));
-    if (std.mem.indexOf(u8, message.slice(), fragment) == null) {
-        std.debug.print("message \"{s}\" lacks \"{s}\"\n", .{ message.slice(), fragment });
-        return error.TestUnexpectedMessage;
-    }
+    try abi.message.expectContains(&message, fragment);
 }
 
 test "a configuration parses into settings and in-place prefix arrays" {

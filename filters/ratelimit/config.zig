@@ -25,6 +25,7 @@
 //! Unknown fields, duplicate fields, wrong types and out-of-range values are errors.
 const std = @import("std");
 const assert = std.debug.assert;
+const abi = @import("abi");
 const gcra = @import("gcra.zig");
 
 pub const config_bytes_max = 64 * 1024;
@@ -37,30 +38,12 @@ pub const descriptors_max = 4;
 pub const policy_name_len_max = 64;
 pub const route_len_max = 128;
 pub const header_name_len_max = 64;
-pub const trusted_hops_max = 16;
-pub const message_len_max = 256;
+/// The bound abi/ip.zig enforces on the X-Forwarded-For hops it skips.
+pub const trusted_hops_max = abi.ip.trusted_hops_max;
 
-pub fn BoundedString(comptime capacity: usize) type {
-    return struct {
-        const Self = @This();
-        bytes: [capacity]u8 = undefined,
-        len: std.math.IntFittingRange(0, capacity) = 0,
-
-        pub fn set(self: *Self, value: []const u8) void {
-            assert(value.len <= capacity);
-            @memcpy(self.bytes[0..value.len], value);
-            self.len = @intCast(value.len);
-        }
-
-        pub fn slice(self: *const Self) []const u8 {
-            return self.bytes[0..self.len];
-        }
-    };
-}
-
-pub const PolicyName = BoundedString(policy_name_len_max);
-pub const RouteName = BoundedString(route_len_max);
-pub const HeaderName = BoundedString(header_name_len_max);
+pub const PolicyName = abi.BoundedString(policy_name_len_max);
+pub const RouteName = abi.BoundedString(route_len_max);
+pub const HeaderName = abi.BoundedString(header_name_len_max);
 
 pub const DescriptorKind = enum(u8) { client_ip = 1, header = 2, route = 3 };
 
@@ -120,22 +103,7 @@ pub const Config = struct {
 };
 
 /// Parse error description, formatted into a fixed buffer.
-pub const Message = struct {
-    buffer: [message_len_max]u8 = undefined,
-    len: usize = 0,
-
-    pub fn slice(self: *const Message) []const u8 {
-        return self.buffer[0..self.len];
-    }
-
-    fn print(self: *Message, comptime fmt: []const u8, args: anytype) void {
-        const written = std.fmt.bufPrint(&self.buffer, fmt, args) catch blk: {
-            @memcpy(self.buffer[message_len_max - 3 ..], "...");
-            break :blk self.buffer[0..];
-        };
-        self.len = written.len;
-    }
-};
+pub const Message = abi.Message;
 
 // The JSON shape, parsed by std.json with unknown and duplicate fields refused.
 
@@ -376,10 +344,7 @@ fn expectInvalid(json: []const u8, expected_fragment: []const u8) !void {
     var message: Message = .{};
     var out: Config = .{};
     try testing.expect(!parse(json, &out, &test_work, &message));
-    if (std.mem.indexOf(u8, message.slice(), expected_fragment) == null) {
-        std.debug.print("message \"{s}\" lacks \"{s}\"\n", .{ message.slice(), expected_fragment });
-        return error.TestUnexpectedResult;
-    }
+    try abi.message.expectContains(&message, expected_fragment);
 }
 
 test "the documented example parses" {

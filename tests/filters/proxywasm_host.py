@@ -69,6 +69,8 @@ METRIC_TYPES = ("counter", "gauge", "histogram")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
+PEER = "127.0.0.1:40000"  # the filter tests' connection peer: the trusted load balancer in front of Envoy
+
 
 def wasm_path(name: str) -> Path:
     """Path of a compiled filter; fails with a clear message when it has not been built."""
@@ -79,6 +81,21 @@ def wasm_path(name: str) -> Path:
             "(cd filters && ../.venv/bin/python -m ziglang build -Doptimize=ReleaseSafe --prefix ../build/filters)"
         )
     return path
+
+
+def make_host(wasm: Path, configuration: str | bytes, **kwargs) -> "ProxyWasmHost":
+    """A started host (kwargs: ProxyWasmHost's) that accepted `configuration`."""
+    host = ProxyWasmHost(wasm, **kwargs)
+    assert host.start()
+    assert host.configure(configuration), host.logs
+    return host
+
+
+def forwarded_for(forwarded: str | None, peer: str = PEER) -> str:
+    """X-Forwarded-For as a filter behind use_remote_address sees it: what the request came with
+    (`forwarded`; None or empty: nothing), then the address of the peer, which Envoy appended."""
+    peer_ip = peer.rsplit(":", 1)[0].strip("[]")
+    return f"{forwarded}, {peer_ip}" if forwarded else peer_ip
 
 
 def encode_pairs(pairs: Iterable[tuple[str | bytes, str | bytes]]) -> bytes:

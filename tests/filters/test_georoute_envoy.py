@@ -3,40 +3,26 @@ after the filter set the region header (ABI 0.2.x clears the route cache on head
 
 from __future__ import annotations
 
-import base64
 import http.client
 
 import pytest
-from envoy_harness import Envoy, free_port
+from envoy_harness import Envoy, bootstrap, free_port, serving, wasm_filter
 from geo_data import table_of
-from proxywasm_host import wasm_path
 
 from controlplane.geo.compact import Settings, filter_config
 
+FILTER = "georoute"  # the `wasm` fixture (conftest.py)
 ROWS = [
     ("198.51.100.0/24", "DE", "eu"),
     ("203.0.113.0/24", "US", "us"),
     ("2001:db8::/32", "JP", "ap"),
 ]
 SETTINGS = Settings(default_region="us", xff_trusted_hops=1)
-HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
 def georoute_filter(wasm, configuration: bytes) -> dict:
-    return {
-        "name": "envoy.filters.http.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-            "config": {
-                "name": "sluice_georoute", "root_id": "sluice_georoute",
-                "vm_config": {"vm_id": "sluice_georoute", "runtime": "envoy.wasm.runtime.v8",
-                              "code": {"local": {"filename": str(wasm)}}},
-                # Bytes, as the control plane sends it: Envoy hands BytesValue to the VM as is.
-                "configuration": {"@type": "type.googleapis.com/google.protobuf.BytesValue",
-                                  "value": base64.b64encode(configuration).decode()},
-            },
-        },
-    }
+    """Bytes, as the control plane sends them (a BytesValue)."""
+    return wasm_filter(wasm, configuration, vm_id="sluice_georoute", name="sluice_georoute")
 
 
 def route(name: str, region: str | None = None, country: str | bool | None = None) -> dict:
@@ -51,48 +37,16 @@ def route(name: str, region: str | None = None, country: str | bool | None = Non
             "direct_response": {"status": 200, "body": {"inline_string": name}}}
 
 
-def bootstrap(port: int, admin: int, http_filters: list[dict]) -> dict:
-    routes = [route("eu-de", "eu", "DE"), route("eu", "eu"), route("us-with-country", "us", True),
-              route("us", "us"), route("ap", "ap"), route("no-region")]
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "static_resources": {"listeners": [{
-            "name": "main",
-            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
-            "filter_chains": [{"filters": [{
-                "name": "envoy.filters.network.http_connection_manager",
-                "typed_config": {
-                    "@type": HCM, "stat_prefix": "ingress", "use_remote_address": True,
-                    "route_config": {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"],
-                                                                         "routes": routes}]},
-                    "http_filters": http_filters + [{
-                        "name": "envoy.filters.http.router",
-                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-                    }],
-                },
-            }]}],
-        }]},
-    }
-
-
-@pytest.fixture(scope="module")
-def wasm():
-    try:
-        return wasm_path("georoute")
-    except FileNotFoundError as e:
-        pytest.fail(str(e), pytrace=False)
+ROUTES = [route("eu-de", "eu", "DE"), route("eu", "eu"), route("us-with-country", "us", True),
+          route("us", "us"), route("ap", "ap"), route("no-region")]
 
 
 @pytest.fixture(scope="module")
 def envoy(wasm, tmp_path_factory):
     table = table_of(ROWS)
-    port, admin = free_port(), free_port()
-    config = bootstrap(port, admin, [georoute_filter(wasm, filter_config(table, SETTINGS, table.digest))])
-    proxy = Envoy(tmp_path_factory.mktemp("envoy"), config, concurrency=2)
-    proxy.start()
-    proxy.port = port
-    yield proxy
-    proxy.stop()
+    configuration = filter_config(table, SETTINGS, table.digest)
+    with serving(tmp_path_factory.mktemp("envoy"), [georoute_filter(wasm, configuration)], routes=ROUTES) as proxy:
+        yield proxy
 
 
 def route_of(envoy: Envoy, client: str, headers: list[tuple[str, str]] = ()) -> str:
@@ -129,8 +83,7 @@ def test_a_refused_configuration_stops_a_static_envoy(wasm, tmp_path):
     table = table_of(ROWS)
     broken = bytearray(filter_config(table, SETTINGS, table.digest))
     broken[6] = 17  # xff_trusted_hops out of bounds
-    port, admin = free_port(), free_port()
-    proxy = Envoy(tmp_path, bootstrap(port, admin, [georoute_filter(wasm, bytes(broken))]))
+    proxy = Envoy(tmp_path, bootstrap(free_port(), free_port(), [georoute_filter(wasm, bytes(broken))], routes=ROUTES))
     try:
         with pytest.raises(RuntimeError, match="exited"):
             proxy.start()

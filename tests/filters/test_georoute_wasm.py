@@ -6,14 +6,13 @@ from __future__ import annotations
 import random
 import time
 
-import pytest
 from geo_data import longest_match, sample_addresses, synthetic_rows, table_of
-from proxywasm_host import CONTINUE, ProxyWasmHost, wasm_path
+from proxywasm_host import CONTINUE, PEER, ProxyWasmHost, forwarded_for, make_host
 
 from controlplane.geo.compact import Settings, filter_config, table_id
 from controlplane.geo.table import GeoTable
 
-PEER = "127.0.0.1:40000"  # the trusted load balancer in front of Envoy
+FILTER = "georoute"  # the `wasm` fixture (conftest.py)
 ROWS = [
     ("198.51.100.0/24", "DE", "eu"),
     ("198.51.100.128/25", "NL", ""),  # region from the country mapping
@@ -26,32 +25,15 @@ ROWS = [
 SETTINGS = Settings(default_region="us", countries=(("FR", "eu"), ("NL", "eu")), xff_trusted_hops=1)
 
 
-@pytest.fixture(scope="module")
-def wasm():
-    try:
-        return wasm_path("georoute")
-    except FileNotFoundError as e:
-        pytest.fail(str(e), pytrace=False)
-
-
 def config_of(table: GeoTable, settings: Settings = SETTINGS) -> bytes:
     return filter_config(table, settings, table.digest)
-
-
-def make_host(wasm, configuration: bytes) -> ProxyWasmHost:
-    host = ProxyWasmHost(wasm)
-    assert host.start()
-    assert host.configure(configuration), host.logs
-    return host
 
 
 def tag(host: ProxyWasmHost, client: str | None = None, *, xff: str | None = None, peer: str = PEER,
         extra: list[tuple[str, str]] = ()) -> dict[str, list[str]]:
     """One request behind use_remote_address (Envoy appended the peer); the request headers the
     filter leaves, as name -> values."""
-    peer_ip = peer.rsplit(":", 1)[0].strip("[]")
-    forwarded = xff if xff is not None else client
-    headers = [("x-forwarded-for", f"{forwarded}, {peer_ip}" if forwarded else peer_ip), *extra]
+    headers = [("x-forwarded-for", forwarded_for(xff if xff is not None else client, peer)), *extra]
     result = host.http_request(headers, peer=peer, response_headers=None)
     assert result.request_action == CONTINUE and result.local_response is None
     out: dict[str, list[str]] = {}

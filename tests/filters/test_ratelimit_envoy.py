@@ -9,9 +9,9 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from envoy_harness import Envoy, bootstrap, free_port, wasm_filter
-from proxywasm_host import wasm_path
+from envoy_harness import Envoy, bootstrap, free_port, serving, wasm_filter
 
+FILTER = "ratelimit"  # the `wasm` fixture (conftest.py)
 BURST = 20
 # The bootstrap stats_tags entry that turns the policy name into a Prometheus label
 # (documented in filters/ratelimit/README.md; the control plane's bootstrap should carry it).
@@ -30,24 +30,10 @@ CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def wasm():
-    try:
-        return wasm_path("ratelimit")
-    except FileNotFoundError as e:
-        pytest.fail(str(e), pytrace=False)
-
-
-@pytest.fixture(scope="module")
 def envoy(wasm, tmp_path_factory):
-    port, admin = free_port(), free_port()
-    config = bootstrap(port, admin, [wasm_filter(wasm, json.dumps(CONFIG))],
-                       routes=[("r1", "/limited"), ("r2", "/")],
-                       stats_config={"stats_tags": [POLICY_TAG]})
-    proxy = Envoy(tmp_path_factory.mktemp("envoy"), config, concurrency=2)
-    proxy.start()
-    proxy.port = port
-    yield proxy
-    proxy.stop()
+    with serving(tmp_path_factory.mktemp("envoy"), [wasm_filter(wasm, json.dumps(CONFIG))],
+                 routes=[("r1", "/limited"), ("r2", "/")], stats_config={"stats_tags": [POLICY_TAG]}) as proxy:
+        yield proxy
 
 
 def request(envoy: Envoy, path: str = "/limited", client: str = "192.0.2.10",

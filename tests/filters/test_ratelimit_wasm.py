@@ -6,21 +6,24 @@ import json
 import time
 
 import pytest
-from proxywasm_host import CONTINUE, PAUSE, Clock, Metrics, ProxyWasmHost, SharedData, wasm_path
+from proxywasm_host import (
+    CONTINUE,
+    PAUSE,
+    PEER,
+    Clock,
+    Metrics,
+    ProxyWasmHost,
+    SharedData,
+    forwarded_for,
+    make_host,
+    wasm_path,
+)
 
+FILTER = "ratelimit"  # the `wasm` fixture (conftest.py)
 PREFIX = "sluice_ratelimit"
 SET_COUNT = 4096  # filters/ratelimit/slots.zig
 SLOT_COUNT = SET_COUNT * 4
 KEY_COUNT = SET_COUNT + 1  # the sets and the "rl/ready" marker
-PEER = "127.0.0.1:40000"  # the trusted load balancer in front of Envoy
-
-
-@pytest.fixture(scope="module")
-def wasm():
-    try:
-        return wasm_path("ratelimit")
-    except FileNotFoundError as e:
-        pytest.fail(str(e), pytrace=False)
 
 
 def policy(name: str = "per-client", rate: float = 1.0, burst: int = 5, **extra) -> dict:
@@ -31,19 +34,10 @@ def config(*policies: dict, hops: int = 1) -> str:
     return json.dumps({"xff_trusted_hops": hops, "policies": list(policies)})
 
 
-def make_host(wasm, cfg: str, **kwargs) -> ProxyWasmHost:
-    host = ProxyWasmHost(wasm, **kwargs)
-    assert host.start()
-    assert host.configure(cfg), host.logs
-    return host
-
-
 def send(host: ProxyWasmHost, client: str = "192.0.2.10", *, xff: str | None = None, route: str = "r1",
          headers: dict | None = None, peer: str = PEER):
     """A request as the filter sees it behind use_remote_address: Envoy appended the peer."""
-    forwarded = xff if xff is not None else client
-    peer_ip = peer.rsplit(":", 1)[0].strip("[]")
-    h = {"x-forwarded-for": f"{forwarded}, {peer_ip}" if forwarded else peer_ip, **(headers or {})}
+    h = {"x-forwarded-for": forwarded_for(xff if xff is not None else client, peer), **(headers or {})}
     return host.http_request(h, route=route, peer=peer)
 
 

@@ -1,7 +1,11 @@
-//! The ceiling for any proxy-wasm filter in the rate-limit benchmark: the same VM crossings per
-//! stream as sluice's ratelimit filter (proxy_on_request_headers + proxy_on_response_headers),
-//! reading one request header and nothing else. Built by bench/ratelimit_bench.py:
-//!   zig build-exe ratelimit_empty_filter.zig -target wasm32-wasi -O ReleaseSafe -fno-entry -rdynamic
+//! The ceiling for any proxy-wasm filter in sluice's filter benchmarks: reads one request header
+//! and nothing else. Each benchmark exports the callbacks of the filter it measures, so the empty
+//! filter costs the same VM crossings per stream (bench/envoy_wrk.py, `build_empty_filter`):
+//!   ratelimit_bench.py: proxy_on_request_headers + proxy_on_response_headers
+//!   georoute_bench.py:  proxy_on_request_headers only
+//!   zig build-exe empty_filter.zig -target wasm32-wasi -O ReleaseSafe -fno-entry -fstrip
+//!     --export=proxy_abi_version_0_2_1 --export=proxy_on_memory_allocate
+//!     --export=proxy_on_request_headers [--export=proxy_on_response_headers]
 var scratch: [64 * 1024]u8 align(8) = undefined;
 var used: usize = 0;
 
