@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from harness import ControlPlane, Envoy, get_json, http
 from mmdb_writer import country_record, write_mmdb
-from redis_server import running_redis
 
-from controlplane.store import open_store
 
 GEO = {"kind": "Geo", "name": "geo", "spec": {"default_region": "us", "countries": {"DE": "eu"},
                                                "prefixes": [{"cidr": "10.0.0.0/8", "region": "ap"}]}}
@@ -89,24 +85,3 @@ def test_a_restarted_control_plane_loads_the_table_from_the_store(
     controlplane.wait_converged(envoy.node_id)
     dump = envoy.config_dump("ecds_filters")
     assert "sluice.georoute" in json.dumps(dump)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    with running_redis(tmp_path) as server:
-        yield server.url
-
-
-async def test_blobs_round_trip_in_every_store(store_url: str) -> None:
-    data = bytes(range(256)) * 1000
-    store = await open_store(store_url)
-    assert await store.get_blob("sha256:" + "0" * 64) is None
-    await store.put_blob("sha256:" + "1" * 64, data)
-    await store.put_blob("sha256:" + "1" * 64, b"ignored: a digest names one content")
-    await store.close()
-    reopened = await open_store(store_url)
-    assert await reopened.get_blob("sha256:" + "1" * 64) == data
-    await reopened.close()

@@ -118,3 +118,15 @@ async def test_tokens_are_stored_as_digests(store_url: str) -> None:
     assert [(e.action, e.actor) for e in await store.audit(2)] == [
         ("token.delete", "alice"), ("token.create", "bootstrap")]
     await store.close()
+
+
+async def test_blobs_round_trip_in_every_store(store_url: str) -> None:
+    data = bytes(range(256)) * 1000
+    store = await open_store(store_url)
+    assert await store.get_blob("sha256:" + "0" * 64) is None
+    await store.put_blob("sha256:" + "1" * 64, data)
+    await store.put_blob("sha256:" + "1" * 64, b"ignored: a digest names one content")
+    await store.close()
+    reopened = await open_store(store_url)
+    assert await reopened.get_blob("sha256:" + "1" * 64) == data
+    await reopened.close()
