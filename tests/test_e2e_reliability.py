@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness import Backend, ControlPlane, Envoy, http, wait_until
+from harness import Backend, ControlPlane, Envoy, http
 from policies import demo_policy
 from xds_client import AdsClient
 

@@ -21,7 +21,6 @@ from envoy.service.discovery.v3.discovery_pb2 import (
     DiscoveryRequest,
     DiscoveryResponse,
 )
-from google.protobuf.struct_pb2 import Struct
 
 from controlplane.cache.references import managers
 from controlplane.translate.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
