@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from harness import PYTHON, ROOT, Backend, ControlPlane, Envoy
+from redis_server import RedisServer, running_redis
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +50,10 @@ def backends(tmp_path_factory: pytest.TempPathFactory, model_repository: Path) -
     finally:
         for backend in running.values():
             backend.proc.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, on a free port (skips, or fails under SLUICE_REQUIRE_REDIS=1)."""
+    with running_redis(tmp_path) as server:
+        yield server

@@ -16,16 +16,10 @@ from typing import Any
 import pytest
 from harness import Backend, ControlPlane, Envoy, get_json, http, wait_until
 from policies import demo_policy
-from redis_server import RedisServer, running_redis
+from redis_server import RedisServer
 
 LEASE_TTL_S = 2.0
 QUOTA_INTERVAL_S = 0.5
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path) as server:
-        yield server
 
 
 @pytest.fixture

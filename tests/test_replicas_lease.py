@@ -8,23 +8,15 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
-import pytest
-from redis_server import RedisServer, running_redis
+from redis_server import RedisServer
 
 from controlplane.replica import RedisLease
 from controlplane.replica.shares import SharesBoard
 from controlplane.store.redis_client import connect
 
 TTL = 1.0
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path) as server:
-        yield server
 
 
 @contextlib.asynccontextmanager

@@ -10,7 +10,6 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,12 +21,6 @@ from controlplane.policy import Policy, parse_document, with_document
 from controlplane.store import StoreUnavailable, open_store
 from controlplane.store.redis_client import connect
 from controlplane.store.redis_store import CURRENT, revision_key
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    with running_redis(tmp_path) as server:
-        yield server
 
 
 def backend_at(port: int, name: str = "b") -> Policy:
