@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 MODELS := models
 ZIG    := $(abspath $(PY)) -m ziglang
 
-.PHONY: up test venv filters models zig-test pytest bench clean
+.PHONY: up test venv filters models zig-test pytest docs bench clean
 
 up: venv filters models
 	$(PY) -m sluice up --model-repository $(MODELS)
@@ -18,7 +18,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==25.3
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,docs]'
 	touch $@
 
 # No compiled .wasm is committed: the filters are built from filters/ by the pinned ziglang wheel.
@@ -33,6 +33,11 @@ models: $(STAMP)
 
 pytest: $(STAMP)
 	$(PY) -m pytest -q
+
+# The site in build/site; the policy and admin API references are generated from the code as it builds
+# (docs/hooks.py). `make test` runs the same build with --strict (tests/test_docs.py).
+docs: $(STAMP)
+	$(PY) -m mkdocs build --strict --site-dir build/site
 
 clean:
 	rm -rf build $(MODELS) .pytest_cache filters/.zig-cache filters/zig-out
