@@ -29,6 +29,8 @@ log = logging.getLogger("inference.http")
 # takes milliseconds, which would stall every other request on the event loop.
 OFFLOAD_BYTES = 64 * 1024
 
+TOO_DEEP = "request body is not valid JSON: it nests too deeply"
+
 _STATUS = {NotFound: 404, InvalidInput: 400, Unavailable: 503, DeadlineExceeded: 504, InternalError: 500}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -56,9 +58,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if error.status < 400:
             raise
         return error_response(error.status, f"{error.reason}: {request.method} {request.path}")
-    except Exception as error:  # noqa: BLE001 - a bug must still answer in the protocol's shape
+    except Exception:  # noqa: BLE001 - a bug must still answer in the protocol's shape
+        # The traceback goes to the log, never to the client: it may name paths or data.
         log.exception("%s %s failed", request.method, request.path)
-        return error_response(500, f"internal error: {error}")
+        return error_response(500, "internal error; the server's log has the details")
 
 
 class HttpApi:
@@ -142,7 +145,10 @@ class HttpApi:
         self.service.resolve(info["model"], info.get("version"))
         header_length = _header_length(request)
         body = await request.read()
-        infer_request = await _maybe_offload(len(body), decode_http_request, body, header_length)
+        try:
+            infer_request = await _maybe_offload(len(body), decode_http_request, body, header_length)
+        except RecursionError:  # the JSON parser recurses per level: a body can nest deeper than the stack
+            raise InvalidInput(TOO_DEEP) from None
         response = await self.service.infer(info["model"], info.get("version"), infer_request)
         payload, json_length = await _maybe_offload(
             sum(a.nbytes for a in response.outputs.values()), encode_http_response, response, infer_request
@@ -164,6 +170,8 @@ async def _optional_json(request: web.Request) -> dict[str, Any]:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InvalidInput(f"request body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise InvalidInput(TOO_DEEP) from None
     if not isinstance(body, dict):
         raise InvalidInput("request body must be a JSON object")
     return body

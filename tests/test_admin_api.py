@@ -130,3 +130,15 @@ def test_concurrent_unconditional_writes_all_land(controlplane: ControlPlane) ->
         codes = list(pool.map(lambda i: cp.apply(*demo_policy(8001, 8002, 100 - i, i))[0], range(1, 51)))
     assert codes == [200] * 50  # without If-Match, a write that lost a race is re-applied, not refused
     assert cp.revision() == 51  # every write was distinct, so each made its own revision
+
+
+def test_deeply_nested_json_is_a_400_not_a_500(controlplane: ControlPlane) -> None:
+    cp = controlplane
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for url, body in ((f"{cp.url}/api/v1/apply", deep),
+                      (f"{cp.url}/api/v1/apply", b'{"documents": ' + deep + b"}"),
+                      (f"{cp.url}/api/v1/backends/b", deep)):
+        status, headers, raw = http("POST" if url.endswith("apply") else "PUT", url, body)
+        assert status == 400 and headers["content-type"].startswith("application/json"), (status, raw[:200])
+        assert "nests too deeply" in json.loads(raw)["error"]
+    assert cp.revision() == 0

@@ -4,6 +4,7 @@ proxies. Every route but /healthz and the OpenAPI document passes the auth middl
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,8 @@ from controlplane.policy.documents import KIND_BY_PLURAL, Document
 from controlplane.store import Conflict, Store, StoreUnavailable
 from controlplane.translate import Options
 from controlplane.xds import Fleet
+
+log = logging.getLogger(__name__)
 
 MAX_BODY = 4 * 1024 * 1024
 
@@ -70,6 +73,12 @@ class AdminApi:
                                   f"GET /api/v1/policy still answers with revision {current.number}")
             return error(503, f"policy store unavailable: {exc}; nothing was changed and revision "
                               f"{current.number} keeps serving: retry when the store is back")
+        except web.HTTPException:
+            raise
+        except Exception:
+            # A bug: the traceback goes to the log, never to the client (it may name paths or data).
+            log.exception("%s %s failed", request.method, request.path)
+            return error(500, "internal error; the control plane's log has the details")
 
     async def healthz(self, _: web.Request) -> web.Response:
         current = await self._store.current()

@@ -43,6 +43,8 @@ async def json_body(request: web.Request) -> Any:
         return await request.json()
     except ValueError as exc:  # not JSON, or not UTF-8
         raise bad_request(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # the parser recurses per level: a body can nest deeper than the stack
+        raise bad_request("request body nests too deeply") from None
 
 
 def int_param(request: web.Request, name: str, value: str) -> int:

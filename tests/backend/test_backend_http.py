@@ -164,3 +164,19 @@ async def test_model_readiness_routes(backend) -> None:
         ]:
             async with session.get(path) as response:
                 assert response.status == status, path
+
+
+def _nested(depth: int) -> bytes:
+    return b"[" * depth + b"1" + b"]" * depth
+
+
+@pytest.mark.parametrize("body", [
+    _nested(100_000),
+    b'{"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": ' + _nested(100_000) + b"}]}",
+    b'{"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": ' + _nested(900) + b"}]}",
+], ids=["whole-body", "data", "data-under-the-parser-limit"])
+async def test_deeply_nested_json_is_400(backend, body: bytes) -> None:
+    async with aiohttp.ClientSession(backend.url) as session:
+        async with session.post("/v2/models/classifier/infer", data=body) as response:
+            assert response.status == 400, await response.text()
+            assert "error" in await response.json()
