@@ -85,11 +85,12 @@ class CanaryController:
         if status is None or status.spec != spec_key(canary):
             status = with_event(CanaryStatus(spec=spec_key(canary)), now, "pending", 0, "created")
             self._live.pop(name, None)
-        if status.state in FINAL or status.state == "paused":
-            # Hold the final (or paused) weight even if someone re-applied the route.
-            held = status.weight if status.state != "rolled_back" else 0
-            if weight_in_policy(policy, canary) != held:
-                policy = apply_weight(policy, canary, held, ab=status.state == "paused")
+        if status.state in FINAL:
+            return with_status(policy, name, status)  # finished: the route is released, its split is the operator's
+        if status.state == "paused":
+            # Hold the paused weight even if someone re-applied the route.
+            if weight_in_policy(policy, canary) != status.weight:
+                policy = apply_weight(policy, canary, status.weight, ab=True)
             return with_status(policy, name, status)
         payload = {"canary": name, "service": canary.service, "route": canary.route, "weight": status.weight}
         if status.state == "pending":

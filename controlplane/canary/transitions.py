@@ -6,17 +6,11 @@ The canary's weight lives where traffic reads it, in the route's split, and its 
 
 from __future__ import annotations
 
-import hashlib
-
 from controlplane.policy import Canary, CanaryEvent, CanaryStatus, Policy, Route, RouteMatch, WeightedBackend
-from controlplane.policy.canary import State
+from controlplane.policy.canary import State, spec_key
 
 MAX_EVENTS = 200
 ACTIONS = ("pause", "resume", "promote", "abort")
-
-
-def spec_key(canary: Canary) -> str:
-    return hashlib.sha256(canary.model_dump_json().encode()).hexdigest()[:12]
 
 
 def ab_route_name(route: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Annotated, Literal
 
 from pydantic import AnyHttpUrl, Field, model_validator
@@ -87,3 +88,13 @@ class CanaryStatus(Strict):
     step_started_at: float = 0.0
     paused_state: State | None = None  # what resume returns to
     events: Annotated[list[CanaryEvent], Field(max_length=200)] = []
+
+
+def spec_key(canary: Canary) -> str:
+    """The digest a status records of the spec it belongs to."""
+    return hashlib.sha256(canary.model_dump_json().encode()).hexdigest()[:12]
+
+
+def finished(canary: Canary, status: CanaryStatus | None) -> bool:
+    """Succeeded or rolled back, for this very spec: such a canary no longer drives its route."""
+    return status is not None and status.spec == spec_key(canary) and status.state in FINAL

@@ -6,7 +6,7 @@ field that caused it.
 
 from __future__ import annotations
 
-from controlplane.policy.canary import Canary, CanaryStatus
+from controlplane.policy.canary import Canary, CanaryStatus, finished
 from controlplane.policy.geo import Geo, GeoRoute
 from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
 
@@ -100,11 +100,10 @@ class Policy(Strict):
             other = routed.setdefault((geo_route.service, geo_route.route), name)
             if other != name:
                 found.append(Problem(loc=f"{where}.route", msg=f"GeoRoute {other!r} already routes this route"))
-            driving = [n for n, c in sorted(self.canaries.items())
-                       if (c.service, c.route) == (geo_route.service, geo_route.route)]
+            driving = self._driving(geo_route.service, geo_route.route)
             if driving:
                 found.append(Problem(loc=f"{where}.route", msg=f"canary {driving[0]!r} drives this route's split, "
-                                                               "which geo-routed requests do not use"))
+                                     "which geo-routed requests do not use; " + self._release_hint(driving[0])))
             for region, target in sorted(geo_route.regions.items()):
                 backend = self.backends.get(target.backend)
                 if backend is None:
@@ -131,15 +130,29 @@ class Policy(Strict):
         found = [Problem(loc=f"{where}.{field}", msg=f"unknown backend {backend!r}")
                  for field, backend in (("stable", canary.stable), ("canary", canary.canary))
                  if backend not in self.backends]
+        if finished(canary, self.canary_status.get(name)):
+            return found  # it released the route: the route may change and another canary may take it
         others = {w.backend for w in route.split} - {canary.stable, canary.canary}
         if others:
             found.append(Problem(loc=f"{where}.route", msg=f"route {canary.route!r} also splits to "
                                  f"{', '.join(sorted(others))}: a canary shifts between two backends only"))
-        taken = [n for n, c in self.canaries.items()
-                 if n != name and (c.service, c.route) == (canary.service, canary.route)]
+        taken = [n for n in self._driving(canary.service, canary.route) if n != name]
         if taken:
-            found.append(Problem(loc=f"{where}.route", msg=f"canary {taken[0]!r} already drives this route"))
+            found.append(Problem(loc=f"{where}.route", msg=f"canary {taken[0]!r} already drives this route; "
+                                 + self._release_hint(taken[0])))
         return found
+
+    def _driving(self, service: str, route: str) -> list[str]:
+        """Canaries that drive this route's split: every one not finished (a finished one releases it)."""
+        return [n for n, c in sorted(self.canaries.items())
+                if (c.service, c.route) == (service, route) and not finished(c, self.canary_status.get(n))]
+
+    def _release_hint(self, name: str) -> str:
+        status = self.canary_status.get(name)
+        state = status.state.replace("_", " ") if status is not None else "pending"
+        return (f"it is {state}: wait until it succeeds or rolls back, which releases the route, or end it now "
+                f"with `sluice canary abort {name}` (or `sluice delete canary {name}`, which keeps the split "
+                "where it stands)")
 
     def users_of_service(self, service: str) -> list[str]:
         return ([f"ratelimits.{n}" for n, limit in sorted(self.ratelimits.items()) if limit.service == service]
