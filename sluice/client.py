@@ -295,7 +295,8 @@ def status(client: Client, _: argparse.Namespace) -> int:
 
 def with_server(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The options every command that talks to the admin API takes."""
-    p.add_argument("--server", default="http://127.0.0.1:8080", help="admin API URL (default %(default)s)")
+    p.add_argument("--server", default=os.environ.get("SLUICE_SERVER", "http://127.0.0.1:8080"),
+                   help="admin API URL (default: $SLUICE_SERVER, else %(default)s)")
     p.add_argument("--token", default=os.environ.get("SLUICE_TOKEN"),
                    help="bearer token for the admin API (default: $SLUICE_TOKEN)")
     p.add_argument("--cacert", default=os.environ.get("SLUICE_CACERT"),

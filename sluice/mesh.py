@@ -80,6 +80,17 @@ def _ok(url: str) -> bool:
         return bool(r.status == 200)
 
 
+def reuse_notice(store: str, revision: int, policy: str) -> str:
+    """What `sluice up` says when the store already holds a policy from an earlier run."""
+    if store.startswith("sqlite:///"):
+        path = store.removeprefix("sqlite:///")
+        fresh = f"stop sluice (Ctrl-C), then `rm -f {path} {path}-wal {path}-shm` and start it again"
+    else:
+        fresh = "stop sluice (Ctrl-C) and start it again with an empty store (--store URL)"
+    return (f"  reusing the policy stored in {store} (revision {revision}, from an earlier run); {policy} was not "
+            f"applied.\n  To start fresh: {fresh}.")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sluice up", description="Run the whole local mesh until Ctrl-C.")
     p.add_argument("--model-repository", default="models", help="demo models (default %(default)s)")
@@ -110,13 +121,16 @@ def main(argv: list[str] | None = None) -> int:
                    "--admin-port", str(args.admin_port), "--store", args.store)
         _wait("the control plane", lambda: _ok(f"{admin}/healthz"), mesh)
         client = Client(admin)
-        if client.call("GET", "/healthz")["revision"] == 0:
+        stored = client.call("GET", "/healthz")["revision"]
+        if stored == 0:
             docs = [d for d in yaml.safe_load_all(Path(args.policy).read_text()) if d]
             for d in docs:  # the demo policy names the default ports; follow the ones chosen here
                 if d["kind"] == "Backend" and d["name"] in ("classifier-v1", "classifier-v2"):
                     d["spec"]["endpoints"][0]["port"] = v1_port if d["name"] == "classifier-v1" else v2_port
             revision = client.call("POST", "/api/v1/apply", {"documents": docs})["revision"]
             print(f"  applied {args.policy} as revision {revision}", flush=True)
+        else:
+            print(reuse_notice(args.store, stored, args.policy), flush=True)
         for version, port in ((1, v1_port), (2, v2_port)):
             mesh.spawn(f"backend-v{version}", "backend", "--http-port", str(port),
                        "--model-repository", args.model_repository, "--load", f"classifier:{version}")
