@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import functools
 import gc
 import ipaddress
@@ -25,9 +24,11 @@ from controlplane.canary import CanaryController
 from controlplane.canary.api import routes as canary_routes
 from controlplane.geo.api import routes as geo_routes
 from controlplane.geo.tables import GeoTables, PublishingStore
+from controlplane.readiness import Readiness
 from controlplane.replica import Coordination, run_while_held
 from controlplane.settings import ControlPlaneSettings
 from controlplane.store import StoreUnavailable, open_store, redacted
+from controlplane.supervision import Supervisor
 from controlplane.translate import Options, ProxyGroup, translate, translate_shares
 from controlplane.xds import AdsServer, Fleet
 
@@ -79,9 +80,11 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
     canaries = CanaryController(store, lambda: [p.admin_address for p in fleet.proxies()
                                                  if p.cluster == "edge" and p.admin_address])
     canary_lease = coordination.lease(CANARY_LEASE)  # canaries advance on one replica at a time
+    supervisor = Supervisor(registry)
     admin = AdminApi(store, fleet, registry, authenticator=authenticator, options=options,
                      replica=lambda: {"id": coordination.replica, "shared": coordination.shared,
-                                      "leases": coordination.leases()}).app()
+                                      "leases": coordination.leases()},
+                     readiness=Readiness(store, publisher, supervisor).check).app()
     admin.add_routes(canary_routes(store, canaries))
     admin.add_routes(geo_routes(store, fleet, geo_tables))
     runner = web.AppRunner(admin, access_log=None)
@@ -90,9 +93,10 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
                    else admin_ssl_context(settings.tls_cert, settings.tls_key))
     site = web.TCPSite(runner, settings.admin_host, settings.admin_port, ssl_context=ssl_context)
     await site.start()
-    tasks = [asyncio.create_task(work) for work in (
-        publisher.run(), quota.run(), run_while_held(canary_lease, canaries.run), coordination.run(),
-        authenticator.run())]
+    for name, work in (("publisher", publisher.run), ("quota", quota.run),
+                       ("canary", functools.partial(run_while_held, canary_lease, canaries.run)),
+                       ("leases", coordination.run), ("tokens", authenticator.run)):
+        supervisor.start(name, work)
     current = await store.current()
     log.info("replica %s: xDS on %s:%d (%s), admin API on %s://%s:%d, store %s at revision %d",
              settings.replica_id, settings.xds_host, xds_port,
@@ -107,10 +111,7 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         log.info("stopping")
-        for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await supervisor.stop()
         await coordination.close()  # hands the leases over at once
         await server.stop(grace=1.0)
         await runner.cleanup()

@@ -203,7 +203,7 @@ def test_compose_health_checks_hit_the_health_endpoints() -> None:
     s = services()
     tests = {name: " ".join(svc["healthcheck"]["test"]) for name, svc in s.items() if "healthcheck" in svc}
     for name in ("controlplane-1", "controlplane-2"):
-        assert f"127.0.0.1:{ControlPlaneSettings().admin_port}/healthz" in tests[name]
+        assert f"127.0.0.1:{ControlPlaneSettings().admin_port}/readyz" in tests[name]
     for name in ("backend-v1", "backend-v2", "backend-v1-gpu", "backend-v2-gpu"):
         assert f"127.0.0.1:{BackendSettings().http_port}/v2/health/ready" in tests[name]
     assert "/dev/tcp/127.0.0.1/9901" in tests["edge"] and "GET /ready " in tests["edge"]
@@ -353,7 +353,7 @@ def test_dockerfile(name: str) -> None:
         assert "python -m ziglang build -Doptimize=ReleaseSafe --prefix /out" in text
         assert "COPY --from=filters /out/bin/ build/filters/bin/" in text
         assert f"EXPOSE {ControlPlaneSettings().xds_port} {ControlPlaneSettings().admin_port}" in text
-        assert "http://127.0.0.1:8080/healthz" in instruction(name, "HEALTHCHECK")
+        assert "http://127.0.0.1:8080/readyz" in instruction(name, "HEALTHCHECK")
     else:
         assert "python -m inference.gen_models --out /app/models" in text
         assert image_env(name)["SLUICE_BACKEND_MODEL_REPOSITORY"] == "/app/models"
@@ -524,7 +524,8 @@ def test_workloads_match_the_code() -> None:
     d = base_objects("Deployment")
     cp = container(d["controlplane"], "controlplane")
     assert d["controlplane"]["spec"]["replicas"] >= 2
-    assert cp["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert cp["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert cp["livenessProbe"]["httpGet"]["path"] == "/healthz"
     ports = {p["name"]: p["containerPort"] for p in cp["ports"]}
     assert ports == {"grpc-xds": ControlPlaneSettings().xds_port, "http-admin": ControlPlaneSettings().admin_port}
     assert env_of(cp)["SLUICE_STORE"] == services()["controlplane-1"]["environment"]["SLUICE_STORE"]

@@ -1,11 +1,11 @@
 """The admin API (aiohttp) under /api/v1: policy CRUD, apply (and its dry run), history, tokens,
-proxies. Every route but /healthz and the OpenAPI document passes the auth middleware."""
+proxies. Every route but /healthz, /readyz and the OpenAPI document passes the auth middleware."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -32,18 +32,21 @@ MAX_BODY = 4 * 1024 * 1024
 
 class AdminApi:
     def __init__(self, store: Store, fleet: Fleet, registry: CollectorRegistry, *, authenticator: Authenticator,
-                 options: Options, replica: Callable[[], dict[str, Any]]) -> None:
+                 options: Options, replica: Callable[[], dict[str, Any]],
+                 readiness: Callable[[], Awaitable[tuple[bool, dict[str, Any]]]]) -> None:
         self._store = store
         self._fleet = fleet
         self._registry = registry
         self._authenticator = authenticator
         self._options = options
         self._replica = replica
+        self._readiness = readiness
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=MAX_BODY,
                               middlewares=[self._errors, auth_middleware(self._authenticator)])
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/api/v1/openapi.json", self.openapi)
         app.router.add_get("/api/v1/policy", self.get_policy)
@@ -83,6 +86,10 @@ class AdminApi:
     async def healthz(self, _: web.Request) -> web.Response:
         current = await self._store.current()
         return web.json_response({"status": "ok", "revision": current.number})
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        ready, checks = await self._readiness()
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
     async def metrics(self, _: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

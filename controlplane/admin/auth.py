@@ -1,7 +1,7 @@
 """Which role each admin API request needs, checked before any handler runs.
 
 viewer: every read (GET). operator: every change of policy (and canaries). admin: tokens.
-/healthz and the OpenAPI document are public. Handlers ask `actor(request)` whom to record.
+/healthz, /readyz and the OpenAPI document are public. Handlers ask `actor(request)` whom to record.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from aiohttp import web
 from controlplane.admin.errors import error
 from controlplane.auth import Authenticator, Principal, Unauthorized, role_allows
 
-PUBLIC = frozenset({"/healthz", "/api/v1/openapi.json"})
+PUBLIC = frozenset({"/healthz", "/readyz", "/api/v1/openapi.json"})
 PRINCIPAL = "sluice.principal"
 
 

@@ -63,8 +63,11 @@ def openapi_document() -> dict[str, Any]:
     documents = {"type": "object", "required": ["documents"],
                  "properties": {"documents": {"type": "array", "items": {"$ref": "#/components/schemas/Document"}}}}
     paths: dict[str, Any] = {
-        "/healthz": {"get": {"summary": "liveness and current revision", "security": [],
+        "/healthz": {"get": {"summary": "liveness (the process answers) and current revision", "security": [],
                              "responses": _responses("ok")}},
+        "/readyz": {"get": {"summary": "readiness: the store answers, the newest revision is pushed, every "
+                                       "background loop runs; 503 names the checks that fail", "security": [],
+                            "responses": {"200": {"description": "ready"}, "503": {"description": "not ready"}}}},
         "/metrics": {"get": {"summary": "Prometheus metrics", "responses": _responses("metrics", 401, 403)}},
         "/api/v1/openapi.json": {"get": {"summary": "this document", "security": [], "responses": _responses("ok")}},
         "/api/v1/policy": {"get": {"summary": "every policy object at the current revision",

@@ -48,6 +48,7 @@ class Publisher:
         self._quiet_s = quiet_s
         self._max_delay_s = max_delay_s
         self._on_publish = on_publish
+        self._behind: tuple[float, int] | None = None  # (first seen behind, revision processed then)
 
     @property
     def revision(self) -> Revision | None:
@@ -77,7 +78,11 @@ class Publisher:
             self._cache.set_overrides(node, {t: TypeSnapshot.build(t, msgs) for t, msgs in resources.items() if msgs})
 
     def _build(self, group: ProxyGroup, revision: Revision) -> bool:
-        resources = self._translate(revision.policy, group)
+        try:
+            resources = self._translate(revision.policy, group)
+        except Exception:  # noqa: BLE001 - a translator bug withholds one revision, not every later one
+            log.exception("REVISION %d NOT PUBLISHED to %s: translation failed", revision.number, group.key)
+            return False
         if found := problems(resources):
             previous = self._cache.get(group.key)
             log.error("REVISION %d NOT PUBLISHED to %s: its snapshot is inconsistent (%s); proxies keep %s",
@@ -86,6 +91,18 @@ class Publisher:
             return False
         self._cache.set(group.key, Snapshot.build(revision.number, resources))
         return True
+
+    def caught_up(self, current: int, *, grace_s: float = 10.0) -> bool:
+        """Whether revision `current` (the store's newest) has been published, or has waited
+        less than `grace_s` since this was last asked while publishing made progress."""
+        if self._revision is not None and self._revision.number >= current:
+            self._behind = None
+            return True
+        processed = -1 if self._revision is None else self._revision.number
+        now = time.monotonic()
+        if self._behind is None or self._behind[1] != processed:
+            self._behind = (now, processed)
+        return now - self._behind[0] <= grace_s
 
     async def run(self) -> None:
         latest: Revision | None = None
@@ -96,9 +113,9 @@ class Publisher:
             async for revision in self._store.watch():
                 latest = revision
                 changed.set()
+            raise RuntimeError("the store's watch ended")
 
-        follower = asyncio.create_task(follow())
-        try:
+        async def push() -> None:
             while True:
                 await changed.wait()
                 changed.clear()
@@ -111,8 +128,12 @@ class Publisher:
                     changed.clear()
                 assert latest is not None
                 self._publish(latest)
-        finally:
-            follower.cancel()
+
+        # One group: if following the store fails, the whole publisher fails (and is restarted)
+        # rather than waiting forever for revisions that no longer come.
+        async with asyncio.TaskGroup() as group:
+            group.create_task(follow())
+            group.create_task(push())
 
     def _publish(self, revision: Revision) -> None:
         started = time.perf_counter()

@@ -44,6 +44,9 @@ class CanaryController:
         self._tick_s = tick_s
         self._clock = clock
         self._live: dict[str, Live] = {}
+        # Notifications decided during a tick: sent only once its revision is committed, so a
+        # tick lost to a conflict (and decided again on the next one) does not notify twice.
+        self._outbox: list[tuple[str, float, dict[str, object]]] = []
 
     def live(self, name: str) -> Live | None:
         return self._live.get(name)
@@ -71,6 +74,7 @@ class CanaryController:
             if name not in policy.canaries:
                 del self._live[name]
         changed = policy
+        self._outbox = []
         for name, canary in sorted(policy.canaries.items()):
             changed = await self._advance(session, changed, name, canary)
         if changed != policy:
@@ -78,6 +82,11 @@ class CanaryController:
                                      message="canary: " + ", ".join(
                                          f"{n} {s.state} {s.weight}%" for n, s in sorted(changed.canary_status.items())
                                          if policy.canary_status.get(n) != s))
+        outbox, self._outbox = self._outbox, []
+        for url, timeout_s, payload in outbox:
+            ok, why = await webhooks.call(session, url, timeout_s, payload)
+            if not ok:
+                log.warning("canary notification: %s", why)
 
     async def _advance(self, session: aiohttp.ClientSession, policy: Policy, name: str, canary: Canary) -> Policy:
         now = self._clock()
@@ -124,7 +133,7 @@ class CanaryController:
             failed = self._failed(status, now, live.judgement.reason, canary)
             if failed.state == "rolled_back":
                 policy = apply_weight(policy, canary, 0, ab=False)
-                await self._notify(session, canary.webhooks.on_rollback, canary, {**payload, "phase": "rollback"})
+                self._notify(canary.webhooks.on_rollback, canary, {**payload, "phase": "rollback"})
             return with_status(policy, name, failed)
         weights = canary.weights()
         if status.step + 1 < len(weights):
@@ -156,7 +165,7 @@ class CanaryController:
                 return with_status(policy, name, status)
         status = with_event(status, now, "succeeded", 100, "promoted: all traffic on the canary")
         self._live.pop(name, None)
-        await self._notify(session, canary.webhooks.on_success, canary, {**payload, "weight": 100, "phase": "success"})
+        self._notify(canary.webhooks.on_success, canary, {**payload, "weight": 100, "phase": "success"})
         return with_status(apply_weight(policy, canary, 100, ab=False), name, status)
 
     @staticmethod
@@ -168,9 +177,6 @@ class CanaryController:
         return with_event(status, now, status.state, status.weight,
                           f"failed check {failures} of {canary.failure_limit}: {reason}", failed_checks=failures)
 
-    @staticmethod
-    async def _notify(session: aiohttp.ClientSession, url: object, canary: Canary, payload: dict[str, object]) -> None:
+    def _notify(self, url: object, canary: Canary, payload: dict[str, object]) -> None:
         if url is not None:
-            ok, why = await webhooks.call(session, str(url), canary.webhooks.timeout_s, payload)
-            if not ok:
-                log.warning("canary notification: %s", why)
+            self._outbox.append((str(url), canary.webhooks.timeout_s, payload))

@@ -113,6 +113,10 @@ class Store(Protocol):
         """The blob stored under `digest`, None when there is none."""
         ...
 
+    async def ping(self) -> None:
+        """Reach the backing store now (StoreUnavailable when it does not answer), for readiness."""
+        ...
+
     async def close(self) -> None: ...
 
 

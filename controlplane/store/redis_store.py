@@ -223,6 +223,13 @@ class RedisStore:
         raw: str | None = await self._call(self._client.get(f"sluice:blob:{digest}"))
         return None if raw is None else base64.b64decode(raw)
 
+    async def ping(self) -> None:
+        if self._follower is not None and self._follower.done():
+            # It runs for the life of the store: ended, this replica no longer sees other replicas' writes.
+            raise StoreUnavailable(f"following Redis at {self._where} stopped: "
+                                   f"{self._follower.exception() if not self._follower.cancelled() else 'cancelled'}")
+        await self._call(self._client.ping())
+
     async def close(self) -> None:
         if self._follower is not None:
             self._follower.cancel()

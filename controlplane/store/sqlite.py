@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from controlplane.policy import Policy
-from controlplane.store.base import AuditEntry, Conflict, Latest, Revision, TokenExists, TokenRecord
+from controlplane.store.base import AuditEntry, Conflict, Latest, Revision, StoreUnavailable, TokenExists, TokenRecord
 from controlplane.store.diff import policy_diff
 
 _SCHEMA = """
@@ -211,6 +211,12 @@ class SqliteStore:
         row = await self._run(lambda: self._db.execute("SELECT data FROM blobs WHERE digest = ?",
                                                        (digest,)).fetchone())
         return None if row is None else bytes(row[0])
+
+    async def ping(self) -> None:
+        try:
+            await self._run(lambda: self._db.execute("SELECT 1").fetchone())
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite does not answer: {exc}") from exc
 
     async def close(self) -> None:
         await self._run(self._db.close)

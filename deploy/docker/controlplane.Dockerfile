@@ -54,8 +54,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     SLUICE_STORE=sqlite:////var/lib/sluice/sluice.db
 USER 10001:10001
 EXPOSE 18000 8080
-# /healthz is public (no token needed) and answers 200 while the store answers.
+# /readyz is public (no token needed) and answers 200 while the store answers, the newest
+# revision is pushed and every background loop runs; /healthz only says the process answers.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=2)"]
 ENTRYPOINT ["python", "-m", "sluice"]
 CMD ["controlplane"]
