@@ -11,6 +11,7 @@ import os
 import re
 import ssl
 import sys
+import time
 import urllib.error
 import urllib.request
 from datetime import datetime
@@ -97,7 +98,23 @@ def apply(client: Client, args: argparse.Namespace) -> int:
     names = ", ".join(f"{d.get('kind')}/{d.get('name')}" for d in docs)
     state = "applied" if result["changed"] else "unchanged"
     print(f"revision {result['revision']}: {state} {names}")
-    return 0
+    return wait_for_proxies(client, result["revision"], args.timeout) if args.wait else 0
+
+
+def wait_for_proxies(client: Client, revision: int, timeout: float) -> int:
+    """Until every connected proxy runs `revision` (or a later one): then the change is in its traffic."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proxies = client.call("GET", "/api/v1/proxies")["proxies"]
+        behind = [p["node_id"] for p in proxies if (p["revision"] or 0) < revision]
+        if not behind:
+            print(f"revision {revision}: running on {len(proxies)} prox{'y' if len(proxies) == 1 else 'ies'}")
+            return 0
+        if time.monotonic() >= deadline:
+            print(f"error: after {timeout:g} s, {', '.join(behind)} still not at revision {revision}; "
+                  "`sluice status` shows what each proxy runs and any config it rejected", file=sys.stderr)
+            return 1
+        time.sleep(0.1)
 
 
 _MARK = {"added": "+", "removed": "-", "changed": "~"}
@@ -309,6 +326,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("-f", "--filename", required=True, help="YAML file of documents, or - for stdin")
     p.add_argument("--dry-run", action="store_true",
                    help="validate and show what would change (objects and Envoy resources); store nothing")
+    p.add_argument("--wait", action="store_true",
+                   help="return once every connected proxy runs the new revision (its traffic follows it)")
+    p.add_argument("--timeout", type=float, default=30.0, help="how long --wait waits, in seconds (default 30)")
     p.set_defaults(client_command=apply)
     p = with_server(sub.add_parser("get", help="show policy objects"))
     p.add_argument("kind", nargs="?", help="a policy kind such as service or ratelimit (default: everything)")
