@@ -20,6 +20,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from inference import demo
+from inference.generate.checkpoint import FAMILIES, SMALL, TINY, Family, build_files
+from inference.generate.config import GenerateConfig
 from inference.config import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -183,7 +185,21 @@ def _write_if_changed(path: Path, content: bytes) -> bool:
     return True
 
 
-def generate(out: Path, resnet: bool = False) -> list[Path]:
+def generative_config(family: Family) -> GenerateConfig:
+    if family is TINY:
+        return GenerateConfig(name=family.name, max_model_len=1024, kv_cache_mb=32, prefill_chunk_tokens=256)
+    return GenerateConfig(name=family.name, max_model_len=4096, kv_cache_mb=512, prefill_chunk_tokens=512)
+
+
+def generate_llm(out: Path, family: Family) -> list[Path]:
+    """A generative model: config.yaml, and version 1 as Hugging Face files plus model.onnx."""
+    model_dir = out / family.name
+    files = {model_dir / CONFIG_FILE: generative_config(family).to_yaml().encode()}
+    files.update({model_dir / "1" / name: content for name, content in build_files(family).items()})
+    return [path for path, content in files.items() if _write_if_changed(path, content)]
+
+
+def generate(out: Path, resnet: bool = False, llms: tuple[str, ...] = (TINY.name,)) -> list[Path]:
     """Build the repository under `out`; returns the files that were (re)written."""
     models: list[tuple[ModelConfig, dict[int, bytes]]] = [
         (classifier_config(), {v: classifier_onnx(v) for v in demo.CLASSIFIER_VERSIONS}),
@@ -196,6 +212,8 @@ def generate(out: Path, resnet: bool = False) -> list[Path]:
         files = {model_dir / CONFIG_FILE: config.to_yaml().encode()}
         files.update({model_dir / str(v) / MODEL_FILE: onnx_bytes for v, onnx_bytes in versions.items()})
         written.extend(path for path, content in files.items() if _write_if_changed(path, content))
+    for name in llms:
+        written.extend(generate_llm(out, FAMILIES[name]))
     return written
 
 
@@ -208,9 +226,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--resnet", action="store_true", help="also generate resnet50 (ResNet-50 shape, seeded random weights, ~100 MB) for benchmarks"
     )
+    parser.add_argument(
+        "--small-llm",
+        action="store_true",
+        help=f"also generate {SMALL.name} (Llama architecture, {SMALL.num_layers} layers, width {SMALL.hidden_size}, ~125 MB) for benchmarks",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    written = generate(args.out, resnet=args.resnet)
+    llms = (TINY.name, SMALL.name) if args.small_llm else (TINY.name,)
+    written = generate(args.out, resnet=args.resnet, llms=llms)
     for path in written:
         log.info("wrote %s", path)
     log.info("model repository %s: %d file(s) written, the rest already up to date", args.out, len(written))

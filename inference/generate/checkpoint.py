@@ -1,0 +1,80 @@
+"""Write and read a generative model version: the Hugging Face files and the ONNX export."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.numpy import load_file, save
+
+from inference.generate.llama import LlamaSpec, Weights, make_weights
+from inference.generate.onnx_export import export
+from inference.generate.tokenizer import BOS, EOS, END, tokenizer_config, train
+
+HF_CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+TOKENIZER = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+GENERATION_CONFIG = "generation_config.json"
+ONNX_MODEL = "model.onnx"
+
+
+@dataclass(frozen=True)
+class Family:
+    """One size of the demo model family."""
+
+    name: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    seed: int
+
+
+TINY = Family("tiny-llama", 512, 64, 2, 4, 2, 172, 2048, seed=11)
+SMALL = Family("small-llama", 1024, 512, 8, 8, 2, 1408, 4096, seed=12)
+FAMILIES = {f.name: f for f in (TINY, SMALL)}
+
+
+def build_files(family: Family) -> dict[str, bytes]:
+    """Every file of one version, by file name: deterministic for a family."""
+    tokenizer = train(family.vocab_size)
+    vocab = tokenizer.get_vocab_size()
+    spec = LlamaSpec(
+        vocab_size=vocab,
+        hidden_size=family.hidden_size,
+        num_layers=family.num_layers,
+        num_heads=family.num_heads,
+        num_kv_heads=family.num_kv_heads,
+        intermediate_size=family.intermediate_size,
+        max_position_embeddings=family.max_position_embeddings,
+    )
+    weights = make_weights(spec, family.seed)
+    bos, eos, end = (tokenizer.token_to_id(t) for t in (BOS, EOS, END))
+    hf_config = spec.hf_config(bos_token_id=bos, eos_token_id=eos)
+
+    def dump(value: object) -> bytes:
+        return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+    return {
+        HF_CONFIG: dump(hf_config),
+        WEIGHTS: save(weights, metadata={"format": "pt"}),
+        TOKENIZER: tokenizer.to_str(pretty=True).encode(),
+        TOKENIZER_CONFIG: dump(tokenizer_config()),
+        GENERATION_CONFIG: dump({"bos_token_id": bos, "eos_token_id": [eos, end]}),
+        ONNX_MODEL: export(spec, weights, family.name),
+    }
+
+
+def read_spec(version_dir: Path) -> LlamaSpec:
+    return LlamaSpec.from_hf_config(json.loads((version_dir / HF_CONFIG).read_text()))
+
+
+def read_weights(version_dir: Path) -> Weights:
+    return dict(load_file(str(version_dir / WEIGHTS)))
+
+
