@@ -18,11 +18,8 @@ COMPONENTS = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in COMPONENTS:
-        module = importlib.import_module(COMPONENTS[argv[0]][0])
-        return int(module.main(argv[1:]) or 0)
+def policy_parser() -> argparse.ArgumentParser:
+    """The commands that talk to the admin API (the components parse their own flags)."""
     parser = argparse.ArgumentParser(prog="sluice", description="A traffic layer for AI inference.")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name, (_, summary) in COMPONENTS.items():
@@ -30,6 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     client.add_commands(sub)
     canary_cli.add_commands(sub)
     geo_cli.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in COMPONENTS:
+        module = importlib.import_module(COMPONENTS[argv[0]][0])
+        return int(module.main(argv[1:]) or 0)
+    parser = policy_parser()
     args = parser.parse_args(argv)
     if not hasattr(args, "client_command"):
         parser.print_help()
