@@ -163,3 +163,10 @@ def test_the_readme_is_a_short_front_door_whose_tour_is_the_docs_tour() -> None:
     tour = [b.text for b in blocks(section, "sh") if f"```sh\n{b.text}```" in _tour_section(readme)]
     assert tour == [b.text for b in blocks(ROOT / "docs/tour.md", "sh")]
     assert all(b.expected() for b in blocks(ROOT / "docs/tour.md", "sh") if "history" not in b.text)
+
+
+def test_the_readmes_links_point_at_files_that_exist() -> None:
+    readme = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    assert links
+    assert [link for link in links if "://" not in link and not (ROOT / link).exists()] == []
