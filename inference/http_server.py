@@ -11,6 +11,9 @@ from typing import Any
 from aiohttp import web
 
 from inference.errors import DeadlineExceeded, InferenceError, InternalError, InvalidInput, NotFound, Unavailable
+from inference.generate.http_api import GenerateHttpApi
+from inference.generate.metrics import render as render_generation_metrics
+from inference.generate.service import GenerationService
 from inference.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from inference.metrics import render as render_metrics
 from inference.protocol import (
@@ -65,8 +68,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 class HttpApi:
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, generation: GenerationService | None = None) -> None:
         self.service = service
+        self.generation = generation
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -138,6 +142,8 @@ class HttpApi:
 
     async def metrics(self, request: web.Request) -> web.Response:
         text = render_metrics(mv.stats for mv in self.service.repository.loaded())
+        if self.generation is not None:
+            text += render_generation_metrics([(e.stats, e.load()) for e in self.generation.models.loaded()])
         return web.Response(text=text, headers={"Content-Type": METRICS_CONTENT_TYPE})
 
     async def infer(self, request: web.Request) -> web.Response:
@@ -193,7 +199,15 @@ async def _maybe_offload(size: int, fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
-def create_app(service: InferenceService, max_request_bytes: int) -> web.Application:
-    app = web.Application(middlewares=[_errors], client_max_size=max_request_bytes)
-    app.add_routes(HttpApi(service).routes())
+def create_app(
+    service: InferenceService, max_request_bytes: int, generation: GenerationService | None = None, max_generate_bytes: int = 8 << 20
+) -> web.Application:
+    middlewares: list[Any] = [_errors]
+    routes = HttpApi(service, generation).routes()
+    if generation is not None:
+        api = GenerateHttpApi(generation, max_generate_bytes, lambda: service.draining, service.in_flight.track)
+        middlewares.append(api.openai_errors)
+        routes += api.routes()
+    app = web.Application(middlewares=middlewares, client_max_size=max_request_bytes)
+    app.add_routes(routes)
     return app

@@ -14,9 +14,11 @@ import grpc
 from aiohttp import web
 from pydantic import ValidationError
 
+from inference.generate.registry import GenerativeModels
+from inference.generate.service import GenerationService
 from inference.http_server import create_app
 from inference.repository import ModelRepository
-from inference.runtime import RuntimeOptions, usable_providers
+from inference.runtime import RuntimeOptions, cpu_count, usable_providers
 from inference.service import Faults, InferenceService
 from inference.settings import ENV_PREFIX, BackendSettings
 
@@ -53,24 +55,32 @@ def build_parser() -> argparse.ArgumentParser:
     option("load", "MODEL[:VERSIONS]", action="append")
     option("fault_error_rate", "FLOAT", type=float)
     option("fault_delay_ms", "FLOAT", type=float)
+    option("fault_step_delay_ms", "FLOAT", type=float)
     option("fault_seed", "INT", type=int)
     option("drain_timeout_s", "SECONDS", type=float)
     option("intra_op_threads", "N", type=int)
     option("max_queue_size", "N", type=int)
     option("max_request_bytes", "BYTES", type=int)
+    option("max_generate_request_bytes", "BYTES", type=int)
     option("engine_cache_dir", "PATH", type=Path)
     option("log_level", "LEVEL", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
 
 
-async def _load_models(repository: ModelRepository, settings: BackendSettings) -> None:
-    specs = settings.load_specs() or [(name, None) for name in repository.names_on_disk()]
+async def _load_models(repository: ModelRepository, generative: GenerativeModels, settings: BackendSettings) -> None:
+    generative_names = set(generative.names_on_disk())
+    specs = settings.load_specs() or [(name, None) for name in repository.names_on_disk() + sorted(generative_names)]
     if not specs:
         raise ValueError(
             f"no models in repository {settings.model_repository}; create them with: python -m inference.gen_models --out {settings.model_repository}"
         )
     for name, versions in specs:
-        await repository.load(name, versions)
+        if name not in generative_names:
+            await repository.load(name, versions)
+        elif versions is not None:
+            raise ValueError(f"--load {name}: a generative model serves its highest version; name no versions")
+        else:
+            await generative.load(name)
 
 
 async def serve(settings: BackendSettings) -> int:
@@ -89,9 +99,15 @@ async def serve(settings: BackendSettings) -> int:
             "FAULT INJECTION ON: failing %.1f%% of infer requests and delaying each by %.1f ms",
             faults.error_rate * 100, settings.fault_delay_ms,
         )
-    service = InferenceService(repository, faults, seed=settings.fault_seed)
+    if settings.fault_step_delay_ms:
+        log.warning("FAULT INJECTION ON: delaying every generation step by %.1f ms", settings.fault_step_delay_ms)
+    generative = GenerativeModels(
+        settings.model_repository, providers, settings.intra_op_threads or cpu_count(), step_delay_s=settings.fault_step_delay_ms / 1000
+    )
+    service = InferenceService(repository, faults, seed=settings.fault_seed, generative=generative)
 
-    runner = web.AppRunner(create_app(service, settings.max_request_bytes), access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S)
+    app = create_app(service, settings.max_request_bytes, GenerationService(generative), settings.max_generate_request_bytes)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S)
     await runner.setup()
     grpc_server: grpc.aio.Server | None = None
     try:
@@ -113,7 +129,7 @@ async def serve(settings: BackendSettings) -> int:
                 return 1
             log.info("gRPC listening on %s:%d", settings.host, bound)
 
-        loading = asyncio.ensure_future(_load_models(repository, settings))
+        loading = asyncio.ensure_future(_load_models(repository, generative, settings))
         stopping = asyncio.ensure_future(stop.wait())
         await asyncio.wait([loading, stopping], return_when=asyncio.FIRST_COMPLETED)
         if loading.done() and loading.exception() is not None:
@@ -126,7 +142,8 @@ async def serve(settings: BackendSettings) -> int:
             await asyncio.gather(loading, return_exceptions=True)
             return 0
         service.started = True
-        log.info("ready: %s", ", ".join(f"{mv.name}:{mv.version}" for mv in repository.loaded()))
+        names = [f"{mv.name}:{mv.version}" for mv in repository.loaded()] + [e.config.name for e in generative.loaded()]
+        log.info("ready: %s", ", ".join(names))
 
         await stopping
         stop.clear()
@@ -144,6 +161,7 @@ async def serve(settings: BackendSettings) -> int:
         if grpc_server is not None:
             await grpc_server.stop(_SHUTDOWN_GRACE_S)
         await runner.cleanup()
+        await generative.close()
         await repository.close()
         log.info("stopped")
 

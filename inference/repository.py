@@ -17,6 +17,7 @@ from inference.cache import ResponseCache
 from inference.config import CONFIG_FILE, MODEL_FILE, ModelConfig, load_config
 from inference.datatypes import datatype_of, numpy_dtype
 from inference.errors import InvalidInput, NotFound, Unavailable
+from inference.generate.config import is_generative
 from inference.runtime import ModelSession, RuntimeOptions
 from inference.stats import ModelStats
 
@@ -172,7 +173,8 @@ class ModelRepository:
     def names_on_disk(self) -> list[str]:
         if not self.root.is_dir():
             return []
-        return sorted(p.name for p in self.root.iterdir() if (p / CONFIG_FILE).is_file())
+        # Generative models share the repository but not this loader (see inference/generate/).
+        return sorted(p.name for p in self.root.iterdir() if (p / CONFIG_FILE).is_file() and not is_generative(p))
 
     def versions_on_disk(self, name: str) -> list[int]:
         model_dir = self.root / name

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from inference.cache import cache_key
 from inference.errors import DeadlineExceeded, InferenceError, InternalError, InvalidInput, NotFound, Unavailable
+from inference.generate.registry import GenerativeModels
 from inference.protocol import InferRequest, InferResponse
 from inference.repository import ModelRepository, ModelVersion
 
@@ -62,8 +63,11 @@ class InFlight:
 
 
 class InferenceService:
-    def __init__(self, repository: ModelRepository, faults: Faults = Faults(), seed: int | None = None) -> None:
+    def __init__(
+        self, repository: ModelRepository, faults: Faults = Faults(), seed: int | None = None, generative: GenerativeModels | None = None
+    ) -> None:
         self.repository = repository
+        self.generative = generative
         self.faults = faults
         self.in_flight = InFlight()
         self.draining = False
@@ -74,7 +78,8 @@ class InferenceService:
     def ready(self) -> bool:
         """Ready once the start-up models are warmed, while some version serves and none is
         half-loaded, and not draining."""
-        return self.started and not self.draining and bool(self.repository.loaded()) and self.repository.all_ready()
+        serving = bool(self.repository.loaded()) or bool(self.generative and self.generative.loaded())
+        return self.started and not self.draining and serving and self.repository.all_ready()
 
     def start_draining(self) -> None:
         self.draining = True

@@ -41,11 +41,15 @@ class BackendSettings(BaseSettings):
     )
     fault_error_rate: Annotated[float, Field(ge=0, le=1, description="fraction of infer requests failed with HTTP 500 on purpose")] = 0.0
     fault_delay_ms: Annotated[float, Field(ge=0, description="delay added to every infer request on purpose, in ms")] = 0.0
+    fault_step_delay_ms: Annotated[float, Field(ge=0, description="delay added to every generation engine step on purpose, in ms")] = 0.0
     fault_seed: int | None = Field(None, description="seed for --fault-error-rate, for repeatable runs")
     drain_timeout_s: Annotated[float, Field(gt=0, description="on SIGTERM, how long in-flight requests may take to finish")] = 10.0
     intra_op_threads: Annotated[int | None, Field(ge=1, description="ORT threads per session; default: cores / instances")] = None
     max_queue_size: Annotated[int, Field(ge=1, description="queue bound for models whose config sets none")] = 1024
     max_request_bytes: Annotated[int, Field(ge=1024, description="largest request body accepted")] = 64 * 1024 * 1024
+    max_generate_request_bytes: Annotated[
+        int, Field(ge=1024, description="largest body accepted by the OpenAI and generate endpoints (413 above)")
+    ] = 8 * 1024 * 1024
     engine_cache_dir: Path = Field(Path("var/engine-cache"), description="where TensorRT keeps built engines")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 

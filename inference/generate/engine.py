@@ -73,9 +73,17 @@ class _StepResult:
 
 class Engine:
     def __init__(
-        self, config: GenerateConfig, spec: LlamaSpec, lm: CausalLM, tokenizer: TextTokenizer, executor: Executor
+        self,
+        config: GenerateConfig,
+        spec: LlamaSpec,
+        lm: CausalLM,
+        tokenizer: TextTokenizer,
+        executor: Executor,
+        step_delay_s: float = 0.0,
     ) -> None:
         self.config = config
+        # Fault injection (off unless asked): a slower model, for tests of streaming and balancing.
+        self.step_delay_s = step_delay_s
         self.spec = spec
         self.lm = lm
         self.tokenizer = tokenizer
@@ -320,6 +328,8 @@ class Engine:
 
     def _step(self, chunks: list[_Chunk], decode: list[Sequence]) -> _StepResult:
         result = _StepResult()
+        if self.step_delay_s:
+            time.sleep(self.step_delay_s)
         try:
             if chunks:
                 self._prefill(chunks, result)

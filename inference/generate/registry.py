@@ -20,8 +20,9 @@ log = logging.getLogger("inference.generate")
 
 
 class GenerativeModels:
-    def __init__(self, root: Path, providers: tuple[str, ...], threads: int) -> None:
+    def __init__(self, root: Path, providers: tuple[str, ...], threads: int, step_delay_s: float = 0.0) -> None:
         self.root = root
+        self.step_delay_s = step_delay_s
         self.providers = providers
         self.threads = threads
         self._engines: dict[str, Engine] = {}
@@ -61,7 +62,7 @@ class GenerativeModels:
         try:
             lm = await loop.run_in_executor(executor, CausalLM, version_dir / ONNX_MODEL, self.providers, self.threads, spec.num_layers)
             tokenizer = TextTokenizer.load(version_dir / TOKENIZER)
-            engine = Engine(config, spec, lm, tokenizer, executor)
+            engine = Engine(config, spec, lm, tokenizer, executor, step_delay_s=self.step_delay_s)
             engine.start()
             await self._warm(engine)
         except BaseException:
