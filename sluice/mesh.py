@@ -100,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--listen-port", type=int, default=10000, help="edge listener (default %(default)s)")
     p.add_argument("--envoy-admin-port", type=int, default=9901)
     p.add_argument("--backend-ports", default="8001,8002", help="classifier version 1 and 2 (default %(default)s)")
+    p.add_argument("--llm-port", type=int, default=8003, help="the generative backend, tiny-llama (default %(default)s)")
     p.add_argument("--policy", default=str(ROOT / "examples/demo.yaml"),
                    help="policy applied when the store is empty (default examples/demo.yaml)")
     p.add_argument("--logs", default="var/logs", help="where each process logs (default %(default)s)")
@@ -125,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         if stored == 0:
             docs = [d for d in yaml.safe_load_all(Path(args.policy).read_text()) if d]
             for d in docs:  # the demo policy names the default ports; follow the ones chosen here
-                if d["kind"] == "Backend" and d["name"] in ("classifier-v1", "classifier-v2"):
-                    d["spec"]["endpoints"][0]["port"] = v1_port if d["name"] == "classifier-v1" else v2_port
+                ports = {"classifier-v1": v1_port, "classifier-v2": v2_port, "tiny-llama": args.llm_port}
+                if d["kind"] == "Backend" and d["name"] in ports:
+                    d["spec"]["endpoints"][0]["port"] = ports[d["name"]]
             revision = client.call("POST", "/api/v1/apply", {"documents": docs})["revision"]
             print(f"  applied {args.policy} as revision {revision}", flush=True)
         else:
@@ -134,11 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         for version, port in ((1, v1_port), (2, v2_port)):
             mesh.spawn(f"backend-v{version}", "backend", "--http-port", str(port),
                        "--model-repository", args.model_repository, "--load", f"classifier:{version}")
+        mesh.spawn("backend-llm", "backend", "--http-port", str(args.llm_port),
+                   "--model-repository", args.model_repository, "--load", "tiny-llama")
         mesh.spawn("envoy", "envoy", "--xds", f"127.0.0.1:{args.xds_port}",
                    "--listen", f"127.0.0.1:{args.listen_port}", "--admin", f"127.0.0.1:{args.envoy_admin_port}",
                    "--node-id", "edge-local", "--bootstrap", "var/envoy-edge-local.yaml")
         for version, port in ((1, v1_port), (2, v2_port)):
             _wait(f"backend version {version}", lambda p=port: _ok(f"http://127.0.0.1:{p}/v2/health/ready"), mesh)
+        _wait("the generative backend", lambda: _ok(f"http://127.0.0.1:{args.llm_port}/v2/health/ready"), mesh)
         _wait("Envoy", lambda: _ok(f"http://127.0.0.1:{args.envoy_admin_port}/ready"), mesh)
         _wait("the edge route", lambda: _ok(f"http://127.0.0.1:{args.listen_port}/v2/models/classifier/ready"), mesh)
         print(f"""
@@ -147,10 +152,13 @@ sluice is up.
   admin API   {admin}/api/v1/   (sluice get | apply -f FILE | status)
   xDS         127.0.0.1:{args.xds_port}
   Envoy admin http://127.0.0.1:{args.envoy_admin_port}/
-  backends    version 1 on :{v1_port}, version 2 on :{v2_port}
+  OpenAI API  http://127.0.0.1:{args.listen_port}/v1/   (model tiny-llama, through the edge)
+  backends    version 1 on :{v1_port}, version 2 on :{v2_port}, tiny-llama on :{args.llm_port}
 Try:
   curl -s -X POST http://127.0.0.1:{args.listen_port}/v2/models/classifier/infer \\
     -d '{json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})}'
+  curl -sN http://127.0.0.1:{args.listen_port}/v1/chat/completions \
+    -d '{json.dumps({"model": "tiny-llama", "stream": True, "max_tokens": 20, "messages": [{"role": "user", "content": "Tell me about the river."}]})}'
 Ctrl-C stops everything.""", flush=True)
         while (name := mesh.exited()) is None:
             time.sleep(0.5)
