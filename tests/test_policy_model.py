@@ -82,3 +82,23 @@ def test_mirror_targets_must_exist_and_stay() -> None:
     mirrored = with_document(policy, parse_document(service))
     assert mirrored.problems() == []
     assert mirrored.users_of_backend("classifier-v2") == ["services.classifier.routes.infer"]
+
+
+def test_what_the_data_plane_would_refuse_is_refused_here() -> None:
+    """Each passed the model once and was NACKed by Envoy or the ratelimit filter."""
+    hostname = {"kind": "Backend", "name": "b", "spec": {"endpoints": [{"address": "backend-v1", "port": 80}]}}
+    loc, msg = _problems(hostname)[0]
+    assert loc == "spec.endpoints.0.address" and "not an IP address" in msg
+    ipv6 = {"kind": "Backend", "name": "b", "spec": {"endpoints": [{"address": "2001:db8::1", "port": 80}]}}
+    assert parse_document(ipv6).spec.endpoints[0].address == "2001:db8::1"  # type: ignore[union-attr]
+
+    limit = {"service": "classifier", "rate": 1.0, "burst": 1}
+    assert _problems({"kind": "RateLimit", "name": "l", "spec": {**limit, "rate": 1e-7}})[0][0] == "spec.rate"
+    for field, value in (("key", [{"type": "header", "name": "x" * 65}]), ("cost_header", "x" * 65)):
+        assert _problems({"kind": "RateLimit", "name": "l", "spec": {**limit, field: value}})[0][0].startswith(
+            f"spec.{field}")
+    parse_document({"kind": "RateLimit", "name": "l", "spec": {**limit, "cost_header": "x" * 64}})
+
+    service = copy.deepcopy(demo_policy(1, 2)[2])
+    service["spec"]["routes"][0]["match"]["headers"] = [{"name": "x-a", "prefix": ""}]
+    assert _problems(service)[0][0] == "spec.routes.0.match.headers.0.prefix"

@@ -9,6 +9,7 @@ from typing import Annotated
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
+from controlplane.policy import filter_limits as limits
 from controlplane.policy.model import Name, Strict
 
 COUNTRY_PATTERN = r"^[A-Z]{2}$"
@@ -17,7 +18,7 @@ REGION_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 Country = Annotated[str, StringConstraints(pattern=COUNTRY_PATTERN),
                     Field(description="ISO 3166-1 alpha-2 code, two capital letters")]
 # What the filter accepts as a header name (lowercase: Envoy stores header names lowercased).
-FilterHeaderName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.-]{1,64}$")]
+FilterHeaderName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.-]+$", max_length=limits.GEO_HEADER_NAME_LEN_MAX)]
 Digest = Annotated[str, StringConstraints(pattern=r"^sha256:[0-9a-f]{64}$")]
 
 # Headers whose meaning the edge depends on: the filter must never replace them.

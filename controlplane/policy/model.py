@@ -7,10 +7,13 @@ which reports the same way, so every rejection names the field that caused it.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from controlplane.policy import filter_limits as limits
 
 Name = Annotated[
     str,
@@ -18,6 +21,9 @@ Name = Annotated[
     Field(description="lower-case letters, digits and '-', 1-63 characters"),
 ]
 HeaderName = Annotated[str, StringConstraints(pattern=r"^:?[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$")]
+# A header the ratelimit filter reads (a key part, the cost header): its own, shorter bound.
+FilterHeaderName = Annotated[str, StringConstraints(
+    pattern=r"^:?[A-Za-z0-9!#$%&'*+.^_`|~-]+$", max_length=limits.RATELIMIT_HEADER_NAME_LEN_MAX)]
 Host = Annotated[str, StringConstraints(pattern=r"^(\*|\*?[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?)$")]
 
 
@@ -41,9 +47,20 @@ def _check_regex(pattern: str | None) -> str | None:
 
 
 class Endpoint(Strict):
-    address: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    address: Annotated[str, Field(description="an IPv4 or IPv6 address: EDS endpoints take no host names "
+                                              "(resolve them first, as deploy/seed_policy.py does)")]
     port: Annotated[int, Field(ge=1, le=65535)]
     weight: Annotated[int, Field(ge=1, le=128)] = 1
+
+    @field_validator("address")
+    @classmethod
+    def _ip_address(cls, address: str) -> str:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"{address!r} is not an IP address: Envoy takes only IP addresses "
+                             "in EDS endpoints, so resolve host names before applying") from None
+        return address
 
 
 Percent = Annotated[float, Field(ge=0, le=100)]
@@ -156,11 +173,15 @@ class Backend(Strict):
         return self
 
 
+# Envoy's StringMatcher refuses an empty prefix or regex (an empty exact value is a value).
+NonEmpty = Annotated[str, StringConstraints(min_length=1)]
+
+
 class HeaderMatch(Strict):
     name: HeaderName
     exact: str | None = None
-    prefix: str | None = None
-    regex: str | None = None
+    prefix: NonEmpty | None = None
+    regex: NonEmpty | None = None
     present: bool | None = None
 
     @model_validator(mode="after")
@@ -173,8 +194,8 @@ class HeaderMatch(Strict):
 class QueryParameterMatch(Strict):
     name: Annotated[str, StringConstraints(min_length=1, max_length=128)]
     exact: str | None = None
-    prefix: str | None = None
-    regex: str | None = None
+    prefix: NonEmpty | None = None
+    regex: NonEmpty | None = None
     present: bool | None = None
 
     @model_validator(mode="after")
@@ -325,7 +346,7 @@ class KeyPart(Strict):
     """One part of a rate-limit key: the client's IP, a request header's value, or the route."""
 
     type: Literal["client_ip", "header", "route"]
-    name: HeaderName | None = Field(None, description="the header, for type header")
+    name: FilterHeaderName | None = Field(None, description="the header, for type header")
 
     @model_validator(mode="after")
     def _name_for_headers(self) -> KeyPart:
@@ -338,12 +359,14 @@ class RateLimit(Strict):
     """A token bucket per key, enforced inside each edge Envoy by the ratelimit WASM filter."""
 
     service: Name
-    routes: Annotated[list[Name], Field(max_length=16, description="routes of the service; empty: all")] = []
-    rate: Annotated[float, Field(gt=0, le=1e9, description="tokens added per second")]
-    burst: Annotated[int, Field(ge=1, le=1_000_000_000, description="bucket size")]
-    key: Annotated[list[KeyPart], Field(max_length=4)] = [KeyPart(type="client_ip")]
-    cost_header: HeaderName | None = Field(None, description="a request header carrying the request's cost")
-    route_costs: Annotated[dict[Name, Annotated[int, Field(ge=1)]], Field(max_length=16)] = {}
+    routes: Annotated[list[Name], Field(
+        max_length=limits.RATELIMIT_ROUTES_MAX, description="routes of the service; empty: all")] = []
+    rate: Annotated[float, Field(ge=limits.RATE_MIN, le=limits.RATE_MAX, description="tokens added per second")]
+    burst: Annotated[int, Field(ge=1, le=limits.BURST_MAX, description="bucket size")]
+    key: Annotated[list[KeyPart], Field(max_length=limits.RATELIMIT_DESCRIPTORS_MAX)] = [KeyPart(type="client_ip")]
+    cost_header: FilterHeaderName | None = Field(None, description="a request header carrying the request's cost")
+    route_costs: Annotated[dict[Name, Annotated[int, Field(ge=1)]], Field(
+        max_length=limits.RATELIMIT_ROUTE_COSTS_MAX)] = {}
     shadow: bool = Field(False, description="count what would be limited, never reject")
     scope: Literal["local", "global"] = Field(
         "local",
@@ -370,7 +393,7 @@ class Edge(Strict):
     """Settings of the edge proxies themselves. One object, named `edge`."""
 
     xff_trusted_hops: Annotated[int, Field(
-        ge=0, le=16,
+        ge=0, le=limits.TRUSTED_HOPS_MAX,
         description="proxies in front of the edge that append to X-Forwarded-For and are trusted; "
                     "0: the client is the connection's peer",
     )] = 0

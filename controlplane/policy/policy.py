@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from controlplane.policy.canary import Canary, CanaryStatus, finished
 from controlplane.policy.geo import Geo, GeoRoute
+from controlplane.policy import filter_limits as limits
 from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
 
 
@@ -18,7 +19,7 @@ class Problem(Strict):
     msg: str
 
 
-MAX_RATELIMITS = 16  # the filter's fixed policy table
+MAX_RATELIMITS = limits.RATELIMIT_POLICIES_MAX  # the filter's fixed policy table
 
 
 class Policy(Strict):

@@ -19,6 +19,7 @@ from google.protobuf.any_pb2 import Any
 from google.protobuf.wrappers_pb2 import BytesValue, StringValue
 
 from controlplane.policy import Policy
+from controlplane.policy.filter_limits import RATE_MIN
 from controlplane.translate.geo import TableLookup, georoute_configuration
 from controlplane.translate.sources import ads
 
@@ -60,8 +61,9 @@ def wasm_filter(name: str, module: Path, plugin: str,
 def _share(rate: float, burst: int, fraction: float | None) -> tuple[float, int]:
     if fraction is None:
         return rate, burst
-    # Each proxy keeps at least one token, or its clients could never be admitted.
-    return rate * fraction, max(1, math.floor(burst * fraction))
+    # Each proxy keeps at least one token, or its clients could never be admitted, and at least
+    # the filter's lowest rate, however many proxies share the limit.
+    return max(RATE_MIN, rate * fraction), max(1, math.floor(burst * fraction))
 
 
 def ratelimit_config(policy: Policy, shares: Mapping[str, float] | None = None) -> dict[str, object]:
