@@ -8,6 +8,7 @@ test {
     _ = @import("ratelimit/response.zig");
     _ = @import("ratelimit/streams.zig");
     _ = @import("ratelimit/key.zig");
+    _ = @import("ratelimit/secret.zig");
     _ = @import("georoute/prefixes.zig");
     _ = @import("georoute/config.zig");
     _ = @import("georoute/table.zig");

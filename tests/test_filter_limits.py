@@ -16,6 +16,7 @@ ZIG = {
         "route_costs_max": "RATELIMIT_ROUTE_COSTS_MAX", "descriptors_max": "RATELIMIT_DESCRIPTORS_MAX",
         "policy_name_len_max": "RATELIMIT_POLICY_NAME_LEN_MAX", "route_len_max": "RATELIMIT_ROUTE_LEN_MAX",
         "header_name_len_max": "RATELIMIT_HEADER_NAME_LEN_MAX", "config_bytes_max": "RATELIMIT_CONFIG_BYTES_MAX",
+        "ipv6_prefix_len_default": "RATELIMIT_IPV6_PREFIX_LEN_DEFAULT",
     },
     "filters/ratelimit/gcra.zig": {"rate_min": "RATE_MIN", "rate_max": "RATE_MAX", "burst_max": "BURST_MAX"},
     "filters/abi/ip.zig": {"trusted_hops_max": "TRUSTED_HOPS_MAX"},

@@ -15,6 +15,7 @@ RATELIMIT_POLICY_NAME_LEN_MAX = 64  # policy_name_len_max
 RATELIMIT_ROUTE_LEN_MAX = 128  # route_len_max: an Envoy route name, "service/route"
 RATELIMIT_HEADER_NAME_LEN_MAX = 64  # header_name_len_max: key headers and the cost header
 RATELIMIT_CONFIG_BYTES_MAX = 64 * 1024  # config_bytes_max: the JSON the control plane renders
+RATELIMIT_IPV6_PREFIX_LEN_DEFAULT = 64  # ipv6_prefix_len_default
 
 # filters/ratelimit/gcra.zig
 RATE_MIN = 1e-6  # rate_min, tokens per second

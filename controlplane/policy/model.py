@@ -368,6 +368,10 @@ class RateLimit(Strict):
     route_costs: Annotated[dict[Name, Annotated[int, Field(ge=1)]], Field(
         max_length=limits.RATELIMIT_ROUTE_COSTS_MAX)] = {}
     shadow: bool = Field(False, description="count what would be limited, never reject")
+    ipv6_prefix_len: Annotated[int, Field(
+        ge=1, le=128, description="an IPv6 client is keyed by its network of this length (a host commonly holds "
+                                  "a whole /64, so a longer prefix lets it mint identities); IPv4 clients by address")
+    ] = limits.RATELIMIT_IPV6_PREFIX_LEN_DEFAULT
     scope: Literal["local", "global"] = Field(
         "local",
         description="local: every edge Envoy admits rate/burst on its own; global: all edge Envoys together "

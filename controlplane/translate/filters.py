@@ -85,6 +85,7 @@ def ratelimit_config(policy: Policy, shares: Mapping[str, float] | None = None) 
                 **({"cost_header": limit.cost_header.lower()} if limit.cost_header else {}),
                 "route_costs": {f"{limit.service}/{r}": c for r, c in sorted(limit.route_costs.items())},
                 "shadow": limit.shadow,
+                "ipv6_prefix_len": limit.ipv6_prefix_len,
             }
             for name, limit in sorted(policy.ratelimits.items())
         ],

@@ -25,6 +25,23 @@ pub const Address = struct {
     pub fn eql(self: Address, other: Address) bool {
         return self.family == other.family and std.mem.eql(u8, &self.bytes, &other.bytes);
     }
+
+    /// The network of an IPv6 address: its first `bits` bits, the rest zero. IPv4 is unchanged
+    /// (one host holds one IPv4 address, but commonly a whole /64 of IPv6).
+    pub fn v6Prefix(self: Address, bits: u8) Address {
+        assert(bits <= 128);
+        if (self.family != .v6) return self;
+        var out = self;
+        for (&out.bytes, 0..) |*byte, i| {
+            const start: usize = i * 8;
+            if (start >= bits) {
+                byte.* = 0;
+            } else if (start + 8 > bits) {
+                byte.* &= @as(u8, 0xff) << @intCast(8 - (bits - start));
+            }
+        }
+        return out;
+    }
 };
 
 /// Longest textual form accepted for an address with its optional port and brackets:
@@ -283,6 +300,18 @@ fn expectFormat(expected: []const u8, text: []const u8) !void {
     var buffer: [format_len_max]u8 = undefined;
     const address = parseHostPort(text) orelse return error.TestUnexpectedNull;
     try testing.expectEqualStrings(expected, format(address, &buffer));
+}
+
+test "v6Prefix keeps the network, and IPv4 whole" {
+    const a = parseIp6("2001:db8:1:2:aaaa:bbbb:cccc:dddd").?;
+    const b = parseIp6("2001:db8:1:2::1").?;
+    try std.testing.expect(a.v6Prefix(64).eql(b.v6Prefix(64)));
+    try std.testing.expect(!a.v6Prefix(80).eql(b.v6Prefix(80)));
+    try std.testing.expect(a.v6Prefix(128).eql(a));
+    try std.testing.expect(parseIp6("2001:db8:1:3::1").?.v6Prefix(63).eql(b.v6Prefix(63)));
+    try std.testing.expect(!parseIp6("2001:db8:1:3::1").?.v6Prefix(64).eql(b.v6Prefix(64)));
+    const v4 = Address.v4(192, 0, 2, 1);
+    try std.testing.expect(v4.v6Prefix(8).eql(v4));
 }
 
 test "ipv4 parse strict" {

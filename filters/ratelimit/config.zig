@@ -18,7 +18,9 @@
 //!       ],
 //!       "cost_header": "x-sluice-cost",            // optional header name
 //!       "route_costs": {"classifier/infer": 2},    // optional, 0..16 entries, cost 1..burst
-//!       "shadow": false                            // optional, default false
+//!       "shadow": false,                           // optional, default false
+//!       "ipv6_prefix_len": 64                      // optional, 1..128, default 64: the client_ip
+//!                                                  //   of an IPv6 client is its network of this length
 //!     }
 //!   ]
 //! }
@@ -38,6 +40,7 @@ pub const descriptors_max = 4;
 pub const policy_name_len_max = 64;
 pub const route_len_max = 128;
 pub const header_name_len_max = 64;
+pub const ipv6_prefix_len_default = 64;
 /// The bound abi/ip.zig enforces on the X-Forwarded-For hops it skips.
 pub const trusted_hops_max = abi.ip.trusted_hops_max;
 
@@ -69,6 +72,7 @@ pub const Policy = struct {
     route_costs: [route_costs_max]RouteCost = undefined,
     route_costs_len: u8 = 0,
     shadow: bool = false,
+    ipv6_prefix_len: u8 = ipv6_prefix_len_default,
 
     pub fn appliesTo(self: *const Policy, route: []const u8) bool {
         if (self.routes_len == 0) return true;
@@ -130,6 +134,7 @@ const JsonPolicy = struct {
     cost_header: ?[]const u8 = null,
     route_costs: ?std.json.ArrayHashMap(Number(i64)) = null,
     shadow: bool = false,
+    ipv6_prefix_len: Number(i64) = .{ .value = ipv6_prefix_len_default },
 };
 const JsonConfig = struct {
     xff_trusted_hops: Number(i64) = .{ .value = 0 },
@@ -215,7 +220,11 @@ fn validatePolicy(jp: *const JsonPolicy, i: usize, policy: *Policy, message: *Me
             return false;
         };
     };
-    policy.* = .{ .limit = limit, .rate = jp.rate.value, .shadow = jp.shadow };
+    if (jp.ipv6_prefix_len.value < 1 or jp.ipv6_prefix_len.value > 128) {
+        message.print("policy \"{s}\": ipv6_prefix_len must be an integer in [1, 128], got {d}", .{ jp.name, jp.ipv6_prefix_len.value });
+        return false;
+    }
+    policy.* = .{ .limit = limit, .rate = jp.rate.value, .shadow = jp.shadow, .ipv6_prefix_len = @intCast(jp.ipv6_prefix_len.value) };
     policy.name.set(jp.name);
 
     if (jp.routes.len > routes_max) {

@@ -30,6 +30,7 @@ const gcra = @import("gcra.zig");
 const key = @import("key.zig");
 const limiter = @import("limiter.zig");
 const response = @import("response.zig");
+const secret = @import("secret.zig");
 const slots = @import("slots.zig");
 const streams = @import("streams.zig");
 
@@ -133,6 +134,29 @@ const SharedStore = struct {
     }
 };
 
+var hash_secret: key.Secret = undefined;
+var hash_secret_from: enum { nowhere, this_vm, shared_data } = .nowhere;
+var hash_secret_failures: u64 = 0;
+
+/// The secret bucket hashes are keyed with, shared by every VM of this Envoy (secret.zig). If
+/// shared data fails, this VM uses a random secret of its own meanwhile (its clients' buckets
+/// are apart from other workers' until then) and asks again on the next request.
+fn hashSecret() *const key.Secret {
+    if (hash_secret_from != .shared_data) {
+        if (hash_secret_from == .nowhere) {
+            std.crypto.random.bytes(&hash_secret);
+            hash_secret_from = .this_vm;
+        }
+        if (secret.loadOrCreate(SharedStore{}, &hash_secret)) |shared| {
+            hash_secret = shared;
+            hash_secret_from = .shared_data;
+        } else |_| {
+            logSparse(&hash_secret_failures, "ratelimit: could not read or create the hashing secret in shared data", .{});
+        }
+    }
+    return &hash_secret;
+}
+
 /// Logs 1st, 2nd, 4th, 8th... occurrence only, so a persistent fault cannot flood the log.
 fn logSparse(counter: *u64, comptime fmt: []const u8, args: anytype) void {
     counter.* += 1;
@@ -153,6 +177,7 @@ export fn proxy_on_vm_start(root_context_id: u32, vm_configuration_size: u32) u3
         .cas_exhausted = defineCounter(metric_prefix ++ ".cas_exhausted", .{}),
         .store_errors = defineCounter(metric_prefix ++ ".store_errors", .{}),
     };
+    _ = hashSecret();
     const created = limiter.createSets(SharedStore{}) catch {
         host.log(.err, "ratelimit: could not create the slot table in shared data");
         return 1; // requests will create their sets on first use
@@ -226,10 +251,10 @@ const RequestFacts = struct {
 };
 
 fn bucketHash(policy: *const config.Policy, facts: *RequestFacts) u64 {
-    var hasher = key.Hasher.init(policy.name.slice());
+    var hasher = key.Hasher.init(hashSecret(), policy.name.slice());
     for (policy.descriptorSlice()) |*descriptor| {
         switch (descriptor.kind) {
-            .client_ip => hasher.descriptor(.client_ip, &facts.clientIp().address.bytes),
+            .client_ip => hasher.descriptor(.client_ip, &facts.clientIp().address.v6Prefix(policy.ipv6_prefix_len).bytes),
             .header => hasher.descriptor(.header, facts.header(descriptor.header.slice())),
             .route => hasher.descriptor(.route, facts.route),
         }

@@ -23,7 +23,7 @@ FILTER = "ratelimit"  # the `wasm` fixture (conftest.py)
 PREFIX = "sluice_ratelimit"
 SET_COUNT = 4096  # filters/ratelimit/slots.zig
 SLOT_COUNT = SET_COUNT * 4
-KEY_COUNT = SET_COUNT + 1  # the sets and the "rl/ready" marker
+KEY_COUNT = SET_COUNT + 2  # the sets, the "rl/ready" marker and the hashing secret "rl/secret"
 
 
 def policy(name: str = "per-client", rate: float = 1.0, burst: int = 5, **extra) -> dict:
@@ -277,8 +277,9 @@ def test_workers_share_buckets(wasm):
     shared, metrics, clock = SharedData(), Metrics(), Clock()
     workers = [make_host(wasm, config(policy(burst=7)), shared_data=shared, metrics=metrics, clock=clock)
                for _ in range(3)]
-    # The first VM created the slot table; the others only read the "rl/ready" marker.
-    assert [w.calls["proxy_get_shared_data"] for w in workers] == [KEY_COUNT, 1, 1]
+    # The first VM created the hashing secret (read, write, read back) and the slot table; the
+    # others only read the secret and the "rl/ready" marker.
+    assert [w.calls["proxy_get_shared_data"] for w in workers] == [KEY_COUNT + 1, 2, 2]
     results = [send(workers[i % 3]) for i in range(20)]
     assert admitted(results) == 7
     assert metrics.get(f"{PREFIX}.per-client.allowed") == 7
@@ -332,7 +333,7 @@ def test_memory_is_bounded_whatever_the_number_of_clients(wasm):
                           response_headers=None)
     elapsed = time.monotonic() - start
     assert len(shared.entries) == KEY_COUNT <= SLOT_COUNT
-    assert all(len(v) == 64 for k, (v, _) in shared.entries.items() if k != b"rl/ready")
+    assert all(len(v) == 64 for k, (v, _) in shared.entries.items() if k not in (b"rl/ready", b"rl/secret"))
     assert host.metric(f"{PREFIX}.per-client.allowed") == clients  # every new client starts full
     # More live buckets than slots: the closest-to-full ones were taken over, and counted.
     assert host.metric(f"{PREFIX}.slot_evictions") >= clients - SLOT_COUNT
