@@ -24,7 +24,8 @@ def _start_mesh(tmp_path: Path, ports: dict[str, int], model_repository: Path, n
                        "--store", f"sqlite:///{tmp_path / 'tour.db'}", "--xds-port", str(ports["xds"]),
                        "--admin-port", str(ports["admin"]), "--listen-port", str(ports["listen"]),
                        "--envoy-admin-port", str(ports["envoy_admin"]),
-                       "--backend-ports", f"{ports['v1']},{ports['v2']}", "--logs", str(tmp_path / name)],
+                       "--backend-ports", f"{ports['v1']},{ports['v2']}", "--llm-port", str(ports["llm"]),
+                       "--logs", str(tmp_path / name)],
                 tmp_path / f"{name}.log").start()
 
 
@@ -73,7 +74,7 @@ def _run(block: Block, tmp_path: Path, ports: dict[str, int], examples: Path, in
 
 
 def test_the_tour_then_the_geo_example_work_in_order(tmp_path: Path, model_repository: Path) -> None:
-    ports = {name: free_port() for name in ("xds", "admin", "listen", "envoy_admin", "v1", "v2")}
+    ports = {name: free_port() for name in ("xds", "admin", "listen", "envoy_admin", "v1", "v2", "llm")}
     examples = _examples(tmp_path, ports)
     tour = blocks(ROOT / "docs/tour.md", "sh")
     geo = [b for b in blocks(ROOT / "docs/policy/geo.md", "sh") if b.expected()]
