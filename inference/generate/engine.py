@@ -7,10 +7,16 @@ never its whole prefill.
 
 The decode batch is a padded tensor of every running sequence's keys and values, fed to the
 model as `past_key_values` and replaced by its `present` output after each step. While the
-batch keeps the same members nothing is copied; when a sequence joins or leaves, the new
-columns are written back to the block pool and the batch is rebuilt from blocks. Holes in a
-row (a short sequence padded to the longest) are masked by `attention_mask`, and each row's
-true positions go in `position_ids`, so sequences of any lengths share a step.
+batch keeps the same members nothing is copied; a rebuild writes the new columns back to the
+block pool and gathers the batch afresh from blocks. Holes in a row (a short sequence padded
+to the longest) are masked by `attention_mask`, and each row's true positions go in
+`position_ids`, so sequences of any lengths share a step.
+
+A rebuild copies every running sequence's cache, so it is amortized: a sequence that leaves
+stays in the batch as a dead row (computed, its output dropped) until dead rows are a quarter
+of the batch, and sequences whose prompt is done wait to join until they are a quarter of the
+batch or have waited JOIN_WAIT_STEPS steps (their first token is already out; only the second
+waits).
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from inference.generate.sequence import FinishReason, Output, Sequence
 from inference.generate.tokenizer import Detokenizer, TextTokenizer
 
 log = logging.getLogger("inference.generate")
+
+JOIN_WAIT_STEPS = 4
 
 
 class QueueFull(Unavailable):
@@ -107,6 +115,8 @@ class Engine:
         self._task: asyncio.Task[None] | None = None
         self.steps = 0
         self.prefill_calls = 0
+        self.rebuilds = 0
+        self._join_wait = 0
 
     # -- the caller's side ---------------------------------------------------------------
 
@@ -381,18 +391,32 @@ class Engine:
 
     def _decode(self, seqs: list[Sequence], result: _StepResult) -> None:
         batch = self._batch
-        if batch is None or batch.seqs != seqs:
+        members = set(batch.seqs) - batch.left if batch is not None else set()
+        joining = sum(1 for s in seqs if s not in members)
+        if batch is None or not members or self._rebuild_due(batch, joining):
             batch = self._rebuild(seqs)
-        rows = len(seqs)
+        elif joining:
+            self._join_wait += 1
+        rows = len(batch.seqs)
         mask = np.concatenate([batch.mask, np.ones((rows, 1), np.int64)], axis=1)
-        ids = np.array([[s.tokens[-1]] for s in seqs], np.int64)
-        positions = np.array([[len(s.tokens) - 1] for s in seqs], np.int64)
+        ids = np.array([[s.tokens[-1]] for s in batch.seqs], np.int64)
+        positions = np.array([[len(s.tokens) - 1] for s in batch.seqs], np.int64)
         logits, presents = self.lm.run(self._feeds(ids, mask, positions, batch.past))
         batch.past, batch.mask = presents, mask
         batch.steps += 1
-        result.tokens.extend((seq, sample(logits[r, -1], seq.params, seq.rng)) for r, seq in enumerate(seqs))
+        result.tokens.extend(
+            (seq, sample(logits[r, -1], seq.params, seq.rng)) for r, seq in enumerate(batch.seqs) if seq not in batch.left
+        )
+
+    def _rebuild_due(self, batch: _Batch, joining: int) -> bool:
+        size = len(batch.seqs)
+        if 4 * len(batch.left) > size:
+            return True
+        return joining > 0 and (4 * joining >= size or self._join_wait >= JOIN_WAIT_STEPS)
 
     def _rebuild(self, seqs: list[Sequence]) -> _Batch:
+        self.rebuilds += 1
+        self._join_wait = 0
         self._flush(set(seqs))
         spec = self.spec
         width = max(s.computed for s in seqs)

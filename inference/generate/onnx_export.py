@@ -115,7 +115,9 @@ def _layer(g: _Graph, spec: LlamaSpec, weights: Weights, i: int, x: str, cos: st
     # as [B, kvh, group, S, hd] and every group broadcasts over its one KV head.
     grouped = g.op("Reshape", [q, g.const(f"{p}q.grouped", np.array([0, kvh, spec.group, -1, hd], np.int64))])
     axis2 = g.const(f"{p}axis2", np.array([2], np.int64))
-    keys_t = g.op("Unsqueeze", [g.op("Transpose", [keys], perm=[0, 1, 3, 2]), axis2])
+    # Transpose right before MatMul: ORT fuses the pair into one FusedMatMul that reads K
+    # transposed in place; any op in between would make it copy the whole cache every step.
+    keys_t = g.op("Transpose", [g.op("Unsqueeze", [keys, axis2])], perm=[0, 1, 2, 4, 3])
     scale = g.const(f"{p}scale", np.array(1.0 / np.sqrt(hd), np.float32))
     scores = g.op("Add", [g.op("Mul", [g.op("MatMul", [grouped, keys_t]), scale]), bias])
     probs = g.op("Softmax", [scores], axis=-1)

@@ -116,6 +116,9 @@ class Detokenizer:
         return delta, False
 
     def flush(self) -> str:
-        """Everything not yet sent (at the end of the sequence)."""
-        delta, self.sent = self.text[self.sent :], len(self.text)
+        """Everything not yet sent, at the end of the sequence; an unfinished UTF-8 character
+        there can never be completed, so it is dropped (as vLLM does), not sent as U+FFFD."""
+        if self.text.endswith("\ufffd"):
+            self.text = self.text[:-1]
+        delta, self.sent = self.text[self.sent :], max(self.sent, len(self.text))
         return delta

@@ -18,6 +18,10 @@ def test_generate_is_idempotent_and_repairs_changed_files(tmp_path) -> None:
     written = generate(tmp_path)
     assert sorted(p.relative_to(tmp_path).as_posix() for p in written) == [
         "classifier/1/model.onnx", "classifier/2/model.onnx", "classifier/config.yaml",
+        *(f"tiny-llama/1/{name}" for name in (
+            "config.json", "generation_config.json", "model.onnx", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+        )),
+        "tiny-llama/config.yaml",
     ]
     mtime = (tmp_path / "classifier/1/model.onnx").stat().st_mtime_ns
     assert generate(tmp_path) == []
