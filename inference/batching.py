@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from inference import tracing
 from inference.errors import DeadlineExceeded, InternalError, Unavailable
 from inference.stats import ModelStats
 
@@ -51,6 +52,7 @@ class _Pending:
     shape_key: tuple[object, ...] = field(compare=False)
     future: asyncio.Future[dict[str, np.ndarray]] = field(compare=False)
     enqueued_ns: int = field(compare=False)
+    trace: tracing.SpanContext | None = field(default=None, compare=False)  # the request's span, when traced
 
 
 def _shape_key(inputs: dict[str, np.ndarray]) -> tuple[object, ...]:
@@ -120,7 +122,8 @@ class DynamicBatcher:
         level = priority if priority is not None and 1 <= priority <= policy.priority_levels else policy.default_priority
         rows = next(iter(inputs.values())).shape[0] if policy.max_batch_size > 0 else 1
         future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
-        item = _Pending(level, next(self._seq), inputs, rows, _shape_key(inputs), future, time.perf_counter_ns())
+        item = _Pending(level, next(self._seq), inputs, rows, _shape_key(inputs), future, time.perf_counter_ns(),
+                        tracing.current())
         heapq.heappush(self._heap, item)
         self._stats.queue_depth = len(self._heap)
         self._arrived.set()
@@ -218,6 +221,10 @@ class DynamicBatcher:
             infer_done = time.perf_counter_ns()
             self._split(live, outputs, padded_rows)
             self._stats.record_batch(rows, len(live), input_done - started, infer_done - input_done, time.perf_counter_ns() - infer_done)
+            if traced := [(item.trace, item.enqueued_ns) for item in live if item.trace is not None]:
+                tracing.batch_spans(traced, started, input_done, infer_done, {
+                    "model": self._stats.name, "model.version": str(self._stats.version),
+                    "batch.rows": rows, "batch.requests": len(live)})
         finally:
             self._slots.release()
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from inference import tracing
 from inference.errors import DeadlineExceeded, InferenceError, InternalError, InvalidInput, NotFound, Unavailable
 from inference.generate.http_api import GenerateHttpApi
 from inference.generate.metrics import render as render_generation_metrics
@@ -202,7 +203,8 @@ async def _maybe_offload(size: int, fn: Callable[..., Any], *args: Any) -> Any:
 def create_app(
     service: InferenceService, max_request_bytes: int, generation: GenerationService | None = None, max_generate_bytes: int = 8 << 20
 ) -> web.Application:
-    middlewares: list[Any] = [_errors]
+    # Outermost: the server span sees the status the error middleware chose.
+    middlewares: list[Any] = [tracing.middleware, _errors]
     routes = HttpApi(service, generation).routes()
     if generation is not None:
         api = GenerateHttpApi(generation, max_generate_bytes, lambda: service.draining, service.in_flight.track)

@@ -14,6 +14,7 @@ import grpc
 from aiohttp import web
 from pydantic import ValidationError
 
+from inference import tracing
 from inference.generate.registry import GenerativeModels
 from inference.generate.service import GenerationService
 from inference.http_server import create_app
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     option("max_generate_request_bytes", "BYTES", type=int)
     option("engine_cache_dir", "PATH", type=Path)
     option("log_level", "LEVEL", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    option("otlp_endpoint", "HOST:PORT")
+    option("trace_service_name", "NAME")
     return parser
 
 
@@ -106,6 +109,7 @@ async def serve(settings: BackendSettings) -> int:
     )
     service = InferenceService(repository, faults, seed=settings.fault_seed, generative=generative)
 
+    tracing.configure(settings.otlp_endpoint, settings.trace_service_name)
     app = create_app(service, settings.max_request_bytes, GenerationService(generative), settings.max_generate_request_bytes)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S)
     await runner.setup()
@@ -163,6 +167,7 @@ async def serve(settings: BackendSettings) -> int:
         await runner.cleanup()
         await generative.close()
         await repository.close()
+        tracing.shutdown()  # what is queued still goes out
         log.info("stopped")
 
 

@@ -52,6 +52,9 @@ class BackendSettings(BaseSettings):
     ] = 8 * 1024 * 1024
     engine_cache_dir: Path = Field(Path("var/engine-cache"), description="where TensorRT keeps built engines")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
+    otlp_endpoint: str | None = Field(
+        None, description="HOST:PORT of an OTLP/gRPC collector: continue sampled W3C traces and export spans there")
+    trace_service_name: str = Field("sluice-backend", description="service.name of the spans this backend exports")
 
     @field_validator("load")
     @classmethod

@@ -11,6 +11,7 @@ from controlplane.policy.canary import Canary
 from controlplane.policy.geo import Geo, GeoRoute
 from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
 from controlplane.policy.policy import Policy, Problem
+from controlplane.policy.telemetry import Telemetry
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ KINDS: dict[str, Kind] = {
         Kind("Canary", "canaries", Canary),
         Kind("Geo", "geo", Geo),
         Kind("GeoRoute", "georoutes", GeoRoute),
+        Kind("Telemetry", "telemetry", Telemetry),
     )
 }
 KIND_BY_PLURAL: dict[str, Kind] = {k.plural: k for k in KINDS.values()}

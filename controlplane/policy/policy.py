@@ -10,6 +10,7 @@ from controlplane.policy.canary import Canary, CanaryStatus, finished
 from controlplane.policy.geo import Geo, GeoRoute
 from controlplane.policy import filter_limits as limits
 from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
+from controlplane.policy.telemetry import TELEMETRY_NAME, Telemetry
 
 
 class Problem(Strict):
@@ -32,6 +33,7 @@ class Policy(Strict):
     canary_status: dict[Name, CanaryStatus] = {}
     geo: dict[Name, Geo] = {}
     georoutes: dict[Name, GeoRoute] = {}
+    telemetry: dict[Name, Telemetry] = {}
 
     @property
     def edge(self) -> Edge:
@@ -59,6 +61,9 @@ class Policy(Strict):
         for name in self.edges:
             if name != "edge":
                 found.append(Problem(loc=f"edges.{name}", msg="the Edge object must be named 'edge'"))
+        for name in self.telemetry:
+            if name != TELEMETRY_NAME:
+                found.append(Problem(loc=f"telemetry.{name}", msg=f"the Telemetry object must be named '{TELEMETRY_NAME}'"))
         if len(self.ratelimits) > MAX_RATELIMITS:
             found.append(Problem(loc="ratelimits", msg=f"at most {MAX_RATELIMITS} rate limits (the filter's table)"))
         for name, limit in sorted(self.ratelimits.items()):

@@ -17,6 +17,7 @@ from controlplane.translate.geo import TableLookup, failover_assignments, failov
 from controlplane.translate.listeners import edge_listener
 from controlplane.translate.routes import route_configuration, route_name
 from controlplane.translate.sidecar import SIDECAR, sidecar_resources
+from controlplane.translate.tracing import with_tracing
 
 # type URL -> resource name -> resource
 Resources = dict[str, dict[str, Message]]
@@ -60,18 +61,18 @@ class Options:
 def translate(policy: Policy, group: ProxyGroup, options: Options = Options()) -> Resources:
     if group.role == SIDECAR:
         assert group.local_backend is not None  # checked when the group was made
-        return sidecar_resources(policy, (group.listen_address, group.listen_port), group.local_backend,
-                                 group.outbound_port)
+        return with_tracing(sidecar_resources(policy, (group.listen_address, group.listen_port),
+                                              group.local_backend, group.outbound_port), policy, group.role)
     http_filters, filter_configs = edge_filters(policy, options.filters_dir, geo_tables=options.geo_tables)
     listener = edge_listener(group.listen_address, group.listen_port, http_filters)
     routes = with_geo_routes(route_configuration(policy), policy)
-    return {
+    return with_tracing({
         types.CLUSTER: {c.name: c for c in [*clusters(policy), *failover_clusters(policy)]},
         types.ENDPOINT: {a.cluster_name: a for a in [*load_assignments(policy), *failover_assignments(policy)]},
         types.EXTENSION_CONFIG: {c.name: c for c in filter_configs},
         types.LISTENER: {listener.name: listener},
         types.ROUTE: {routes.name: routes},
-    }
+    }, policy, group.role)
 
 
 def translate_shares(policy: Policy, shares: Mapping[str, float], options: Options = Options()) -> Resources:

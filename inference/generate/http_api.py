@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from inference import tracing
 from inference.errors import DeadlineExceeded, InferenceError, InternalError, InvalidInput, NotFound, Unavailable
 from inference.generate.engine import Engine, QueueFull
 from inference.generate.requests import ChatCompletionRequest, CompletionRequest, GenerateRequest, first_error
@@ -265,13 +266,20 @@ class GenerateHttpApi:
 
     async def _outputs(self, request: web.Request, sub: Submission) -> AsyncIterator[Output]:
         """The sequence's outputs, stopping it as soon as its client has gone."""
-        async for out in sub.engine.outputs(sub.seq):
-            if out.error is not None:
-                raise out.error
-            yield out
-            if request.transport is None or request.transport.is_closing():
-                sub.engine.cancel(sub.seq)
-                return
+        span = tracing.current()  # the request's span when traced: prefill and decode go under it
+        try:
+            async for out in sub.engine.outputs(sub.seq):
+                if out.error is not None:
+                    raise out.error
+                yield out
+                if request.transport is None or request.transport.is_closing():
+                    sub.engine.cancel(sub.seq)
+                    return
+        finally:
+            seq = sub.seq
+            tracing.generation_spans(span, seq.arrival, seq.first_token_at, seq.last_token_at, {
+                "gen_ai.request.model": sub.engine.config.name, "gen_ai.usage.input_tokens": len(seq.prompt),
+                "gen_ai.usage.output_tokens": seq.generated})
 
     async def _collect(self, request: web.Request, sub: Submission) -> tuple[str, str | None]:
         text, reason = [], None
