@@ -198,9 +198,13 @@ class Engine:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            result = await loop.run_in_executor(self.executor, self._step, chunks, decode)
+            # Prefill first, and its first tokens out before the decode call: a new request's
+            # time to first token does not include the running batch's step.
+            if chunks:
+                self._deliver(await loop.run_in_executor(self.executor, self._step_prefill, chunks))
+            if decode:
+                self._deliver(await loop.run_in_executor(self.executor, self._step_decode, decode, not chunks))
             self.steps += 1
-            self._deliver(result)
 
     def _reap(self, now: float) -> None:
         """Drop cancelled sequences and those whose deadline passed before their first token."""
@@ -336,23 +340,29 @@ class Engine:
 
     # -- the worker thread ---------------------------------------------------------------
 
-    def _step(self, chunks: list[_Chunk], decode: list[Sequence]) -> _StepResult:
+    def _step_prefill(self, chunks: list[_Chunk]) -> _StepResult:
+        self._fault_delay()
         result = _StepResult()
-        if self.step_delay_s:
-            time.sleep(self.step_delay_s)
         try:
-            if chunks:
-                self._prefill(chunks, result)
+            self._prefill(chunks, result)
         except Exception as error:  # noqa: BLE001 - reported to the sequences that were in the call
             result.error, result.failed = error, [c.seq for c in chunks]
-            return result
+        return result
+
+    def _step_decode(self, decode: list[Sequence], delay: bool) -> _StepResult:
+        if delay:
+            self._fault_delay()
+        result = _StepResult()
         try:
-            if decode:
-                self._decode(decode, result)
+            self._decode(decode, result)
         except Exception as error:  # noqa: BLE001 - as above; the batch's unsaved columns are lost with it
             result.error, result.failed = error, list(decode)
             self._batch = None
         return result
+
+    def _fault_delay(self) -> None:
+        if self.step_delay_s:
+            time.sleep(self.step_delay_s)
 
     def _prefill(self, chunks: list[_Chunk], result: _StepResult) -> None:
         self.prefill_calls += 1
