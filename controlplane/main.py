@@ -29,6 +29,7 @@ from controlplane.replica import Coordination, run_while_held
 from controlplane.settings import ControlPlaneSettings
 from controlplane.store import StoreUnavailable, open_store, redacted
 from controlplane.supervision import Supervisor
+from controlplane.ui.console import install as install_console
 from controlplane.translate import Options, ProxyGroup, translate, translate_shares
 from controlplane.xds import AdsServer, Fleet
 
@@ -87,6 +88,7 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
                      readiness=Readiness(store, publisher, supervisor).check).app()
     admin.add_routes(canary_routes(store, canaries))
     admin.add_routes(geo_routes(store, fleet, geo_tables))
+    install_console(admin, store, fleet)  # /ui/, behind the same auth middleware
     runner = web.AppRunner(admin, access_log=None)
     await runner.setup()
     ssl_context = (None if settings.tls_cert is None or settings.tls_key is None

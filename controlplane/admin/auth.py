@@ -1,7 +1,7 @@
 """Which role each admin API request needs, checked before any handler runs.
 
 viewer: every read (GET). operator: every change of policy (and canaries). admin: tokens.
-/healthz, /readyz and the OpenAPI document are public. Handlers ask `actor(request)` whom to record.
+/healthz, /readyz, the OpenAPI document and the console's static pages (no data) are public. Handlers ask `actor(request)` whom to record.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from aiohttp import web
 
 from controlplane.admin.errors import error
 from controlplane.auth import Authenticator, Principal, Unauthorized, role_allows
+from controlplane.ui.paths import is_console_page
 
 PUBLIC = frozenset({"/healthz", "/readyz", "/api/v1/openapi.json"})
 PRINCIPAL = "sluice.principal"
 
 
 def needed_role(request: web.Request) -> str | None:
-    if request.path in PUBLIC:
+    if request.path in PUBLIC or is_console_page(request.path):
         return None
     if request.path == "/api/v1/tokens" or request.path.startswith("/api/v1/tokens/"):
         return "admin"
