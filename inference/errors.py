@@ -25,3 +25,11 @@ class DeadlineExceeded(InferenceError):
 
 class InternalError(InferenceError):
     """The model failed to run, or an injected fault (HTTP 500, gRPC INTERNAL)."""
+
+
+class Unauthenticated(InferenceError):
+    """Model control needs a token the request did not carry, or carried wrong (HTTP 401, gRPC UNAUTHENTICATED)."""
+
+
+class Forbidden(InferenceError):
+    """Model control is off in this process (HTTP 403, gRPC PERMISSION_DENIED)."""

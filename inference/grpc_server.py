@@ -18,7 +18,17 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from inference.datatypes import datatype_of, numpy_dtype
-from inference.errors import DeadlineExceeded, InferenceError, InternalError, InvalidInput, NotFound, Unavailable
+from inference.errors import (
+    DeadlineExceeded,
+    Forbidden,
+    InferenceError,
+    InternalError,
+    InvalidInput,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
+from inference.model_control import ModelControl
 from inference.protocol import (
     CACHE_HEADER,
     MODEL_NAME_HEADER,
@@ -38,6 +48,8 @@ _CODES = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     InternalError: grpc.StatusCode.INTERNAL,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    Forbidden: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 # Which InferTensorContents field carries each datatype when a client does not send raw bytes.
@@ -153,9 +165,14 @@ def _aborts_on_error(method: Unary) -> Unary:
     return wrapper
 
 
+def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+    return next((value for key, value in context.invocation_metadata() or () if key == "authorization"), None)
+
+
 class GrpcApi(service_pb2_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, model_control: ModelControl | None = None) -> None:
         self.service = service
+        self.model_control = model_control or ModelControl()
 
     @_aborts_on_error
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> service_pb2.ServerLiveResponse:
@@ -192,11 +209,13 @@ class GrpcApi(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_aborts_on_error
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> service_pb2.RepositoryIndexResponse:
+        self.model_control.check(_authorization(context))
         entries = self.service.repository_index(ready_only=request.ready)
         return json_format.ParseDict({"models": entries}, service_pb2.RepositoryIndexResponse())
 
     @_aborts_on_error
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> service_pb2.RepositoryModelLoadResponse:
+        self.model_control.check(_authorization(context))
         if set(request.parameters) - {"unload_dependents"}:
             raise InvalidInput("load parameters (config override, file contents) are not supported: edit config.yaml instead")
         await self.service.load_model(request.model_name)
@@ -204,6 +223,7 @@ class GrpcApi(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_aborts_on_error
     async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> service_pb2.RepositoryModelUnloadResponse:
+        self.model_control.check(_authorization(context))
         await self.service.unload_model(request.model_name)
         return service_pb2.RepositoryModelUnloadResponse()
 
@@ -254,14 +274,16 @@ class GrpcApi(service_pb2_grpc.GRPCInferenceServiceServicer):
             reader.cancel()
 
 
-async def start_grpc_server(service: InferenceService, host: str, port: int, max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
+async def start_grpc_server(
+    service: InferenceService, host: str, port: int, max_message_bytes: int, model_control: ModelControl | None = None
+) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
     )
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(GrpcApi(service), server)
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(GrpcApi(service, model_control), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return server, bound

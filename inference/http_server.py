@@ -11,12 +11,22 @@ from typing import Any
 from aiohttp import web
 
 from inference import tracing
-from inference.errors import DeadlineExceeded, InferenceError, InternalError, InvalidInput, NotFound, Unavailable
+from inference.errors import (
+    DeadlineExceeded,
+    Forbidden,
+    InferenceError,
+    InternalError,
+    InvalidInput,
+    NotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from inference.generate.http_api import GenerateHttpApi
 from inference.generate.metrics import render as render_generation_metrics
 from inference.generate.service import GenerationService
 from inference.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from inference.metrics import render as render_metrics
+from inference.model_control import ModelControl
 from inference.protocol import (
     CACHE_HEADER,
     HEADER_CONTENT_LENGTH,
@@ -35,7 +45,9 @@ OFFLOAD_BYTES = 64 * 1024
 
 TOO_DEEP = "request body is not valid JSON: it nests too deeply"
 
-_STATUS = {NotFound: 404, InvalidInput: 400, Unavailable: 503, DeadlineExceeded: 504, InternalError: 500}
+_STATUS = {
+    NotFound: 404, InvalidInput: 400, Unauthenticated: 401, Forbidden: 403, Unavailable: 503, DeadlineExceeded: 504, InternalError: 500,
+}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -69,9 +81,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 class HttpApi:
-    def __init__(self, service: InferenceService, generation: GenerationService | None = None) -> None:
+    def __init__(self, service: InferenceService, generation: GenerationService | None = None,
+                 model_control: ModelControl | None = None) -> None:
         self.service = service
         self.generation = generation
+        self.model_control = model_control or ModelControl()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -127,10 +141,12 @@ class HttpApi:
         return web.json_response({"model_stats": self.service.model_stats(info.get("model"), info.get("version"))})
 
     async def repository_index(self, request: web.Request) -> web.Response:
+        self.model_control.check(request.headers.get("Authorization"))
         body = await _optional_json(request)
         return web.json_response(self.service.repository_index(ready_only=bool(body.get("ready", False))))
 
     async def load_model(self, request: web.Request) -> web.Response:
+        self.model_control.check(request.headers.get("Authorization"))
         body = await _optional_json(request)
         if (body.get("parameters") or {}).keys() - {"unload_dependents"}:
             raise InvalidInput("load parameters (config override, file contents) are not supported: edit config.yaml instead")
@@ -138,6 +154,7 @@ class HttpApi:
         return web.json_response({})
 
     async def unload_model(self, request: web.Request) -> web.Response:
+        self.model_control.check(request.headers.get("Authorization"))
         await self.service.unload_model(request.match_info["model"])
         return web.json_response({})
 
@@ -201,11 +218,12 @@ async def _maybe_offload(size: int, fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def create_app(
-    service: InferenceService, max_request_bytes: int, generation: GenerationService | None = None, max_generate_bytes: int = 8 << 20
+    service: InferenceService, max_request_bytes: int, generation: GenerationService | None = None, max_generate_bytes: int = 8 << 20,
+    model_control: ModelControl | None = None,
 ) -> web.Application:
     # Outermost: the server span sees the status the error middleware chose.
     middlewares: list[Any] = [tracing.middleware, _errors]
-    routes = HttpApi(service, generation).routes()
+    routes = HttpApi(service, generation, model_control).routes()
     if generation is not None:
         api = GenerateHttpApi(generation, max_generate_bytes, lambda: service.draining, service.in_flight.track)
         middlewares.append(api.openai_errors)

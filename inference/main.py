@@ -18,6 +18,7 @@ from inference import tracing
 from inference.generate.registry import GenerativeModels
 from inference.generate.service import GenerationService
 from inference.http_server import create_app
+from inference.model_control import ModelControl
 from inference.repository import ModelRepository
 from inference.runtime import RuntimeOptions, cpu_count, usable_providers
 from inference.service import Faults, InferenceService
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     option("log_level", "LEVEL", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     option("otlp_endpoint", "HOST:PORT")
     option("trace_service_name", "NAME")
+    option("model_control_mode", "MODE", choices=["none", "explicit"])
+    option("model_control_token", "TOKEN")
     return parser
 
 
@@ -110,7 +113,11 @@ async def serve(settings: BackendSettings) -> int:
     service = InferenceService(repository, faults, seed=settings.fault_seed, generative=generative)
 
     tracing.configure(settings.otlp_endpoint, settings.trace_service_name)
-    app = create_app(service, settings.max_request_bytes, GenerationService(generative), settings.max_generate_request_bytes)
+    model_control = ModelControl(settings.model_control_mode, settings.model_control_token)
+    if model_control.enabled:
+        log.warning("model control on: the repository index, load and unload answer callers with the model-control token")
+    app = create_app(service, settings.max_request_bytes, GenerationService(generative), settings.max_generate_request_bytes,
+                     model_control)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_GRACE_S)
     await runner.setup()
     grpc_server: grpc.aio.Server | None = None
@@ -127,7 +134,8 @@ async def serve(settings: BackendSettings) -> int:
             from inference.grpc_server import start_grpc_server
 
             try:
-                grpc_server, bound = await start_grpc_server(service, settings.host, settings.grpc_port, settings.max_request_bytes)
+                grpc_server, bound = await start_grpc_server(
+                    service, settings.host, settings.grpc_port, settings.max_request_bytes, model_control)
             except RuntimeError as error:  # grpcio's way of saying the port cannot be bound
                 log.error("cannot listen for gRPC on %s:%d: %s", settings.host, settings.grpc_port, error)
                 return 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SLUICE_BACKEND_"
@@ -55,6 +55,12 @@ class BackendSettings(BaseSettings):
     otlp_endpoint: str | None = Field(
         None, description="HOST:PORT of an OTLP/gRPC collector: continue sampled W3C traces and export spans there")
     trace_service_name: str = Field("sluice-backend", description="service.name of the spans this backend exports")
+    # Off by default, as Triton's --model-control-mode=none: whoever reaches the port (through the
+    # edge, say) must not be able to unload what serves everyone.
+    model_control_mode: Literal["none", "explicit"] = Field(
+        "none", description="none: the repository index, load and unload are refused; explicit: allowed with --model-control-token")
+    model_control_token: SecretStr | None = Field(
+        None, description="bearer token the repository index, load and unload require (needed with --model-control-mode explicit)")
 
     @field_validator("load")
     @classmethod
@@ -62,6 +68,12 @@ class BackendSettings(BaseSettings):
         for spec in specs:
             parse_load_spec(spec)
         return specs
+
+    @model_validator(mode="after")
+    def _explicit_needs_a_token(self) -> BackendSettings:
+        if self.model_control_mode == "explicit" and not (self.model_control_token and self.model_control_token.get_secret_value()):
+            raise ValueError("--model-control-mode explicit needs --model-control-token (or SLUICE_BACKEND_MODEL_CONTROL_TOKEN)")
+        return self
 
     def load_specs(self) -> list[tuple[str, list[int] | None]]:
         return [parse_load_spec(spec) for spec in self.load]

@@ -23,6 +23,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
+# The token tests start the backend with when they use the repository API (model control).
+CONTROL_TOKEN = "test-model-control-token"
+MODEL_CONTROL = ("--model-control-mode", "explicit", "--model-control-token", CONTROL_TOKEN)
+# Lower case: gRPC metadata keys must be, and HTTP headers do not care.
+CONTROL_HEADERS = {"authorization": f"Bearer {CONTROL_TOKEN}"}
 
 
 def free_port() -> int:

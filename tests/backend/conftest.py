@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from backend_harness import Backend, start_backend
+from backend_harness import MODEL_CONTROL, Backend, start_backend
 
 from inference.gen_models import generate
 
@@ -22,7 +22,7 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def backend(model_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
     """One shared server with both classifier versions, over HTTP and gRPC. Tests that change
     its state (load/unload) start their own."""
-    server = start_backend(model_repo, tmp_path_factory.mktemp("logs"), grpc=True)
+    server = start_backend(model_repo, tmp_path_factory.mktemp("logs"), *MODEL_CONTROL, grpc=True)
     yield server
     server.stop()
 

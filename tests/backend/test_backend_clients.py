@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
+from backend_harness import CONTROL_HEADERS
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -107,7 +108,7 @@ def test_grpc_client_latest_version_and_metadata(grpc_client) -> None:
     config = grpc_client.get_model_config("classifier", as_json=True)["config"]
     assert config["max_batch_size"] == 8
     assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
-    index = grpc_client.get_model_repository_index(as_json=True)["models"]
+    index = grpc_client.get_model_repository_index(headers=CONTROL_HEADERS, as_json=True)["models"]
     assert {(m["name"], m["version"], m["state"]) for m in index} == {("classifier", "1", "READY"), ("classifier", "2", "READY")}
     stats = grpc_client.get_inference_statistics("classifier", "2", as_json=True)["model_stats"]
     assert int(stats[0]["inference_stats"]["success"]["count"]) >= 1

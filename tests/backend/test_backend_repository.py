@@ -10,7 +10,7 @@ import sys
 import aiohttp
 import numpy as np
 import pytest
-from backend_harness import REPO_ROOT, variant_repo
+from backend_harness import CONTROL_HEADERS, CONTROL_TOKEN, MODEL_CONTROL, REPO_ROOT, variant_repo
 
 from inference.demo import reference
 
@@ -40,9 +40,41 @@ async def test_version_policy_picks_versions(start, model_repo, tmp_path, policy
             assert response.headers["x-model-version"] == versions[-1]
 
 
-async def test_unload_and_load_through_the_repository_api(start) -> None:
+async def test_model_control_is_off_by_default(start) -> None:
     server = start("--load", "classifier:1")
     async with aiohttp.ClientSession(server.url) as session:
+        for path in ("/v2/repository/index", "/v2/repository/models/classifier/load", "/v2/repository/models/classifier/unload"):
+            async with session.post(path, headers=CONTROL_HEADERS) as response:
+                assert response.status == 403
+                assert "--model-control-mode explicit" in (await response.json())["error"]
+        assert (await get_json(session, "/v2/models/classifier/ready"))[0] == 200
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", f"Basic {CONTROL_TOKEN}", f"Bearer {CONTROL_TOKEN}x", "Bearer "])
+async def test_model_control_needs_the_token(start, authorization: str | None) -> None:
+    server = start("--load", "classifier:1", *MODEL_CONTROL)
+    headers = {} if authorization is None else {"Authorization": authorization}
+    async with aiohttp.ClientSession(server.url) as session:
+        for path in ("/v2/repository/index", "/v2/repository/models/classifier/unload"):
+            async with session.post(path, headers=headers) as response:
+                assert response.status == 401
+                assert "Bearer" in (await response.json())["error"]
+        assert (await get_json(session, "/v2/models/classifier/ready"))[0] == 200
+
+
+def test_explicit_model_control_without_a_token_does_not_start(model_repo) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "inference", "--http-port", "0", "--model-repository", str(model_repo),
+         "--model-control-mode", "explicit"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 2
+    assert "needs --model-control-token" in result.stderr
+
+
+async def test_unload_and_load_through_the_repository_api(start) -> None:
+    server = start("--load", "classifier:1", *MODEL_CONTROL)
+    async with aiohttp.ClientSession(server.url, headers=CONTROL_HEADERS) as session:
         async with session.post("/v2/repository/models/classifier/unload") as response:
             assert response.status == 200
         async with session.post("/v2/repository/index", json={}) as response:
@@ -65,9 +97,9 @@ async def test_unload_and_load_through_the_repository_api(start) -> None:
 
 async def test_load_reports_a_broken_config(start, model_repo, tmp_path) -> None:
     repo = variant_repo(model_repo, tmp_path / "repo", {})
-    server = start(repo=repo)
+    server = start(*MODEL_CONTROL, repo=repo)
     (repo / "classifier" / "config.yaml").write_text((repo / "classifier" / "config.yaml").read_text() + "max_batch_sise: 4\n")
-    async with aiohttp.ClientSession(server.url) as session:
+    async with aiohttp.ClientSession(server.url, headers=CONTROL_HEADERS) as session:
         async with session.post("/v2/repository/models/classifier/load") as response:
             assert response.status == 400
             assert "max_batch_sise" in (await response.json())["error"]
