@@ -27,6 +27,10 @@ DEPLOY = ROOT / "deploy"
 XDS = "controlplane:18000"  # compose: both replicas' network alias; Kubernetes: the Service
 EDGE = ["--role", "edge", "--xds", XDS, "--listen", "0.0.0.0:10000", "--admin", "0.0.0.0:9901",
         "--node-id", "edge", "--cluster", "edge"]
+# Kubernetes: the edge's admin interface on loopback only (it can stop Envoy and dump its secrets);
+# the read-only stats listener on :9902 is where the control plane, Prometheus and probes read.
+EDGE_K8S = [*EDGE[:EDGE.index("--admin")], "--admin", "127.0.0.1:9901", "--stats", "0.0.0.0:9902",
+            *EDGE[EDGE.index("--admin") + 2:]]
 # The sidecar shares its backend's network namespace (a pod; `network_mode: service:` in compose):
 # inbound on every address at 15006, the backend on loopback, its admin on loopback only.
 SIDECAR = ["--role", "sidecar", "--xds", XDS, "--listen", "0.0.0.0:15006", "--backend", "127.0.0.1:8001",
@@ -36,7 +40,7 @@ SIDECAR = ["--role", "sidecar", "--xds", XDS, "--listen", "0.0.0.0:15006", "--ba
 BOOTSTRAPS: dict[str, tuple[str, list[str]]] = {
     "deploy/compose/envoy/edge.yaml": ("envoy/edge.yaml", EDGE),
     "deploy/compose/envoy/sidecar.yaml": ("envoy/sidecar.yaml", SIDECAR),
-    "deploy/k8s/base/envoy/edge.yaml": ("envoy/edge.yaml", EDGE),
+    "deploy/k8s/base/envoy/edge.yaml": ("envoy/edge.yaml", EDGE_K8S),
     "deploy/k8s/base/envoy/sidecar.yaml": ("envoy/sidecar.yaml", SIDECAR),
 }
 

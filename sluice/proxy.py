@@ -23,6 +23,13 @@ def _host_port(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
 def render(role: str, **values: object) -> str:
     return Template((TEMPLATES / f"{role}.yaml").read_text()).substitute(values)
 
@@ -49,6 +56,37 @@ def xds_transport_socket(ca: Path | None, cert: Path | None, key: Path | None, s
     return "transport_socket: " + json.dumps({"name": "envoy.transport_sockets.tls", "typed_config": tls})
 
 
+# What the stats listener passes to the admin interface, GET only: everything the control plane,
+# the console, Prometheus and the probes read. Nothing that changes state (/quitquitquit,
+# /logging, /reset_counters, /drain_listeners, /runtime_modify) is reachable through it.
+STATS_PATHS = ("/stats", "/stats/prometheus", "/clusters", "/ready", "/server_info")
+
+
+def stats_listener(listen: tuple[str, int] | None, admin: tuple[str, int]) -> tuple[str, str]:
+    """The read-only stats listener and the cluster it forwards to (admin on loopback), each as one
+    line of YAML (JSON), or comments when there is none."""
+    if listen is None:
+        return ("# no stats listener: the control plane reads the admin interface itself (`--stats` adds one)",
+                "# (no admin cluster: only the stats listener needs one)")
+    get = [{"name": ":method", "string_match": {"exact": "GET"}}]
+    routes = [{"match": {"path": path, "headers": get}, "route": {"cluster": "sluice_admin"}} for path in STATS_PATHS]
+    manager = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "sluice_stats",
+        "route_config": {"name": "sluice_stats", "virtual_hosts": [{"name": "stats", "domains": ["*"], "routes": routes}]},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    listener = {"name": "sluice_stats",
+                "address": {"socket_address": {"address": listen[0], "port_value": listen[1]}},
+                "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                                "typed_config": manager}]}]}
+    cluster = {"name": "sluice_admin", "type": "STATIC", "connect_timeout": "1s",
+               "load_assignment": {"cluster_name": "sluice_admin", "endpoints": [{"lb_endpoints": [{"endpoint": {
+                   "address": {"socket_address": {"address": admin[0], "port_value": admin[1]}}}}]}]}}
+    return "listeners: [" + json.dumps(listener) + "]", "- " + json.dumps(cluster)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sluice envoy",
                                 description="Write an Envoy bootstrap pointing at the control plane and run Envoy.")
@@ -67,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
                         "own calls, routed by the policy (default: no outbound listener)")
     p.add_argument("--admin", type=_host_port, default=("127.0.0.1", 9901), metavar="HOST:PORT",
                    help="Envoy admin interface (default 127.0.0.1:9901)")
+    p.add_argument("--stats", type=_host_port, default=None, metavar="HOST:PORT",
+                   help="edge only: a read-only listener passing GET " + ", ".join(STATS_PATHS) + " to the admin "
+                        "interface, announced as where the control plane reads counters; for an admin on loopback")
     p.add_argument("--node-id", default=f"{socket.gethostname()}-{os.getpid()}", help="node id (default HOST-PID)")
     p.add_argument("--xds-protocol", choices=["sotw", "delta"], default="sotw",
                    help="state-of-the-world or incremental (delta) xDS (default sotw)")
@@ -97,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
                    "outbound_port": args.outbound}
     elif args.backend is not None or args.outbound:
         p.error("--backend and --outbound are for --role sidecar")
+    if args.stats is not None and args.role != "edge":
+        p.error("--stats is for --role edge")
+    if args.stats is not None and not _is_loopback(args.admin[0]):
+        p.error("--stats is for an admin interface on loopback (--admin 127.0.0.1:PORT): the listener is its public face")
+    listener, admin_cluster = stats_listener(args.stats, args.admin)
+    counters = args.stats or args.admin
     if (args.xds_cert is None) != (args.xds_key is None):
         p.error("--xds-cert and --xds-key go together")
     if args.xds_ca is None and (args.xds_cert is not None or args.xds_server_name is not None):
@@ -106,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         node_id=args.node_id, cluster=args.cluster or args.role,
         listen_address=args.listen[0], listen_port=args.listen[1],
         admin_address=args.admin[0], admin_port=args.admin[1],
+        counters_address=f"{counters[0]}:{counters[1]}", stats_listener=listener, stats_cluster=admin_cluster,
         xds_host=args.xds[0], xds_port=args.xds[1],
         api_type={"sotw": "GRPC", "delta": "DELTA_GRPC"}[args.xds_protocol],
         xds_transport_socket=xds_transport_socket(args.xds_ca, args.xds_cert, args.xds_key,

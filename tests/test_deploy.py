@@ -537,7 +537,7 @@ def test_workloads_match_the_code() -> None:
     assert "cp /app/build/filters/bin/*.wasm /etc/sluice/filters/" in init["command"][-1]
     assert init["image"].startswith("sluice-controlplane:")
     assert edge["readinessProbe"]["httpGet"]["path"] == "/ready"
-    assert "$(POD_IP):9901" in " ".join(edge["args"]) and {"POD_IP", "POD_NAME"} <= {e["name"] for e in edge["env"]}
+    assert "$(POD_IP):9902" in " ".join(edge["args"]) and {"POD_IP", "POD_NAME"} <= {e["name"] for e in edge["env"]}
 
     for version in (1, 2):
         b = d[f"backend-v{version}"]
@@ -582,6 +582,112 @@ def test_autoscaler_follows_the_backend_queue() -> None:
         assert f'("{metric["pods"]["metric"]["name"]}", "gauge"' in metrics
     adapter = yaml.safe_load((K8S / "monitoring/prometheus-adapter-values.yaml").read_text())
     assert adapter["rules"]["custom"][0]["name"]["as"] == "nv_inference_pending_request_count"
+
+
+# --- who may reach what ------------------------------------------------------------------------
+
+MONITORING = {"kubernetes.io/metadata.name": "monitoring"}
+OUTSIDE = "outside"  # a client outside the cluster
+PODS = {"edge": "edge", "controlplane": "controlplane", "redis": "redis", "backend-v1": "backend"}
+
+
+def _pod(workload: str) -> tuple[dict[str, str], dict[str, int]]:
+    """A workload's pod labels and named container ports."""
+    w = {**base_objects("Deployment"), **base_objects("StatefulSet")}[workload]
+    ports = {p["name"]: p["containerPort"] for c in pod_containers(w) for p in c.get("ports", []) if "name" in p}
+    return dict(w["spec"]["template"]["metadata"]["labels"]), ports
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _peer_matches(peer: dict[str, Any], source: str | dict[str, str]) -> bool:
+    """`source` is a pod's labels (namespace sluice), MONITORING (a pod there), or OUTSIDE."""
+    if "ipBlock" in peer:
+        return True
+    if source == OUTSIDE:
+        return False
+    if "namespaceSelector" in peer:
+        return source is MONITORING and _selects(peer["namespaceSelector"], MONITORING) and "podSelector" not in peer
+    return source is not MONITORING and _selects(peer["podSelector"], source)  # type: ignore[arg-type]
+
+
+def _port_matches(rule: dict[str, Any], port: int, named: dict[str, int]) -> bool:
+    return "ports" not in rule or any(named.get(p["port"], p["port"]) == port for p in rule["ports"])
+
+
+def _admits(direction: str, pod: dict[str, str], peer: str | dict[str, str], port: int, named: dict[str, int]) -> bool:
+    policies = [p for p in base_objects("NetworkPolicy").values() if _selects(p["spec"]["podSelector"], pod)
+                and direction.capitalize() in p["spec"]["policyTypes"]]
+    if not policies:
+        return True
+    key = "from" if direction == "ingress" else "to"
+    return any(_port_matches(rule, port, named) and (key not in rule or any(_peer_matches(x, peer) for x in rule[key]))
+               for policy in policies for rule in policy["spec"].get(direction, []))
+
+
+def reaches(source: str, target: str, port: int) -> bool:
+    """Whether a connection from `source` (a workload, "monitoring" or OUTSIDE) to `target`'s pod
+    port is let through by both ends' NetworkPolicies."""
+    labels, named = _pod(target)
+    if source in (OUTSIDE, "monitoring"):
+        peer: str | dict[str, str] = OUTSIDE if source == OUTSIDE else MONITORING
+        return _admits("ingress", labels, peer, port, named)
+    source_labels, _ = _pod(source)
+    return _admits("egress", source_labels, labels, port, named) and _admits("ingress", labels, source_labels, port, named)
+
+
+def test_network_policies_admit_only_the_picture() -> None:
+    """README's picture, as connections: these and no others (of every source, target and port)."""
+    allowed = {
+        (OUTSIDE, "edge", 10000), ("monitoring", "edge", 10000),  # the public listener: anyone's
+        ("edge", "controlplane", 18000), ("backend-v1", "controlplane", 18000),
+        ("edge", "backend-v1", 15006),
+        ("controlplane", "redis", 6379), ("controlplane", "edge", 9902),
+        ("monitoring", "edge", 9902), ("monitoring", "backend-v1", 8001), ("monitoring", "controlplane", 8080),
+    }
+    ports = {9901, 15000, *(port for w in PODS for port in _pod(w)[1].values())}
+    for source in [OUTSIDE, "monitoring", *PODS]:
+        for target in PODS:
+            for port in ports:
+                assert reaches(source, target, port) == ((source, target, port) in allowed), (source, target, port)
+    # Every pod resolves names; the control plane may call webhooks anywhere.
+    dns = next(p for p in base_objects("NetworkPolicy").values() if p["metadata"]["name"] == "dns")
+    assert dns["spec"]["podSelector"] == {} and {p["port"] for p in dns["spec"]["egress"][0]["ports"]} == {53}
+    assert _admits("egress", _pod("controlplane")[0], OUTSIDE, 443, {})
+
+
+def test_envoy_admin_interfaces_listen_on_loopback_only() -> None:
+    for path in (K8S / "base/envoy/edge.yaml", K8S / "base/envoy/sidecar.yaml"):
+        bootstrap = yaml.safe_load(path.read_text())
+        assert bootstrap["admin"]["address"]["socket_address"]["address"] == "127.0.0.1", path
+    edge = container(base_objects("Deployment")["edge"], "envoy")
+    assert 9901 not in {p["containerPort"] for p in edge["ports"]}
+    stats = next(p for p in edge["ports"] if p["name"] == "stats")["containerPort"]
+    listener = yaml.safe_load((K8S / "base/envoy/edge.yaml").read_text())["static_resources"]["listeners"][0]
+    assert listener["address"]["socket_address"]["port_value"] == stats
+    # The probes and the control plane come through the read-only listener.
+    assert edge["readinessProbe"]["httpGet"]["port"] == edge["livenessProbe"]["httpGet"]["port"] == "stats"
+    assert f"$(POD_IP):{stats}" in " ".join(edge["args"])
+
+
+def test_metrics_are_scrapeable_as_documented() -> None:
+    """Each PodMonitor names a port its pods have, a path that serves metrics, and the control
+    plane's carries the viewer token its /metrics needs."""
+    monitors = {d["metadata"]["name"]: d for d in yaml.safe_load_all((K8S / "monitoring/podmonitor.yaml").read_text())}
+    paths = {"sluice-backend": "/metrics", "sluice-edge": "/stats/prometheus", "sluice-controlplane": "/metrics"}
+    assert set(monitors) == set(paths)
+    workloads = {"app.kubernetes.io/name": "backend"}, {"app.kubernetes.io/name": "edge"}, {"app.kubernetes.io/name": "controlplane"}
+    for (name, path), labels in zip(paths.items(), workloads, strict=True):
+        (endpoint,) = monitors[name]["spec"]["podMetricsEndpoints"]
+        assert monitors[name]["spec"]["selector"]["matchLabels"] == labels
+        workload = next(w for w in base_objects("Deployment").values() if _selects({"matchLabels": labels}, w["spec"]["template"]["metadata"]["labels"]))
+        assert endpoint["path"] == path and endpoint["port"] in {p["name"] for c in pod_containers(workload) for p in c.get("ports", [])}
+        target = next(w for w, lab in PODS.items() if lab == labels["app.kubernetes.io/name"])
+        assert reaches("monitoring", target, _pod(target)[1][endpoint["port"]]), name
+    assert monitors["sluice-controlplane"]["spec"]["podMetricsEndpoints"][0]["authorization"]["type"] == "Bearer"
+    assert "prometheus.io/scrape" not in base_objects("Deployment")["controlplane"]["spec"]["template"]["metadata"].get("annotations", {})
 
 
 def test_pods_are_non_root_and_unprivileged() -> None:
