@@ -72,17 +72,27 @@ def mesh_policy(v1: int, v2: int) -> list[dict[str, Any]]:
     ]
 
 
+def llm_policy(port: int) -> list[dict[str, Any]]:
+    return [
+        {"kind": "Backend", "name": "tiny-llama", "spec": {"endpoints": [{"address": "127.0.0.1", "port": port}]}},
+        {"kind": "Service", "name": "llm", "spec": {"hosts": ["llm.example"], "routes": [
+            {"name": "openai", "match": {"prefix": "/v1/"}, "split": [{"backend": "tiny-llama"}]}]}},
+    ]
+
+
 @pytest.fixture(scope="module")
 def chromium() -> str:
     return chromium_or_skip()
 
 
 @pytest.fixture(scope="module")
-def mesh(chromium: str, tmp_path_factory: pytest.TempPathFactory, backends: dict[int, Backend]) -> Iterator[Mesh]:
+def mesh(chromium: str, tmp_path_factory: pytest.TempPathFactory, backends: dict[int, Backend],
+         model_repository: Path) -> Iterator[Mesh]:
     workdir = tmp_path_factory.mktemp("console")
     cp = ControlPlane.start(workdir)
+    llm = Backend.start(workdir, model_repository, "tiny-llama")
     try:
-        status, body = cp.apply(*mesh_policy(backends[1].port, backends[2].port))
+        status, body = cp.apply(*mesh_policy(backends[1].port, backends[2].port), *llm_policy(llm.port))
         assert status == 200, body
         edge = Envoy.start(workdir, cp, node_id="edge-console")
         try:
@@ -103,6 +113,7 @@ def mesh(chromium: str, tmp_path_factory: pytest.TempPathFactory, backends: dict
         finally:
             edge.proc.stop()
     finally:
+        llm.proc.stop()
         cp.proc.stop()
 
 
@@ -199,6 +210,9 @@ def test_every_page_renders(browser: Any, mesh: Mesh) -> None:
     wait_until(lambda: "1/1 healthy" in page.inner_text("#backends tr[data-backend='classifier-v1']"), 15,
                what="backend health")
     assert "classifier" in page.inner_text("#backends tr[data-backend='classifier-v1']")
+    # The generative backend reports its load (vLLM's names): running, waiting, KV-cache use.
+    llm_row = page.inner_text("#backends tr[data-backend='tiny-llama']")
+    assert "tiny-llama" in llm_row and "%" in llm_row
     shot(page, "backends")
     assert errors == []
     context.close()

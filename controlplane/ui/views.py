@@ -1,7 +1,7 @@
 """The summaries the console polls: bounded pages and counts, never the whole fleet.
 
 Live figures come from where they live: proxies' ACK/NACK from the xDS fleet, backend health
-from an edge Envoy's /clusters, rate-limit counters from edge Envoys' /stats/prometheus, and
+from an edge Envoy's membership counters, rate-limit counters from edge Envoys' /stats/prometheus, and
 backend load (queue, running, KV use) from the backends' own /metrics. Each is read at most
 once a second whatever the number of browsers (a small cache), from a bounded number of
 Envoys and endpoints, with short timeouts.
@@ -31,6 +31,7 @@ CACHE_S = 1.0
 TIMEOUT_S = 1.0
 
 _RATELIMIT = re.compile(r'^sluice_ratelimit_(requests|allowed|limited|shadow_limited)\{policy="([^"]*)"\} (\S+)$')
+_MEMBERSHIP = re.compile(r'^envoy_cluster_membership_(healthy|total)\{envoy_cluster_name="([^"]*)"\} (\S+)$')
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$')
 LOAD_METRICS = {
     "nv_inference_pending_request_count": "queue",
@@ -202,12 +203,14 @@ class ConsoleViews:
         return await self._cache.get(f"health:{edges[0]}", lambda: self._read_health(edges[0]))  # type: ignore[no-any-return]
 
     async def _read_health(self, admin: str) -> dict[str, dict[str, int]]:
-        body = await self._json(f"http://{admin}/clusters?format=json")
+        """Healthy and total endpoints per cluster, from the counters (a read-only stats listener
+        in front of the admin interface serves them too)."""
+        text = await self._text(f"http://{admin}/stats/prometheus?filter=membership_(healthy|total)$")
         out: dict[str, dict[str, int]] = {}
-        for cluster in (body or {}).get("cluster_statuses", []):
-            hosts = cluster.get("host_statuses", [])
-            healthy = sum(1 for h in hosts if _healthy(h.get("health_status", {})))
-            out[cluster.get("name", "")] = {"healthy": healthy, "total": len(hosts)}
+        for line in (text or "").splitlines():
+            m = _MEMBERSHIP.match(line)
+            if m:
+                out.setdefault(m.group(2), {"healthy": 0, "total": 0})[m.group(1)] = int(float(m.group(3)))
         return out
 
     # -- canaries -----------------------------------------------------------------------------
@@ -297,7 +300,3 @@ class ConsoleViews:
         out["models"] = sorted(models)
         return out
 
-
-def _healthy(status: dict[str, Any]) -> bool:
-    failed = any(v for k, v in status.items() if k.startswith("failed_") or k in ("pending_dynamic_removal",))
-    return not failed and status.get("eds_health_status", "HEALTHY") in ("HEALTHY", "UNKNOWN")
