@@ -5,8 +5,10 @@ on and off, and vLLM's CPU build on the same weights, all in one run.
     python bench/generate_bench.py                                  # every figure
     python bench/generate_bench.py --vllm-python /path/to/venv/bin/python --concurrency 1,16
 
-Every server runs alone on the machine while measured (one after another), on free ports,
-and is stopped afterwards. The load is a closed loop: `concurrency` callers each stream one
+The servers (sluice, the same engine limited to one sequence, vLLM) start together on free
+ports and are measured in turns, level by level, for `--rounds` rounds, so that a burst of
+other work on a shared machine lands on all of them alike; each figure is the median over the
+rounds, and every server is stopped at the end. The load is a closed loop: `concurrency` callers each stream one
 completion, read it to the end, and send the next, `--requests` per level (default: three per
 caller, at least 8, so the batch is refilled as requests finish instead of draining once; the
 one-at-a-time baseline, whose throughput does not depend on concurrency, gets at most 24). Prompts are seeded random token ids (no accidental prefix
@@ -151,7 +153,8 @@ def variant(repo: Path, model: str, changes: dict[str, object], into: Path) -> P
 
 def sluice_server(name: str, repo: Path, model: str) -> Server:
     port = free_port()
-    command = [sys.executable, "-m", "inference", "--http-port", str(port), "--model-repository", str(repo), "--load", model, "--log-level", "WARNING"]
+    command = [sys.executable, "-m", "inference", "--http-port", str(port), "--model-repository", str(repo),
+               "--load", model, "--log-level", "WARNING"]
     return Server(name, command, port, "/v2/health/ready")
 
 
@@ -162,20 +165,22 @@ def vllm_server(python: Path, checkpoint: Path, model: str, max_len: int) -> Ser
     return Server("vllm", command, port, "/v1/models", env={"VLLM_CPU_KVCACHE_SPACE": "1"})
 
 
-def run_levels(server: Server, model: str, levels: list[int], per_level: dict[int, list[tuple[list[int], int]]], timeout_s: float) -> dict[int, Result]:
-    server.wait_ready(timeout_s)
-    url = f"http://127.0.0.1:{server.port}"
-    try:
-        asyncio.run(closed_loop(url, model, per_level[levels[0]][:2], 1))  # warm the path
-        results = {}
-        for c in levels:
-            results[c] = asyncio.run(closed_loop(url, model, per_level[c], c))
-            r = results[c]
-            print(f"  {server.name:<10} c={c:<3} {r.tokens_per_s:8.1f} tok/s  TTFT p50 {r.pct(r.ttft, 50):7.1f} ms  "
-                  f"ITL p50 {r.pct(r.itl, 50):6.1f} ms", flush=True)
-        return results
-    finally:
-        server.stop()
+def run_level(server: Server, model: str, requests: list[tuple[list[int], int]], concurrency: int) -> Result:
+    result = asyncio.run(closed_loop(f"http://127.0.0.1:{server.port}", model, requests, concurrency))
+    print(f"  {server.name:<10} c={concurrency:<3} {result.tokens_per_s:8.1f} tok/s  TTFT p50 {result.pct(result.ttft, 50):7.1f} ms  "
+          f"ITL p50 {result.pct(result.itl, 50):6.1f} ms", flush=True)
+    return result
+
+
+def median_result(results: list[Result]) -> Result:
+    """Throughput: the median round; latencies: every sample of every round."""
+    ordered = sorted(results, key=lambda r: r.tokens_per_s)
+    middle = ordered[len(ordered) // 2]
+    merged = Result(output_tokens=middle.output_tokens, wall_s=middle.wall_s)
+    for r in results:
+        merged.ttft += r.ttft
+        merged.itl += r.itl
+    return merged
 
 
 def prefix_ttft(server: Server, model: str, vocab: int, prefix_len: int, count: int) -> list[float]:
@@ -208,6 +213,7 @@ def main() -> int:
     parser.add_argument("--prompt-tokens", default="64,256", help="prompt length range, tokens (default %(default)s)")
     parser.add_argument("--output-tokens", default="64,192", help="output length range, tokens (default %(default)s)")
     parser.add_argument("--prefix-tokens", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=2, help="rounds over every level and server (default %(default)s)")
     parser.add_argument("--vllm-python", type=Path, default=DEFAULT_VLLM if DEFAULT_VLLM.exists() else None,
                         help="python of a venv with vllm-cpu installed (default: /work/vllm-venv if present)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: baseline, prefix, vllm")
@@ -231,18 +237,29 @@ def main() -> int:
 
     figures: dict[str, object] = {}
     tmp = Path(tempfile.mkdtemp(prefix="genbench-"))
+    servers: list[tuple[Server, dict[int, list[tuple[list[int], int]]]]] = [(sluice_server("sluice", repo, args.model), per_level)]
+    if "baseline" not in skip:
+        one = variant(repo, args.model, {"max_num_seqs": 1}, tmp / "one")
+        servers.append((sluice_server("one-by-one", one, args.model), baseline_level))
+    if "vllm" not in skip and args.vllm_python:
+        servers.append((vllm_server(args.vllm_python, checkpoint.resolve(), args.model, max_len), per_level))
+    runs: dict[str, dict[int, list[Result]]] = {server.name: {c: [] for c in levels} for server, _ in servers}
     try:
-        print("continuous batching (sluice):", flush=True)
-        ours = run_levels(sluice_server("sluice", repo, args.model), args.model, levels, per_level, 120)
-        baseline: dict[int, Result] = {}
-        if "baseline" not in skip:
-            print("one request at a time (same engine, max_num_seqs 1):", flush=True)
-            one = variant(repo, args.model, {"max_num_seqs": 1}, tmp / "one")
-            baseline = run_levels(sluice_server("one-by-one", one, args.model), args.model, levels, baseline_level, 120)
-        theirs: dict[int, Result] = {}
-        if "vllm" not in skip and args.vllm_python:
-            print(f"vLLM CPU ({args.vllm_python}):", flush=True)
-            theirs = run_levels(vllm_server(args.vllm_python, checkpoint.resolve(), args.model, max_len), args.model, levels, per_level, 600)
+        for server, workload_of in servers:
+            server.wait_ready(600 if server.name == "vllm" else 120)
+            asyncio.run(closed_loop(f"http://127.0.0.1:{server.port}", args.model, workload_of[levels[0]][:2], 1))  # warm the path
+        for round_ in range(1, args.rounds + 1):
+            print(f"round {round_} of {args.rounds}:", flush=True)
+            for c in levels:
+                for server, workload_of in servers:
+                    runs[server.name][c].append(run_level(server, args.model, workload_of[c], c))
+    finally:
+        for server, _ in servers:
+            server.stop()
+    ours = {c: median_result(runs["sluice"][c]) for c in levels}
+    baseline: dict[int, Result] = {c: median_result(rs) for c, rs in runs.get("one-by-one", {}).items()}
+    theirs: dict[int, Result] = {c: median_result(rs) for c, rs in runs.get("vllm", {}).items()}
+    try:
         if "prefix" not in skip:
             print(f"TTFT with a shared {args.prefix_tokens}-token prefix:", flush=True)
             on = prefix_ttft(sluice_server("prefix-on", repo, args.model), args.model, vocab, args.prefix_tokens, 8)
@@ -253,7 +270,8 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    print("\n| concurrency | sluice tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | vs one-at-a-time | vLLM tok/s | vLLM TTFT p50 ms | sluice / vLLM tok/s |")
+    print("\n| concurrency | sluice tok/s | TTFT p50 / p99 ms | ITL p50 / p99 ms | vs one-at-a-time "
+          "| vLLM tok/s | vLLM TTFT p50 ms | sluice / vLLM tok/s |")
     print("|---|---|---|---|---|---|---|---|")
     rows = []
     for c in levels:

@@ -20,6 +20,7 @@ from docs_blocks import ROOT, Block, all_blocks, blocks, command_lines
 
 from controlplane.admin.openapi import openapi_document
 from controlplane.policy import KINDS, InvalidPolicy, Policy, parse_document, with_document
+from inference.generate.config import GenerateConfig
 
 
 def _reference() -> ModuleType:
@@ -64,7 +65,8 @@ def _yaml_documents(block: Block) -> list[object]:
 
 
 def _heredocs(block: Block) -> list[str]:
-    return [m[2] for m in re.finditer(r"<<-?'?(\w+)'?\n(.*?)^\1$", block.text, re.MULTILINE | re.DOTALL)]
+    """The here-documents fed to `sluice` (others, such as a Python script, are not YAML)."""
+    return [m[2] for m in re.finditer(r"^.*sluice.*<<-?'?(\w+)'?\n(.*?)^\1$", block.text, re.MULTILINE | re.DOTALL)]
 
 
 def test_every_yaml_example_is_valid_policy() -> None:
@@ -73,6 +75,9 @@ def test_every_yaml_example_is_valid_policy() -> None:
         Block(b.page, b.line, "yaml", text) for b in all_blocks("sh") for text in _heredocs(b)]
     for block in examples:
         for doc in _yaml_documents(block):
+            if isinstance(doc, dict) and doc.get("backend") == "generate":
+                GenerateConfig.model_validate(doc)  # a generative model's config.yaml
+                checked += 1
             if isinstance(doc, dict) and "kind" in doc:
                 try:
                     parse_document(doc)

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors.numpy import load_file, save
+from tokenizers import Tokenizer
 
 from inference.generate.llama import LlamaSpec, Weights, make_weights
 from inference.generate.onnx_export import export
-from inference.generate.tokenizer import BOS, EOS, END, tokenizer_config, train
+from inference.generate.tokenizer import BOS, END, EOS, tokenizer_config, train
 
 HF_CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -54,7 +55,7 @@ def build_files(family: Family) -> dict[str, bytes]:
         max_position_embeddings=family.max_position_embeddings,
     )
     weights = make_weights(spec, family.seed)
-    bos, eos, end = (tokenizer.token_to_id(t) for t in (BOS, EOS, END))
+    bos, eos, end = (_token_id(tokenizer, t) for t in (BOS, EOS, END))
     hf_config = spec.hf_config(bos_token_id=bos, eos_token_id=eos)
 
     def dump(value: object) -> bytes:
@@ -68,6 +69,12 @@ def build_files(family: Family) -> dict[str, bytes]:
         GENERATION_CONFIG: dump({"bos_token_id": bos, "eos_token_id": [eos, end]}),
         ONNX_MODEL: export(spec, weights, family.name),
     }
+
+
+def _token_id(tokenizer: Tokenizer, token: str) -> int:
+    found = tokenizer.token_to_id(token)
+    assert found is not None, f"the trained tokenizer lacks {token!r}"
+    return int(found)
 
 
 def read_spec(version_dir: Path) -> LlamaSpec:

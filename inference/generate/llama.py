@@ -99,7 +99,8 @@ def make_weights(spec: LlamaSpec, seed: int) -> Weights:
     d, hd, kv = spec.hidden_size, spec.head_dim, spec.num_kv_heads * spec.head_dim
 
     def linear(out_features: int, in_features: int, gain: float = 1.0) -> np.ndarray:
-        return (rng.standard_normal((out_features, in_features), dtype=np.float32) * (gain / np.sqrt(in_features))).astype(np.float32)
+        scale = np.float32(gain / np.sqrt(in_features))
+        return np.asarray(rng.standard_normal((out_features, in_features), dtype=np.float32) * scale, dtype=np.float32)
 
     weights: Weights = {"model.embed_tokens.weight": rng.standard_normal((spec.vocab_size, d), dtype=np.float32)}
     for i in range(spec.num_layers):
@@ -120,7 +121,7 @@ def make_weights(spec: LlamaSpec, seed: int) -> Weights:
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     variance = np.mean(x.astype(np.float64) ** 2, axis=-1, keepdims=True)
-    return (x / np.sqrt(variance + eps)).astype(np.float32) * weight
+    return np.asarray((x / np.sqrt(variance + eps)).astype(np.float32) * weight, dtype=np.float32)
 
 
 def rotary(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
@@ -131,7 +132,7 @@ def rotary(x: np.ndarray, positions: np.ndarray, theta: float) -> np.ndarray:
     cos = np.cos(np.concatenate([freqs, freqs], axis=-1)).astype(np.float32)
     sin = np.sin(np.concatenate([freqs, freqs], axis=-1)).astype(np.float32)
     rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
+    return np.asarray(x * cos + rotated * sin, dtype=np.float32)
 
 
 class ReferenceModel:
@@ -146,7 +147,7 @@ class ReferenceModel:
 
     @property
     def length(self) -> int:
-        return self.keys[0].shape[1]
+        return int(self.keys[0].shape[1])
 
     def forward(self, tokens: list[int]) -> np.ndarray:
         s = self.spec

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
@@ -89,7 +90,7 @@ def render(entries: list[tuple[GenerationStats, Load]]) -> str:
            [f"vllm:num_requests_waiting{{{label(s)}}} {load.waiting}" for s, load in entries])
     family("vllm:kv_cache_usage_perc", "gauge", "Fraction of KV-cache blocks in use (1 = full).",
            [f"vllm:kv_cache_usage_perc{{{label(s)}}} {load.kv_cache_usage}" for s, load in entries])
-    counters = (
+    counters: tuple[tuple[str, str, Callable[[GenerationStats], int]], ...] = (
         ("vllm:prompt_tokens_total", "Prompt tokens processed.", lambda s: s.prompt_tokens),
         ("vllm:generation_tokens_total", "Tokens generated.", lambda s: s.generation_tokens),
         ("vllm:prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.", lambda s: s.prefix_queries),
@@ -99,8 +100,9 @@ def render(entries: list[tuple[GenerationStats, Load]]) -> str:
     for name, help_text, value in counters:
         family(name, "counter", help_text, [f"{name}{{{label(s)}}} {value(s)}" for s, _ in entries])
     family("vllm:request_success_total", "counter", "Finished requests, by finish reason.",
-           [f'vllm:request_success_total{{{label(s)},finished_reason="{reason}"}} {n}' for s, _ in entries for reason, n in sorted(s.finished.items())])
-    histograms = (
+           [f'vllm:request_success_total{{{label(s)},finished_reason="{reason}"}} {n}'
+            for s, _ in entries for reason, n in sorted(s.finished.items())])
+    histograms: tuple[tuple[str, str, Callable[[GenerationStats], Histogram]], ...] = (
         ("vllm:time_to_first_token_seconds", "Time to first token.", lambda s: s.ttft),
         ("vllm:inter_token_latency_seconds", "Time between consecutive output tokens.", lambda s: s.itl),
         ("vllm:e2e_request_latency_seconds", "End-to-end request latency.", lambda s: s.e2e),

@@ -13,6 +13,8 @@ so a batch may mix sequences of different lengths with holes in a padded past.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -35,13 +37,13 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(array, name))
         return name
 
-    def op(self, kind: str, inputs: list[str], **attrs: object) -> str:
+    def op(self, kind: str, inputs: list[str], **attrs: Any) -> str:
         self._count += 1
         out = f"{kind.lower()}_{self._count}"
         self.nodes.append(helper.make_node(kind, inputs, [out], **attrs))
         return out
 
-    def op_to(self, kind: str, inputs: list[str], output: str, **attrs: object) -> str:
+    def op_to(self, kind: str, inputs: list[str], output: str, **attrs: Any) -> str:
         self.nodes.append(helper.make_node(kind, inputs, [output], **attrs))
         return output
 
@@ -144,8 +146,8 @@ def export(spec: LlamaSpec, weights: Weights, name: str) -> bytes:
     x = g.rms_norm(x, "model.norm.weight", weights, spec.rms_norm_eps)
     g.op_to("MatMul", [x, g.const("lm_head.weight", np.ascontiguousarray(weights["lm_head.weight"].T))], "logits")
 
-    kv_shape = ["batch_size", spec.num_kv_heads, "past_sequence_length", spec.head_dim]
-    present_shape = ["batch_size", spec.num_kv_heads, "total_sequence_length", spec.head_dim]
+    kv_shape: list[str | int] = ["batch_size", spec.num_kv_heads, "past_sequence_length", spec.head_dim]
+    present_shape: list[str | int] = ["batch_size", spec.num_kv_heads, "total_sequence_length", spec.head_dim]
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch_size", "total_sequence_length"]),

@@ -56,7 +56,9 @@ class GenerativeModels:
         version_dir = model_dir / str(versions[-1])
         spec = read_spec(version_dir)
         if config.max_model_len > spec.max_position_embeddings:
-            raise ValueError(f"model {name!r}: max_model_len {config.max_model_len} exceeds the checkpoint's {spec.max_position_embeddings} positions")
+            raise ValueError(
+                f"model {name!r}: max_model_len {config.max_model_len} exceeds the checkpoint's {spec.max_position_embeddings} positions"
+            )
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gen-{name}")
         loop = asyncio.get_running_loop()
         try:

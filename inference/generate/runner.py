@@ -64,4 +64,4 @@ class CausalLM:
 
     @staticmethod
     def host(present: Any) -> np.ndarray:
-        return present.numpy() if isinstance(present, ort.OrtValue) else present
+        return np.asarray(present.numpy() if isinstance(present, ort.OrtValue) else present)

@@ -203,7 +203,8 @@ BAD_INPUTS = [
     (b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "temperature": -1}', 400, "temperature", "invalid_value"),
     (b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}', 400, "stop", "invalid_value"),
     (b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "n": 2}', 400, "n", "invalid_value"),
-    (b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": true}}', 400, None, "invalid_value"),
+    (b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "x"}], "stream_options": {"include_usage": true}}',
+     400, None, "invalid_value"),
     (b'{"model": "tiny-llama", "messages": [{"role": "user", "content": "' + b"river " * 5000 + b'"}]}', 400, "messages", "context_length_exceeded"),
     (b"[" * 100_000 + b"]" * 100_000, 400, None, None),
 ]

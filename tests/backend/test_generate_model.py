@@ -111,7 +111,8 @@ def test_chat_template_matches_the_jinja_one_tools_read(model_repo: Path) -> Non
     assert config["chat_template"] == CHAT_TEMPLATE_JINJA
     tokenizer = TextTokenizer.load(model_repo / VERSION / "tokenizer.json")
     ids = tokenizer.encode(rendered)
-    assert tokenizer.decode(ids) == "\nBe brief.\n\nTell me about the river.\n\nIt is long.\n\nAnd the gate?\n\n", "special tokens are single ids, skipped on decode"
+    # Special tokens are single ids, skipped on decode.
+    assert tokenizer.decode(ids) == "\nBe brief.\n\nTell me about the river.\n\nIt is long.\n\nAnd the gate?\n\n"
     text = "The gatekeeper watched the level of the water every morning."
     assert tokenizer.decode(tokenizer.encode(text)) == text
     assert len(tokenizer.encode(text)) < len(text) // 2, "BPE merged the corpus's common words"
