@@ -146,10 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         _wait("the generative backend", lambda: _ok(f"http://127.0.0.1:{args.llm_port}/v2/health/ready"), mesh)
         _wait("Envoy", lambda: _ok(f"http://127.0.0.1:{args.envoy_admin_port}/ready"), mesh)
         _wait("the edge route", lambda: _ok(f"http://127.0.0.1:{args.listen_port}/v2/models/classifier/ready"), mesh)
+        chat = {"model": "tiny-llama", "stream": True, "max_tokens": 20, "messages": [{"role": "user", "content": "Tell me about the river."}]}
         print(f"""
 sluice is up.
   inference   http://127.0.0.1:{args.listen_port}/v2/models/classifier/infer   (edge Envoy)
   admin API   {admin}/api/v1/   (sluice get | apply -f FILE | status)
+  console     {admin}/ui/   (the mesh, canaries, limits, history, backends)
   xDS         127.0.0.1:{args.xds_port}
   Envoy admin http://127.0.0.1:{args.envoy_admin_port}/
   OpenAI API  http://127.0.0.1:{args.listen_port}/v1/   (model tiny-llama, through the edge)
@@ -158,7 +160,7 @@ Try:
   curl -s -X POST http://127.0.0.1:{args.listen_port}/v2/models/classifier/infer \\
     -d '{json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})}'
   curl -sN http://127.0.0.1:{args.listen_port}/v1/chat/completions \
-    -d '{json.dumps({"model": "tiny-llama", "stream": True, "max_tokens": 20, "messages": [{"role": "user", "content": "Tell me about the river."}]})}'
+    -d '{json.dumps(chat)}'
 Ctrl-C stops everything.""", flush=True)
         while (name := mesh.exited()) is None:
             time.sleep(0.5)

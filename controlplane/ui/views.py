@@ -10,6 +10,7 @@ Envoys and endpoints, with short timeouts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import re
 import time
@@ -263,7 +264,7 @@ class ConsoleViews:
         health = await self._health()
         endpoints = [(n, f"{e.address}:{e.port}" if ":" not in e.address else f"[{e.address}]:{e.port}")
                      for n in paged["items"] for e in current.policy.backends[n].endpoints][:ENDPOINTS_READ]
-        loads = await asyncio.gather(*(self._cache.get(f"load:{ep}", lambda ep=ep: self._read_load(ep))
+        loads = await asyncio.gather(*(self._cache.get(f"load:{ep}", functools.partial(self._read_load, ep))
                                        for _, ep in endpoints))
         by_backend: dict[str, list[dict[str, Any]]] = {}
         for (name, ep), load in zip(endpoints, loads, strict=True):
