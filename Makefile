@@ -6,12 +6,12 @@ STAMP  := $(VENV)/.installed-stamp
 MODELS := models
 ZIG    := $(abspath $(PY)) -m ziglang
 
-.PHONY: up test venv filters models zig-test pytest docs bench clean
+.PHONY: up test venv filters models lint zig-test pytest docs bench clean
 
 up: venv filters models
 	$(PY) -m sluice up --model-repository $(MODELS)
 
-test: venv filters models zig-test pytest
+test: venv filters models lint zig-test pytest
 
 venv: $(STAMP)
 
@@ -30,6 +30,11 @@ zig-test: $(STAMP)
 
 models: $(STAMP)
 	$(PY) -m inference.gen_models --out $(MODELS)
+
+# Lint the repository; type-check the two services strictly (settings in pyproject.toml).
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy controlplane inference
 
 pytest: $(STAMP)
 	$(PY) -m pytest -q

@@ -27,10 +27,10 @@ from controlplane.geo.tables import GeoTables, PublishingStore
 from controlplane.readiness import Readiness
 from controlplane.replica import Coordination, run_while_held
 from controlplane.settings import ControlPlaneSettings
-from controlplane.store import StoreUnavailable, open_store, redacted
+from controlplane.store import Revision, StoreUnavailable, open_store, redacted
 from controlplane.supervision import Supervisor
-from controlplane.ui.console import install as install_console
 from controlplane.translate import Options, ProxyGroup, translate, translate_shares
+from controlplane.ui.console import install as install_console
 from controlplane.xds import AdsServer, Fleet
 
 log = logging.getLogger("sluice.controlplane")
@@ -56,11 +56,16 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
     cache = SnapshotCache()
     geo_tables = GeoTables(store)
     options = Options(filters_dir=settings.filters_dir, geo_tables=geo_tables.get)
+
+    def on_publish(revision: Revision) -> None:
+        published.set(revision.number)
+        quota.rebalance()
+
     publisher = Publisher(
         PublishingStore(store, geo_tables), cache, functools.partial(translate, options=options),
         lambda policy, shares: translate_shares(policy, shares, options),
         quiet_s=settings.push_quiet_s, max_delay_s=settings.push_max_delay_s,
-        on_publish=lambda r: (published.set(r.number), quota.rebalance()),
+        on_publish=on_publish,
     )
     default_group = ProxyGroup("edge", settings.edge_listen_address, settings.edge_listen_port)
     ads = AdsServer(cache, publisher, fleet, default_group)

@@ -7,7 +7,8 @@ same rendering `sluice envoy` does before it starts Envoy, with the container ad
   python deploy/render.py --check   # exit 1 if one is out of date (tests/test_deploy.py)
 
 The control plane is reached by a DNS name (`controlplane`, a compose service alias and a
-Kubernetes Service), which the templates' STRICT_DNS `sluice_xds` cluster accepts. Per-proxy values that only exist at run time (the pod name and IP) are not in these files:
+Kubernetes Service), which the templates' STRICT_DNS `sluice_xds` cluster accepts. Per-proxy values
+that only exist at run time (the pod name and IP) are not in these files:
 the containers pass them with Envoy's `--config-yaml`, which merges over the file.
 """
 

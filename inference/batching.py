@@ -131,8 +131,8 @@ class DynamicBatcher:
         try:
             # Cancelling the future (timeout, client gone) tells the scheduler to skip the request.
             return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
-            raise DeadlineExceeded(f"request timed out after {timeout * 1000:.0f} ms before model {self._stats.name!r} answered") from None
+        except TimeoutError:  # only with a timeout: wait_for(future, None) never raises it
+            raise DeadlineExceeded(f"request timed out after {(timeout or 0) * 1000:.0f} ms before model {self._stats.name!r} answered") from None
 
     def _pop_live(self) -> _Pending | None:
         while self._heap:

@@ -40,7 +40,8 @@ def classifier_weights(version: int) -> tuple[np.ndarray, np.ndarray]:
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
+    probabilities: np.ndarray = exp / exp.sum(axis=-1, keepdims=True)
+    return probabilities
 
 
 def reference(model: str, version: int, x: np.ndarray) -> np.ndarray:

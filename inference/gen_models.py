@@ -20,8 +20,6 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from inference import demo
-from inference.generate.checkpoint import FAMILIES, SMALL, TINY, Family, build_files
-from inference.generate.config import GenerateConfig
 from inference.config import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -32,6 +30,8 @@ from inference.config import (
     TensorConfig,
     VersionPolicy,
 )
+from inference.generate.checkpoint import FAMILIES, SMALL, TINY, Family, build_files
+from inference.generate.config import GenerateConfig
 
 log = logging.getLogger("inference.gen_models")
 

@@ -149,14 +149,14 @@ def encode_response(response: InferResponse) -> service_pb2.ModelInferResponse:
     return message
 
 
-Unary = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Unary = Callable[[Any, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
 def _aborts_on_error(method: Unary) -> Unary:
     """End the call with the gRPC status matching the core's error, and its message."""
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
             return await method(self, request, context)
         except InferenceError as error:
@@ -165,56 +165,57 @@ def _aborts_on_error(method: Unary) -> Unary:
     return wrapper
 
 
-def _authorization(context: grpc.aio.ServicerContext) -> str | None:
-    return next((value for key, value in context.invocation_metadata() or () if key == "authorization"), None)
+def _authorization(context: grpc.aio.ServicerContext[Any, Any]) -> str | None:
+    value = next((value for key, value in context.invocation_metadata() or () if key == "authorization"), None)
+    return value.decode() if isinstance(value, bytes) else value
 
 
-class GrpcApi(service_pb2_grpc.GRPCInferenceServiceServicer):
+class GrpcApi(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]  # tritonclient ships no type information
     def __init__(self, service: InferenceService, model_control: ModelControl | None = None) -> None:
         self.service = service
         self.model_control = model_control or ModelControl()
 
     @_aborts_on_error
-    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> service_pb2.ServerLiveResponse:
+    async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> service_pb2.ServerLiveResponse:
         return service_pb2.ServerLiveResponse(live=True)
 
     @_aborts_on_error
-    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext) -> service_pb2.ServerReadyResponse:
+    async def ServerReady(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> service_pb2.ServerReadyResponse:
         return service_pb2.ServerReadyResponse(ready=self.service.ready())
 
     @_aborts_on_error
-    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> service_pb2.ModelReadyResponse:
+    async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> service_pb2.ModelReadyResponse:
         return service_pb2.ModelReadyResponse(ready=self.service.model_ready(request.name, request.version or None))
 
     @_aborts_on_error
-    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> service_pb2.ServerMetadataResponse:
+    async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> service_pb2.ServerMetadataResponse:
         return json_format.ParseDict(self.service.server_metadata(), service_pb2.ServerMetadataResponse())
 
     @_aborts_on_error
-    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> service_pb2.ModelMetadataResponse:
+    async def ModelMetadata(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> service_pb2.ModelMetadataResponse:
         meta = self.service.model_metadata(request.name, request.version or None)
         return json_format.ParseDict(meta, service_pb2.ModelMetadataResponse())
 
     @_aborts_on_error
-    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext) -> service_pb2.ModelConfigResponse:
+    async def ModelConfig(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> service_pb2.ModelConfigResponse:
         config = self.service.model_config(request.name, request.version or None)
         # Our YAML-only fields (cache TTL, deterministic) have no place in Triton's message.
         proto = json_format.ParseDict(config, model_config_pb2.ModelConfig(), ignore_unknown_fields=True)
         return service_pb2.ModelConfigResponse(config=proto)
 
     @_aborts_on_error
-    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext) -> service_pb2.ModelStatisticsResponse:
+    async def ModelStatistics(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> service_pb2.ModelStatisticsResponse:
         stats = self.service.model_stats(request.name or None, request.version or None)
         return json_format.ParseDict({"model_stats": stats}, service_pb2.ModelStatisticsResponse())
 
     @_aborts_on_error
-    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> service_pb2.RepositoryIndexResponse:
+    async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> service_pb2.RepositoryIndexResponse:
         self.model_control.check(_authorization(context))
         entries = self.service.repository_index(ready_only=request.ready)
         return json_format.ParseDict({"models": entries}, service_pb2.RepositoryIndexResponse())
 
     @_aborts_on_error
-    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> service_pb2.RepositoryModelLoadResponse:
+    async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> service_pb2.RepositoryModelLoadResponse:
         self.model_control.check(_authorization(context))
         if set(request.parameters) - {"unload_dependents"}:
             raise InvalidInput("load parameters (config override, file contents) are not supported: edit config.yaml instead")
@@ -222,7 +223,7 @@ class GrpcApi(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.RepositoryModelLoadResponse()
 
     @_aborts_on_error
-    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> service_pb2.RepositoryModelUnloadResponse:
+    async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> service_pb2.RepositoryModelUnloadResponse:
         self.model_control.check(_authorization(context))
         await self.service.unload_model(request.model_name)
         return service_pb2.RepositoryModelUnloadResponse()
@@ -233,7 +234,7 @@ class GrpcApi(service_pb2_grpc.GRPCInferenceServiceServicer):
         return await self.service.infer(request.model_name, request.model_version or None, decoded)
 
     @_aborts_on_error
-    async def ModelInfer(self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext) -> service_pb2.ModelInferResponse:
+    async def ModelInfer(self, request: service_pb2.ModelInferRequest, context: grpc.aio.ServicerContext[Any, Any]) -> service_pb2.ModelInferResponse:
         response = await self._infer(request, context.time_remaining())
         metadata = [(MODEL_NAME_HEADER, response.model_name), (MODEL_VERSION_HEADER, str(response.model_version))]
         if response.cached:
@@ -242,7 +243,7 @@ class GrpcApi(service_pb2_grpc.GRPCInferenceServiceServicer):
         return encode_response(response)
 
     async def ModelStreamInfer(
-        self, request_iterator: AsyncIterator[service_pb2.ModelInferRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[service_pb2.ModelInferRequest], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
         """Requests on one stream run concurrently; each answer (or error) carries its request id."""
         answers: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def option(name: str, metavar: str, **kwargs: Any) -> None:
         field = fields[name]
-        default = field.default_factory() if field.default_factory else field.default
+        default = field.get_default(call_default_factory=True)
         help_text = field.description or ""
         if "default:" not in help_text:
             help_text += f" (default: {default})"

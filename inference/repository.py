@@ -298,10 +298,10 @@ class ModelRepository:
             mv = model.versions[max(model.versions)]
         else:
             number = parse_version(version)
-            mv = model.versions.get(number)
-            if mv is None:
+            if number not in model.versions:
                 loaded = sorted(model.versions)
                 raise NotFound(f"model {name!r} has no version {number} loaded; loaded versions: {loaded or 'none'}")
+            mv = model.versions[number]
         if not mv.ready:
             raise Unavailable(f"model {name!r} version {mv.version} is {mv.state.value.lower()}")
         return mv

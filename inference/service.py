@@ -110,7 +110,7 @@ class InferenceService:
 
     def model_stats(self, name: str | None = None, version: str | None = None) -> list[dict[str, object]]:
         """Triton's statistics for the loaded versions asked for (all of them when no name)."""
-        versions = [self.repository.get(name, version)] if version is not None else self.repository.loaded(name)
+        versions = [self.repository.get(name, version)] if name is not None and version is not None else self.repository.loaded(name)
         return [mv.stats.to_json() for mv in versions]
 
     def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:

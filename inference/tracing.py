@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
@@ -110,7 +111,7 @@ class Exporter:
         self.dropped = 0
         self.exported = 0
         self._channel = grpc.insecure_channel(endpoint)
-        self._stub = TraceServiceStub(self._channel)
+        self._stub = TraceServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated stubs carry no annotations
         self._last_error_log = 0.0
         self._thread = threading.Thread(target=self._run, name="otlp-exporter", daemon=True)
         self._thread.start()
@@ -237,7 +238,7 @@ def _route_name(request: web.Request) -> str:
 
 
 @web.middleware
-async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The server span of a request whose traceparent says it is sampled; its children find it
     through `current()` (the context variable follows the handler's task)."""
     parent = parse_traceparent(request.headers.get(TRACEPARENT)) if _exporter is not None else None

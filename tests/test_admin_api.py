@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from policies import demo_policy
 from harness import PYTHON, ROOT, ControlPlane, get_json, http
+from policies import demo_policy
 
 
 def sluice(cp: ControlPlane, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

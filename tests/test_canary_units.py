@@ -5,12 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
+from policies import demo_policy
 
 from controlplane.canary.analysis import Verdict, judge
 from controlplane.canary.metrics import Sample, parse, window
 from controlplane.canary.transitions import apply_weight, operate, weight_in_policy
 from controlplane.policy import Canary, InvalidPolicy, Policy, Thresholds, parse_document, with_document
-from policies import demo_policy
 
 SPEC = {"service": "classifier", "route": "infer", "stable": "classifier-v1", "canary": "classifier-v2"}
 

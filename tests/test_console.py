@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from browser import ARGS, chromium_or_skip
-from harness import PYTHON, ROOT, Backend, ControlPlane, Envoy, get_json, http, wait_until
+from harness import PYTHON, ROOT, Backend, ControlPlane, Envoy, http, wait_until
 from policies import demo_policy
 
 X = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 2.0, 3.0, 4.0]}]}

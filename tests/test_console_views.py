@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+
 async def test_the_proxy_summary_is_a_page_and_counts_at_1000_proxies() -> None:
     """1,000 connected proxies (the fleet in process): one poll answers a page of rows and the counts."""
     from aiohttp.test_utils import make_mocked_request

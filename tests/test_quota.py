@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from policies import demo_policy
 
 from controlplane.policy import Policy, parse_document, with_document
 from controlplane.quota import moved, split
 from controlplane.translate.filters import ratelimit_config
-from policies import demo_policy
 
 
 def test_split_follows_demand_with_a_floor() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from policies import demo_policy
 from prometheus_client import CollectorRegistry
 
 from controlplane.cache import SnapshotCache
@@ -21,7 +22,6 @@ from controlplane.store import Conflict, Revision
 from controlplane.store.sqlite import SqliteStore
 from controlplane.supervision import Supervisor
 from controlplane.translate import Resources
-from policies import demo_policy
 
 BOUND_S = 20.0  # generous: these wait on conditions, never on a duration
 

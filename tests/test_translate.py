@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from policies import demo_policy
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
+from policies import demo_policy
 
 from controlplane.cache.snapshot import Snapshot, with_nonce
 from controlplane.policy import Policy, parse_document, with_document

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -62,7 +63,7 @@ class AdminApi:
         return app
 
     @web.middleware
-    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
             return await handler(request)
         except InvalidPolicy as exc:
@@ -190,8 +191,9 @@ class AdminApi:
         current = await self._store.current()
         if name not in getattr(current.policy, plural):
             return error(404, f"{kind} {name!r} not found")
-        users = {"backends": current.policy.users_of_backend, "services": current.policy.users_of_service}.get(
-            plural, lambda _: [])(name)
+        users_of: dict[str, Callable[[str], list[str]]] = {
+            "backends": current.policy.users_of_backend, "services": current.policy.users_of_service}
+        users = users_of[plural](name) if plural in users_of else []
         if users:
             return error(409, f"{kind} {name!r} is still used by {', '.join(users)}", used_by=users)
         return await self._write(request, lambda p: without_object(p, plural, name), f"delete {kind} {name}")

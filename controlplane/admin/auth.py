@@ -10,6 +10,7 @@ import ipaddress
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from controlplane.admin.errors import error
 from controlplane.auth import Authenticator, Principal, Unauthorized, role_allows
@@ -44,7 +45,7 @@ def _unauthorized(message: str) -> web.Response:
 
 def auth_middleware(authenticator: Authenticator) -> Any:
     @web.middleware
-    async def check(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         needed = needed_role(request)
         if needed is None or authenticator.mode == "off":
             return await handler(request)

@@ -176,4 +176,5 @@ class Snapshot:
 
 
 def with_nonce(body: bytes, nonce: str) -> bytes:
-    return body + DiscoveryResponse(nonce=nonce).SerializeToString()
+    nonce_field: bytes = DiscoveryResponse(nonce=nonce).SerializeToString()
+    return body + nonce_field

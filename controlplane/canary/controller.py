@@ -16,9 +16,9 @@ import aiohttp
 
 from controlplane.canary import metrics, webhooks
 from controlplane.canary.analysis import Judgement, Verdict, judge
-from controlplane.canary.transitions import apply_weight, spec_key, weight_in_policy, with_event, with_status
+from controlplane.canary.transitions import apply_weight, weight_in_policy, with_event, with_status
 from controlplane.policy import Canary, CanaryStatus, Policy
-from controlplane.policy.canary import FINAL
+from controlplane.policy.canary import FINAL, spec_key
 from controlplane.store import Conflict, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ The canary's weight lives where traffic reads it, in the route's split, and its 
 from __future__ import annotations
 
 from controlplane.policy import Canary, CanaryEvent, CanaryStatus, Policy, Route, RouteMatch, WeightedBackend
-from controlplane.policy.canary import State, spec_key
+from controlplane.policy.canary import State
 
 MAX_EVENTS = 200
 ACTIONS = ("pause", "resume", "promote", "abort")
@@ -43,7 +43,7 @@ def apply_weight(policy: Policy, canary: Canary, weight: int, ab: bool) -> Polic
                      WeightedBackend(backend=canary.canary, weight=weight)]
             hash_on = [h for h in route.hash_on if h != canary.sticky]
             sticky = canary.sticky is not None and 0 < weight < 100
-            if sticky:
+            if canary.sticky is not None and sticky:
                 hash_on.insert(0, canary.sticky)
             route = route.model_copy(update={"split": split, "hash_on": hash_on,
                                              "sticky_split": sticky or (route.sticky_split and bool(hash_on))})

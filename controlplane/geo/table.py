@@ -190,7 +190,7 @@ def _layout_end(v4_count: int, v6_count: int) -> int:
     return v6_labels + 2 * v6_count
 
 
-def _little(values: array) -> bytes:
+def _little(values: array[int]) -> bytes:
     if byteorder != "little":
         values.byteswap()
     return values.tobytes()

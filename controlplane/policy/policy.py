@@ -6,9 +6,9 @@ field that caused it.
 
 from __future__ import annotations
 
+from controlplane.policy import filter_limits as limits
 from controlplane.policy.canary import Canary, CanaryStatus, finished
 from controlplane.policy.geo import Geo, GeoRoute
-from controlplane.policy import filter_limits as limits
 from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
 from controlplane.policy.telemetry import TELEMETRY_NAME, Telemetry
 
@@ -67,19 +67,19 @@ class Policy(Strict):
         if len(self.ratelimits) > MAX_RATELIMITS:
             found.append(Problem(loc="ratelimits", msg=f"at most {MAX_RATELIMITS} rate limits (the filter's table)"))
         for name, limit in sorted(self.ratelimits.items()):
-            service = self.services.get(limit.service)
-            if service is None:
+            limited = self.services.get(limit.service)
+            if limited is None:
                 found.append(Problem(loc=f"ratelimits.{name}.service", msg=f"unknown service {limit.service!r}"))
                 continue
-            known = {r.name for r in service.routes}
-            for i, route in enumerate(limit.routes):
-                if route not in known:
+            known = {r.name for r in limited.routes}
+            for i, route_name in enumerate(limit.routes):
+                if route_name not in known:
                     found.append(Problem(loc=f"ratelimits.{name}.routes.{i}",
-                                         msg=f"service {limit.service!r} has no route {route!r}"))
-            for route in limit.route_costs:
-                if route not in known:
-                    found.append(Problem(loc=f"ratelimits.{name}.route_costs.{route}",
-                                         msg=f"service {limit.service!r} has no route {route!r}"))
+                                         msg=f"service {limit.service!r} has no route {route_name!r}"))
+            for route_name in limit.route_costs:
+                if route_name not in known:
+                    found.append(Problem(loc=f"ratelimits.{name}.route_costs.{route_name}",
+                                         msg=f"service {limit.service!r} has no route {route_name!r}"))
             if not limit.routes and len(known) > 16:
                 found.append(Problem(loc=f"ratelimits.{name}.routes",
                                      msg="the service has more than 16 routes: name at most 16"))

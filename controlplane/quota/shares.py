@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def split(demand: dict[str, float], floor: float = 0.1) -> dict[str, float]:
     """Each proxy's fraction of a global limit: proportional to its demand (requests/s), with
     `floor`/n kept by every proxy so an idle one can still admit its first requests and then

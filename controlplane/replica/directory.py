@@ -19,7 +19,6 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from controlplane.store.redis_client import bounded
-
 from controlplane.xds import Fleet
 from controlplane.xds.status import ProxyStatus
 

@@ -220,7 +220,7 @@ class RedisStore:
         await self._call(self._client.set(f"sluice:blob:{digest}", base64.b64encode(data).decode(), nx=True))
 
     async def get_blob(self, digest: str) -> bytes | None:
-        raw: str | None = await self._call(self._client.get(f"sluice:blob:{digest}"))
+        raw = await self._call(self._client.get(f"sluice:blob:{digest}"))
         return None if raw is None else base64.b64decode(raw)
 
     async def ping(self) -> None:

@@ -16,6 +16,7 @@ from envoy.extensions.filters.http.wasm.v3.wasm_pb2 import Wasm
 from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import HttpFilter
 from envoy.extensions.wasm.v3.wasm_pb2 import PluginConfig, VmConfig
 from google.protobuf.any_pb2 import Any
+from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import BytesValue, StringValue
 
 from controlplane.policy import Policy
@@ -28,7 +29,7 @@ RATELIMIT = "sluice.ratelimit"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 
 
-def _packed(message: object) -> Any:
+def _packed(message: Message) -> Any:
     out = Any()
     out.Pack(message)
     return out

@@ -1,3 +1,5 @@
+from collections.abc import Sequence
+
 from envoy.config.core.v3.base_pb2 import RuntimeFractionalPercent
 from envoy.config.route.v3.route_components_pb2 import (
     HeaderMatcher,
@@ -48,7 +50,7 @@ def _header(h: p.HeaderMatch) -> HeaderMatcher:
     return HeaderMatcher(name=h.name, string_match=_string(h.exact, h.prefix, h.regex))
 
 
-def _methods(methods: list[str]) -> list[HeaderMatcher]:
+def _methods(methods: Sequence[str]) -> list[HeaderMatcher]:
     """Methods are the `:method` pseudo-header; a matcher takes one pattern, so several become
     an alternation (the names are upper-case letters only: nothing to escape)."""
     if not methods:

@@ -95,5 +95,5 @@ def with_tracing(resources: dict[str, dict[str, Message]], policy: Policy, role:
     return {
         **resources,
         CLUSTER: {**resources.get(CLUSTER, {}), COLLECTOR_CLUSTER: collector_cluster(telemetry)},
-        LISTENER: {name: _traced(listener, tracing) for name, listener in listeners.items()},  # type: ignore[arg-type]
+        LISTENER: {name: _traced(listener, tracing) for name, listener in listeners.items()},
     }

@@ -52,7 +52,7 @@ class AdsServer:
         self._stream_ids = itertools.count(1)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        def method(behaviour: Callable[..., Any], request: Any) -> grpc.RpcMethodHandler:
+        def method(behaviour: Callable[..., Any], request: Any) -> grpc.RpcMethodHandler[Any, Any]:
             return grpc.stream_stream_rpc_method_handler(
                 behaviour, request_deserializer=request.FromString,
                 response_serializer=lambda encoded: encoded,  # responses are encoded by the cache
@@ -65,19 +65,19 @@ class AdsServer:
 
     # grpc.aio recognises streaming handlers by being async generator functions. A response is
     # dropped as soon as it is written: an idle stream holds no bytes of its own.
-    async def _sotw(self, requests: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext
+    async def _sotw(self, requests: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext[Any, bytes]
                     ) -> AsyncIterator[bytes]:
         async for response in self._serve(requests, context, SotwSession, "sotw"):
             yield response
             del response
 
-    async def _delta(self, requests: AsyncIterator[DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+    async def _delta(self, requests: AsyncIterator[DeltaDiscoveryRequest], context: grpc.aio.ServicerContext[Any, bytes]
                      ) -> AsyncIterator[bytes]:
         async for response in self._serve(requests, context, DeltaSession, "delta"):
             yield response
             del response
 
-    async def _serve(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext,
+    async def _serve(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, bytes],
                      kind: type[Session[Any]], protocol: str) -> AsyncIterator[bytes]:
         first = await anext(requests, None)
         if first is None:

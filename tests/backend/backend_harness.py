@@ -20,7 +20,6 @@ import numpy as np
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
 # The token tests start the backend with when they use the repository API (model control).

@@ -12,9 +12,9 @@ import aiohttp
 import grpc
 import numpy as np
 import pytest
-
 from backend_harness import REPO_ROOT
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+
 from inference.demo import reference
 from inference.main import build_parser
 from inference.settings import BackendSettings

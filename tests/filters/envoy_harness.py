@@ -138,10 +138,10 @@ class Envoy:
         self.process: subprocess.Popen | None = None
         self.ready_s = 0.0
 
-    def start(self, timeout: float = 30.0) -> "Envoy":
+    def start(self, timeout: float = 30.0) -> Envoy:
         return self.launch().wait_ready(timeout)
 
-    def launch(self) -> "Envoy":
+    def launch(self) -> Envoy:
         """Starts the process without waiting for it (several then start side by side)."""
         if not ENVOY.exists():
             raise FileNotFoundError(f"{ENVOY} is missing: run `make venv`")
@@ -154,7 +154,7 @@ class Envoy:
         )
         return self
 
-    def wait_ready(self, timeout: float = 30.0) -> "Envoy":
+    def wait_ready(self, timeout: float = 30.0) -> Envoy:
         """Waits for the admin /ready; stops the process and raises if it is not."""
         assert self.process is not None
         deadline = time.monotonic() + timeout
@@ -197,7 +197,7 @@ class Envoy:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
             return r.read().decode()
 
-    def __enter__(self) -> "Envoy":
+    def __enter__(self) -> Envoy:
         return self.start()
 
     def __exit__(self, *exc) -> None:

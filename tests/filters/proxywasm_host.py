@@ -30,8 +30,8 @@ import ctypes
 import dataclasses
 import functools
 import struct
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
 import wasmtime
 
@@ -41,7 +41,7 @@ try:
     # below makes a request through a filter ~5x cheaper, which keeps 100k-request tests short.
     from wasmtime import _bindings as _ffi
 
-    _ffi.wasmtime_func_new_unchecked, _ffi.wasmtime_func_call_unchecked, _ffi.wasmtime_memory_data
+    _ffi.wasmtime_func_new_unchecked, _ffi.wasmtime_func_call_unchecked, _ffi.wasmtime_memory_data  # noqa: B018 - fail here if absent
 except (ImportError, AttributeError) as e:  # pragma: no cover
     raise ImportError(f"proxywasm_host needs the C bindings of wasmtime==50.0.1: {e}") from e
 
@@ -83,7 +83,7 @@ def wasm_path(name: str) -> Path:
     return path
 
 
-def make_host(wasm: Path, configuration: str | bytes, **kwargs) -> "ProxyWasmHost":
+def make_host(wasm: Path, configuration: str | bytes, **kwargs) -> ProxyWasmHost:
     """A started host (kwargs: ProxyWasmHost's) that accepted `configuration`."""
     host = ProxyWasmHost(wasm, **kwargs)
     assert host.start()
@@ -343,7 +343,7 @@ class ProxyWasmHost:
         assert len(args) == len(kinds)
         size = max(len(args), nresults, 1)
         raw = (_ffi.wasmtime_val_raw_t * size)()
-        for i, (k, a) in enumerate(zip(kinds, args)):
+        for i, (k, a) in enumerate(zip(kinds, args, strict=False)):
             if k == "i32":
                 raw[i].i32 = ctypes.c_int32(a).value
             else:

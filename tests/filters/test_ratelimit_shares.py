@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from policies import demo_policy
 from proxywasm_host import ProxyWasmHost
 
 from controlplane.policy import Policy, parse_document, with_document
 from controlplane.policy.filter_limits import BURST_MAX, RATE_MAX, RATE_MIN
 from controlplane.translate.filters import ratelimit_config
-from policies import demo_policy
 
 FILTER = "ratelimit"  # the `wasm` fixture (conftest.py)
 
