@@ -77,7 +77,7 @@ def test_cli_apply_get_delete_status(controlplane: ControlPlane, tmp_path: Path)
     result = sluice(cp, "apply", "-f", str(ROOT / "examples/demo.yaml"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ("revision 1: applied Backend/classifier-v1, Backend/classifier-v2, "
-                                     "Service/classifier")
+                                     "Backend/tiny-llama, Service/classifier")
     assert "unchanged" in sluice(cp, "apply", "-f", str(ROOT / "examples/demo.yaml")).stdout
 
     table = sluice(cp, "get").stdout
