@@ -73,8 +73,8 @@ import envoy_wrk  # noqa: E402
 from envoy_wrk import Envoy, free_port  # noqa: E402
 from geo_data import synthetic_rows  # noqa: E402
 
-from controlplane.geo.compact import Settings, filter_config  # noqa: E402
-from controlplane.geo.table import GeoTable, Row, canonical  # noqa: E402
+from controlplane.geotable.compact import Settings, filter_config  # noqa: E402
+from controlplane.geotable.table import GeoTable, Row, canonical  # noqa: E402
 
 GEOROUTE_WASM = ROOT / "build" / "filters" / "bin" / "georoute.wasm"
 CALLBACKS = ["proxy_on_request_headers"]  # ours', for the empty filter

@@ -43,7 +43,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from harness import ControlPlane, Envoy, http, wait_until  # noqa: E402 - the tests' process harness
 from xds_client import AdsClient, Response  # noqa: E402
 
-from controlplane.translate.types import ROUTE  # noqa: E402
+from controlplane.resources import ROUTE  # noqa: E402
 
 SERVICES, ROUTES_PER_SERVICE, BACKENDS = 100, 10, 20
 TICK = os.sysconf("SC_CLK_TCK")

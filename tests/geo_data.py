@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import random
 
-from controlplane.geo.table import GeoTable, Label, Network, Row, canonical
+from controlplane.geotable.table import GeoTable, Label, Network, Row, canonical
 
 # A few countries per region, as a real table has them.
 COUNTRIES = {

@@ -94,7 +94,8 @@ def test_canary_references_are_checked() -> None:
 
 
 def test_sticky_canary_hashes_the_split_while_it_runs() -> None:
-    from controlplane.translate import ProxyGroup, translate, types
+    from controlplane import resources as types
+    from controlplane.translate import ProxyGroup, translate
 
     policy = _policy(sticky={"type": "header", "name": "x-user"})
     canary = policy.canaries["c"]

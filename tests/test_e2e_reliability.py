@@ -17,7 +17,7 @@ from harness import Backend, ControlPlane, Envoy, http
 from policies import demo_policy
 from xds_client import AdsClient
 
-from controlplane.translate.types import CLUSTER, LISTENER
+from controlplane.resources import CLUSTER, LISTENER
 
 X = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [0.5, -1.0, 2.0, 0.25]}]}
 UPDATES = ("cluster_manager.cds", "listener_manager.lds", "http.edge.rds.edge",

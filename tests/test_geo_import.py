@@ -10,9 +10,9 @@ import pytest
 from geo_data import synthetic_rows, table_of
 from mmdb_writer import country_record, write_mmdb
 
-from controlplane.geo.compact import Settings, filter_config, table_id
 from controlplane.geo.imports import from_csv, from_mmdb, imported
-from controlplane.geo.table import GeoTable, Label, Row, TableError
+from controlplane.geotable.compact import Settings, filter_config, table_id
+from controlplane.geotable.table import GeoTable, Label, Row, TableError
 
 
 def labels_by_network(table: GeoTable) -> dict[str, Label]:

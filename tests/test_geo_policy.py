@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 from policies import demo_policy
 
+from controlplane import resources as types
 from controlplane.cache.consistency import problems as snapshot_problems
-from controlplane.geo.compact import table_id
+from controlplane.geotable.compact import table_id
+from controlplane.geotable.table import inline_table
 from controlplane.policy import InvalidPolicy, Policy, parse_document, with_document
-from controlplane.translate import Options, ProxyGroup, translate, translate_shares, types
+from controlplane.translate import Options, ProxyGroup, translate, translate_shares
 from controlplane.translate.filters import GEOROUTE, RATELIMIT
-from controlplane.translate.geo import inline_table
 
 GROUP = ProxyGroup("edge", "127.0.0.1", 10000)
 HEALTH = {"path": "/v2/health/ready", "interval_s": 1}

@@ -23,8 +23,9 @@ from otlp_receiver import ReceivedSpan, RunningReceiver, otlp_receiver
 from policies import demo_policy
 from test_e2e_sidecar import sidecar_argv
 
+from controlplane import resources as types
 from controlplane.policy import InvalidPolicy, Policy, parse_document, with_document
-from controlplane.translate import ProxyGroup, translate, types
+from controlplane.translate import ProxyGroup, translate
 from controlplane.translate.tracing import COLLECTOR_CLUSTER
 
 X = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [0.5, -1.0, 2.0, 0.25]}]}

@@ -18,8 +18,9 @@ from envoy.type.v3.http_pb2 import CodecClientType
 from envoy.type.v3.percent_pb2 import FractionalPercent
 from google.protobuf.message import Message
 
+from controlplane import resources as types
 from controlplane.policy import InvalidPolicy, Policy, parse_document, with_document
-from controlplane.translate import ProxyGroup, translate, types
+from controlplane.translate import ProxyGroup, translate
 from controlplane.translate.clusters import HTTP_PROTOCOL_OPTIONS
 
 GROUP = ProxyGroup("edge", "127.0.0.1", 10000)

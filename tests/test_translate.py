@@ -5,9 +5,10 @@ from __future__ import annotations
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 from policies import demo_policy
 
+from controlplane import resources as types
 from controlplane.cache.snapshot import Snapshot, with_nonce
 from controlplane.policy import Policy, parse_document, with_document
-from controlplane.translate import ProxyGroup, translate, types
+from controlplane.translate import ProxyGroup, translate
 
 GROUP = ProxyGroup("edge", "127.0.0.1", 10000)
 

@@ -9,12 +9,13 @@ from collections.abc import AsyncIterator
 import pytest
 from policies import demo_policy
 
+from controlplane import resources as types
 from controlplane.cache import SnapshotCache
 from controlplane.cache.consistency import problems
 from controlplane.cache.publisher import Publisher
 from controlplane.policy import Policy, parse_document, with_document
 from controlplane.store import Revision
-from controlplane.translate import ProxyGroup, Resources, translate, types
+from controlplane.translate import ProxyGroup, Resources, translate
 
 GROUP = ProxyGroup("edge", "127.0.0.1", 10000)
 

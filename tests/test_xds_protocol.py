@@ -20,7 +20,7 @@ from policies import demo_policy
 from xds_client import AdsClient, Response
 
 from controlplane.cache.references import clusters_used
-from controlplane.translate.types import CLUSTER, ENDPOINT, ROUTE
+from controlplane.resources import CLUSTER, ENDPOINT, ROUTE
 
 BACKENDS = ["classifier-v1", "classifier-v2"]
 

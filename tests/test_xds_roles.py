@@ -6,9 +6,10 @@ import pytest
 from envoy.config.core.v3.base_pb2 import Node
 from policies import demo_policy
 
+from controlplane import resources as types
 from controlplane.cache.consistency import problems
 from controlplane.policy import Policy, parse_document, with_document
-from controlplane.translate import ProxyGroup, translate, types
+from controlplane.translate import ProxyGroup, translate
 from controlplane.translate.sidecar import LOCAL_CLUSTER
 from controlplane.xds.server import group_of
 

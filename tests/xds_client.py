@@ -23,7 +23,7 @@ from envoy.service.discovery.v3.discovery_pb2 import (
 )
 
 from controlplane.cache.references import managers
-from controlplane.translate.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from controlplane.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 Response = DiscoveryResponse | DeltaDiscoveryResponse

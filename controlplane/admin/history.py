@@ -7,12 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
+from controlplane import resources as types
 from controlplane.admin.errors import error
 from controlplane.admin.writes import commit_change, int_param
 from controlplane.policy import Policy, documents_of
 from controlplane.store import Revision, Store
 from controlplane.store.diff import policy_diff
-from controlplane.translate import Options, ProxyGroup, translate, types
+from controlplane.translate import Options, ProxyGroup, translate
 from controlplane.xds import Fleet
 
 # Resources differ between proxy groups only in where the listener binds, so one

@@ -14,7 +14,7 @@ from envoy.config.listener.v3.listener_pb2 import Listener
 from google.protobuf.message import Message
 
 from controlplane.cache.references import clusters_used, managers
-from controlplane.translate.types import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE
+from controlplane.resources import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE
 
 
 def problems(resources: Mapping[str, Mapping[str, Message]]) -> list[str]:

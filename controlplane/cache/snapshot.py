@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from prometheus_client import Counter
 
 from controlplane.cache.references import clusters_used
-from controlplane.translate.types import CLUSTER, ENDPOINT, SHORT
+from controlplane.resources import CLUSTER, ENDPOINT, SHORT
 
 # Registered by the Fleet with the control plane's other xDS metrics. It grows with policy
 # changes, not with the number of proxies: every proxy in a group shares the same bytes.

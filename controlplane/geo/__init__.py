@@ -1,2 +1,2 @@
-"""Geo routing: client prefix tables (CSV or MaxMind DB imports), their compact form for the
-georoute WASM filter, and the admin endpoints that upload them."""
+"""Geo routing: client prefix tables (CSV or MaxMind DB imports), kept as blobs, and the admin
+endpoints that upload them. Their compact form for the georoute filter is controlplane.geotable."""

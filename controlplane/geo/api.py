@@ -17,12 +17,12 @@ from aiohttp import web
 from controlplane.admin.errors import error
 from controlplane.admin.writes import commit_change
 from controlplane.geo.imports import imported
-from controlplane.geo.table import GeoTable, TableError
 from controlplane.geo.tables import GeoTables
+from controlplane.geotable.compact import settings
+from controlplane.geotable.table import GeoTable, TableError, inline_table
 from controlplane.policy import InvalidPolicy, Policy, Problem
 from controlplane.policy.geo import Geo
 from controlplane.store import Store
-from controlplane.translate.geo import inline_table, settings
 from controlplane.xds import Fleet
 
 UPLOAD_BYTES_MAX = 64 * 1024 * 1024  # a GeoLite2-Country database is ~10 MB, its CSV ~30 MB

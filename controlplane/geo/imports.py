@@ -16,7 +16,7 @@ from typing import Any
 import maxminddb
 from maxminddb.errors import InvalidDatabaseError
 
-from controlplane.geo.table import GeoTable, Label, Row, TableError
+from controlplane.geotable.table import GeoTable, Label, Row, TableError
 
 CSV_COLUMNS = ("cidr", "country", "region")
 PROBLEMS_SHOWN = 100  # a file with every line wrong need not list a million of them

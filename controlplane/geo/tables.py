@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from controlplane.geo.table import GeoTable, digest_of
+from controlplane.geotable.table import GeoTable, digest_of
 from controlplane.policy import Policy
 from controlplane.store import Revision
 

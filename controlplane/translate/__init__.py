@@ -6,46 +6,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from google.protobuf.message import Message
-
+from controlplane.groups import SIDECAR, ProxyGroup
 from controlplane.policy import Policy
-from controlplane.translate import types
+from controlplane.resources import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resources
 from controlplane.translate.clusters import clusters
 from controlplane.translate.endpoints import load_assignments
 from controlplane.translate.filters import edge_filters
 from controlplane.translate.geo import TableLookup, failover_assignments, failover_clusters, with_geo_routes
 from controlplane.translate.listeners import edge_listener
 from controlplane.translate.routes import route_configuration, route_name
-from controlplane.translate.sidecar import SIDECAR, sidecar_resources
+from controlplane.translate.sidecar import sidecar_resources
 from controlplane.translate.tracing import with_tracing
-
-# type URL -> resource name -> resource
-Resources = dict[str, dict[str, Message]]
-
-
-@dataclass(frozen=True)
-class ProxyGroup:
-    """Proxies that receive identical resources: same role and same listening address (and a
-    sidecar's local backend and outbound port, from its node metadata)."""
-
-    role: str
-    listen_address: str
-    listen_port: int
-    local_backend: tuple[str, int] | None = None
-    outbound_port: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.role == SIDECAR and self.local_backend is None:
-            raise ValueError("a sidecar proxy needs its local backend (node metadata backend_address, backend_port)")
-
-    @property
-    def key(self) -> str:
-        key = f"{self.role}@{self.listen_address}:{self.listen_port}"
-        if self.local_backend is not None:
-            key += f"->{self.local_backend[0]}:{self.local_backend[1]}"
-        if self.outbound_port is not None:
-            key += f",outbound:{self.outbound_port}"
-        return key
 
 
 @dataclass(frozen=True)
@@ -67,18 +38,18 @@ def translate(policy: Policy, group: ProxyGroup, options: Options = Options()) -
     listener = edge_listener(group.listen_address, group.listen_port, http_filters)
     routes = with_geo_routes(route_configuration(policy), policy)
     return with_tracing({
-        types.CLUSTER: {c.name: c for c in [*clusters(policy), *failover_clusters(policy)]},
-        types.ENDPOINT: {a.cluster_name: a for a in [*load_assignments(policy), *failover_assignments(policy)]},
-        types.EXTENSION_CONFIG: {c.name: c for c in filter_configs},
-        types.LISTENER: {listener.name: listener},
-        types.ROUTE: {routes.name: routes},
+        CLUSTER: {c.name: c for c in [*clusters(policy), *failover_clusters(policy)]},
+        ENDPOINT: {a.cluster_name: a for a in [*load_assignments(policy), *failover_assignments(policy)]},
+        EXTENSION_CONFIG: {c.name: c for c in filter_configs},
+        LISTENER: {listener.name: listener},
+        ROUTE: {routes.name: routes},
     }, policy, group.role)
 
 
 def translate_shares(policy: Policy, shares: Mapping[str, float], options: Options = Options()) -> Resources:
     """What differs for one proxy holding `shares` of the global rate limits: its filter configs."""
     _, filter_configs = edge_filters(policy, options.filters_dir, shares, options.geo_tables)
-    return {types.EXTENSION_CONFIG: {c.name: c for c in filter_configs}}
+    return {EXTENSION_CONFIG: {c.name: c for c in filter_configs}}
 
 
-__all__ = ["SIDECAR", "Options", "ProxyGroup", "Resources", "route_name", "translate", "translate_shares", "types"]
+__all__ = ["Options", "ProxyGroup", "Resources", "route_name", "translate", "translate_shares"]

@@ -1,7 +1,7 @@
 """Geo routing, translated.
 
 - The georoute filter's plugin configuration: the table and its settings as bytes
-  (controlplane/geo/compact.py), sent by ECDS (translate/filters.py), so a new table changes
+  (controlplane/geotable/compact.py), sent by ECDS (translate/filters.py), so a new table changes
   only that resource: no listener drain.
 - One failover cluster per geo-routed region, `geo.<georoute>.<region>`: the region's backend's
   endpoints at priority 0, each fallback region's backend's at the next priority, actively health
@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -30,10 +29,10 @@ from envoy.extensions.retry.priority.previous_priorities.v3.previous_priorities_
 )
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
 
-from controlplane.geo.compact import Settings, filter_config
-from controlplane.geo.table import GeoTable, Label, Row
+from controlplane.geotable.compact import Settings, filter_config, settings
+from controlplane.geotable.table import GeoTable, inline_table
 from controlplane.policy import Policy
-from controlplane.policy.geo import Geo, GeoPrefix
+from controlplane.policy.geo import Geo
 from controlplane.translate.clusters import cluster, packed
 from controlplane.translate.endpoints import load_assignment
 from controlplane.translate.routes import route_name
@@ -47,24 +46,11 @@ def failover_cluster_name(georoute: str, region: str) -> str:
     return f"geo.{georoute}.{region}"
 
 
-@lru_cache(maxsize=4)
-def inline_table(prefixes: tuple[GeoPrefix, ...]) -> tuple[GeoTable, str]:
-    table = GeoTable.build(Row(ipaddress.ip_network(p.cidr), Label(p.country or "", p.region or ""), f"prefixes.{i}")
-                           for i, p in enumerate(prefixes))
-    return table, table.digest
-
-
 def _table(geo: Geo, tables: TableLookup) -> tuple[GeoTable, str] | None:
     if geo.table is None:
         return inline_table(tuple(geo.prefixes))
     table = tables(geo.table)
     return None if table is None else (table, geo.table)
-
-
-def settings(policy: Policy, geo: Geo) -> Settings:
-    return Settings(country_header=geo.country_header, region_header=geo.region_header,
-                    default_region=geo.default_region, countries=tuple(sorted(geo.countries.items())),
-                    xff_trusted_hops=policy.edge.xff_trusted_hops)
 
 
 @lru_cache(maxsize=4)

@@ -13,13 +13,12 @@ from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpPro
 from google.protobuf.message import Message
 
 from controlplane.policy import Policy
+from controlplane.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from controlplane.translate.clusters import HTTP_PROTOCOL_OPTIONS, cluster, packed, seconds
 from controlplane.translate.endpoints import load_assignment
 from controlplane.translate.listeners import OUTBOUND_ROUTES, inbound_listener, outbound_listener
 from controlplane.translate.routes import route_configuration
-from controlplane.translate.types import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
-SIDECAR = "sidecar"  # the node.cluster of sidecar proxies
 # Policy names are DNS labels, so a dotted name never collides with a backend's cluster.
 LOCAL_CLUSTER = "sidecar.local"
 

@@ -27,8 +27,8 @@ from google.protobuf.wrappers_pb2 import UInt32Value
 
 from controlplane.policy import Policy
 from controlplane.policy.telemetry import TELEMETRY_NAME, Telemetry
+from controlplane.resources import CLUSTER, LISTENER
 from controlplane.translate.clusters import HTTP_PROTOCOL_OPTIONS, packed, seconds
-from controlplane.translate.types import CLUSTER, LISTENER
 
 # Policy names are DNS labels, so a dotted name never collides with a backend's cluster.
 COLLECTOR_CLUSTER = "sluice.otel-collector"

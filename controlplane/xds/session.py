@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from typing import Generic, TypeVar
 
 from controlplane.cache import Snapshot
-from controlplane.translate.types import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
+from controlplane.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
 from controlplane.xds.status import Fleet, ProxyStatus
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from controlplane.cache.snapshot import ENCODES
-from controlplane.translate.types import PUSH_ORDER, SHORT
+from controlplane.resources import PUSH_ORDER, SHORT
 
 
 @dataclass

@@ -1,5 +1,5 @@
 //! The plugin configuration: one binary document written by the control plane
-//! (controlplane/geo/compact.py), validated here in full before anything of it is used.
+//! (controlplane/geotable/compact.py), validated here in full before anything of it is used.
 //!
 //! Little-endian throughout. Layout (offsets from the start of the configuration):
 //!
@@ -338,7 +338,7 @@ comptime {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tests. `encode` writes the format from values, the way controlplane/geo/compact.py does.
+// Tests. `encode` writes the format from values, the way controlplane/geotable/compact.py does.
 
 const testing = std.testing;
 

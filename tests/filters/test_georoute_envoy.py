@@ -9,7 +9,7 @@ import pytest
 from envoy_harness import Envoy, bootstrap, free_port, serving, wasm_filter
 from geo_data import table_of
 
-from controlplane.geo.compact import Settings, filter_config
+from controlplane.geotable.compact import Settings, filter_config
 
 FILTER = "georoute"  # the `wasm` fixture (conftest.py)
 ROWS = [

@@ -9,8 +9,8 @@ import time
 from geo_data import longest_match, sample_addresses, synthetic_rows, table_of
 from proxywasm_host import CONTINUE, PEER, ProxyWasmHost, forwarded_for, make_host
 
-from controlplane.geo.compact import Settings, filter_config, table_id
-from controlplane.geo.table import GeoTable
+from controlplane.geotable.compact import Settings, filter_config, table_id
+from controlplane.geotable.table import GeoTable
 
 FILTER = "georoute"  # the `wasm` fixture (conftest.py)
 ROWS = [

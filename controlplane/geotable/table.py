@@ -4,7 +4,7 @@ georoute filter reads (filters/georoute/config.zig): per address family, the pre
 distinct labels. The filter turns them into longest-prefix-match ranges itself.
 
 The table is stored as one content-addressed blob (`encode`, `digest`); a label's empty region
-is resolved when the filter configuration is written (controlplane/geo/compact.py), from the Geo
+is resolved when the filter configuration is written (controlplane/geotable/compact.py), from the Geo
 object's country mapping, so changing that mapping needs no new upload.
 """
 
@@ -17,10 +17,11 @@ import struct
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from sys import byteorder
 from typing import NamedTuple
 
-from controlplane.policy.geo import COUNTRY_PATTERN, REGION_PATTERN
+from controlplane.policy.geo import COUNTRY_PATTERN, REGION_PATTERN, GeoPrefix
 
 # The filter's bounds (filters/georoute/config.zig).
 V4_PREFIXES_MAX = 1 << 20
@@ -166,6 +167,14 @@ class GeoTable:
     @property
     def digest(self) -> str:
         return digest_of(self.encode())
+
+
+@lru_cache(maxsize=4)
+def inline_table(prefixes: tuple[GeoPrefix, ...]) -> tuple[GeoTable, str]:
+    """The table a Geo object writes inline (its `prefixes`), and its digest."""
+    table = GeoTable.build(Row(ipaddress.ip_network(p.cidr), Label(p.country or "", p.region or ""), f"prefixes.{i}")
+                           for i, p in enumerate(prefixes))
+    return table, table.digest
 
 
 def digest_of(blob: bytes) -> str:

@@ -1,5 +1,8 @@
-"""xDS type URLs, in the order a push sends them: clusters and their endpoints before the
-listeners and routes that use them (make-before-break)."""
+"""xDS resources as the translator makes them and the cache holds them: the type URLs, in the
+order a push sends them (clusters and their endpoints before the listeners and routes that use
+them: make-before-break), and the mapping that carries one proxy group's resources."""
+
+from google.protobuf.message import Message
 
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -9,3 +12,6 @@ ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
 PUSH_ORDER = (CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE)
 SHORT = {CLUSTER: "cds", ENDPOINT: "eds", EXTENSION_CONFIG: "ecds", LISTENER: "lds", ROUTE: "rds"}
+
+# type URL -> resource name -> resource
+Resources = dict[str, dict[str, Message]]

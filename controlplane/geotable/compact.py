@@ -7,7 +7,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from controlplane.geo.table import ALIGNMENT, GeoTable, encode_labels
+from controlplane.geotable.table import ALIGNMENT, GeoTable, encode_labels
+from controlplane.policy import Policy
+from controlplane.policy.geo import Geo
 
 MAGIC = b"SGEO"
 VERSION = 1
@@ -26,6 +28,13 @@ class Settings:
 
     def region_of(self, country: str, region: str) -> str:
         return region or dict(self.countries).get(country, self.default_region)
+
+
+def settings(policy: Policy, geo: Geo) -> Settings:
+    """The filter's settings as the policy's Geo object (and its edge) say."""
+    return Settings(country_header=geo.country_header, region_header=geo.region_header,
+                    default_region=geo.default_region, countries=tuple(sorted(geo.countries.items())),
+                    xff_trusted_hops=policy.edge.xff_trusted_hops)
 
 
 def table_id(digest: str) -> int:
