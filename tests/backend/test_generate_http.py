@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import time
 import urllib.request
 from collections.abc import Callable
@@ -255,3 +256,21 @@ async def test_a_thousand_streams_against_a_small_queue(start: Callable[..., Bac
     m = wait_idle(backend)
     assert m["vllm:request_success_total:length"] == statuses.count(200)
     assert client(backend).completions.create(model=MODEL, prompt="After the storm", max_tokens=2).usage is not None
+
+
+async def test_sigterm_drains_open_streams_and_refuses_new_ones(start: Callable[..., Backend]) -> None:
+    backend = start("--load", MODEL, "--fault-step-delay-ms", "10")
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 60, "stream": True, "ignore_eos": True}
+    async with aiohttp.ClientSession() as session, session.post(f"{backend.url}/v1/completions", json=body) as response:
+        assert response.status == 200
+        await response.content.readline()
+        backend.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while backend.get_status("/v2/health/ready") != 503:
+            assert time.monotonic() < deadline, "readiness never turned 503"
+            await asyncio.sleep(0.02)
+        async with session.post(f"{backend.url}/v1/completions", json={**body, "stream": False}) as refused:
+            assert refused.status == 503 and (await refused.json())["error"]["type"] == "service_unavailable"
+        rest = await response.read()
+    assert rest.endswith(b"data: [DONE]\n\n"), "the open stream ran to its end"
+    assert backend.process.wait(timeout=30) == 0
