@@ -19,9 +19,9 @@ from controlplane.admin import AdminApi
 from controlplane.auth import Authenticator
 from controlplane.auth.tls import admin_ssl_context, xds_credentials
 from controlplane.cache import SnapshotCache
-from controlplane.cache.publisher import Publisher
 from controlplane.canary import CanaryController
 from controlplane.canary.api import routes as canary_routes
+from controlplane.controller.publisher import Publisher
 from controlplane.geo.api import routes as geo_routes
 from controlplane.geo.tables import GeoTables, PublishingStore
 from controlplane.readiness import Readiness
@@ -68,9 +68,9 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
         on_publish=on_publish,
     )
     default_group = ProxyGroup("edge", settings.edge_listen_address, settings.edge_listen_port)
-    ads = AdsServer(cache, publisher, fleet, default_group)
+    ads = AdsServer(cache, fleet, default_group)
     # Only the replica holding the quota lease balances; every replica applies its shares.
-    quota = coordination.quota(fleet, lambda: None if publisher.revision is None else publisher.revision.policy,
+    quota = coordination.quota(fleet.connected, lambda: None if publisher.revision is None else publisher.revision.policy,
                                publisher.set_shares, interval_s=settings.quota_interval_s)
 
     server = grpc.aio.server()
@@ -83,7 +83,7 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
         xds_port = server.add_insecure_port(xds_address)
     await server.start()
 
-    canaries = CanaryController(store, lambda: [p.admin_address for p in fleet.proxies()
+    canaries = CanaryController(store, lambda: [p.admin_address for p in fleet.connected.proxies()
                                                  if p.cluster == "edge" and p.admin_address])
     canary_lease = coordination.lease(CANARY_LEASE)  # canaries advance on one replica at a time
     supervisor = Supervisor(registry)
@@ -92,8 +92,8 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
                                       "leases": coordination.leases()},
                      readiness=Readiness(store, publisher, supervisor).check).app()
     admin.add_routes(canary_routes(store, canaries))
-    admin.add_routes(geo_routes(store, fleet, geo_tables))
-    install_console(admin, store, fleet)  # /ui/, behind the same auth middleware
+    admin.add_routes(geo_routes(store, fleet.convergence.revision_written, geo_tables))
+    install_console(admin, store, fleet.connected)  # /ui/, behind the same auth middleware
     runner = web.AppRunner(admin, access_log=None)
     await runner.setup()
     ssl_context = (None if settings.tls_cert is None or settings.tls_key is None

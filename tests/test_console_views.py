@@ -8,15 +8,14 @@ import json
 async def test_the_proxy_summary_is_a_page_and_counts_at_1000_proxies() -> None:
     """1,000 connected proxies (the fleet in process): one poll answers a page of rows and the counts."""
     from aiohttp.test_utils import make_mocked_request
-    from prometheus_client import CollectorRegistry
 
     from controlplane.policy import Policy
     from controlplane.store.base import Revision
     from controlplane.ui.views import ConsoleViews
-    from controlplane.xds import Fleet
+    from controlplane.xds import ProxyRegistry
     from controlplane.xds.status import ProxyStatus
 
-    fleet = Fleet(CollectorRegistry())
+    fleet = ProxyRegistry()
     for i in range(1000):
         fleet.connect(ProxyStatus(node_id=f"edge-{i:04d}", cluster="edge", group="g", stream_id=i))
 

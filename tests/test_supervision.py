@@ -15,8 +15,8 @@ from policies import demo_policy
 from prometheus_client import CollectorRegistry
 
 from controlplane.cache import SnapshotCache
-from controlplane.cache.publisher import Publisher
 from controlplane.canary import CanaryController
+from controlplane.controller.publisher import Publisher
 from controlplane.policy import Policy, parse_document, with_document
 from controlplane.store import Conflict, Revision
 from controlplane.store.sqlite import SqliteStore

@@ -12,7 +12,7 @@ from policies import demo_policy
 from controlplane import resources as types
 from controlplane.cache import SnapshotCache
 from controlplane.cache.consistency import problems
-from controlplane.cache.publisher import Publisher
+from controlplane.controller.publisher import Publisher
 from controlplane.policy import Policy, parse_document, with_document
 from controlplane.store import Revision
 from controlplane.translate import ProxyGroup, Resources, translate

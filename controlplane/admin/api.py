@@ -14,16 +14,16 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from controlplane.admin.auth import auth_middleware
-from controlplane.admin.errors import error
 from controlplane.admin.history import HistoryApi, preview
 from controlplane.admin.openapi import openapi_document
 from controlplane.admin.tokens import TokensApi
-from controlplane.admin.writes import commit_change, etag, expected_revision, json_body
 from controlplane.auth import Authenticator
 from controlplane.policy import InvalidPolicy, Policy, Problem, documents_of, parse_document, with_document, without_object
 from controlplane.policy.documents import KIND_BY_PLURAL, Document
 from controlplane.store import Conflict, Store, StoreUnavailable
 from controlplane.translate import Options
+from controlplane.web.errors import error
+from controlplane.web.writes import commit_change, etag, expected_revision, json_body
 from controlplane.xds import Fleet
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ class AdminApi:
 
     async def proxies(self, _: web.Request) -> web.Response:
         current = await self._store.current()
-        return web.json_response({"revision": current.number, "proxies": [p.view() for p in self._fleet.proxies()]})
+        return web.json_response({"revision": current.number, "proxies": [p.view() for p in self._fleet.connected.proxies()]})
 
     async def replica(self, _: web.Request) -> web.Response:
         current = await self._store.current()
@@ -199,4 +199,4 @@ class AdminApi:
         return await self._write(request, lambda p: without_object(p, plural, name), f"delete {kind} {name}")
 
     async def _write(self, request: web.Request, change: Callable[[Policy], Policy], message: str) -> web.Response:
-        return await commit_change(self._store, self._fleet, request, change, message)
+        return await commit_change(self._store, self._fleet.convergence.revision_written, request, change, message)

@@ -1,7 +1,8 @@
 """Which role each admin API request needs, checked before any handler runs.
 
 viewer: every read (GET). operator: every change of policy (and canaries). admin: tokens.
-/healthz, /readyz, the OpenAPI document and the console's static pages (no data) are public. Handlers ask `actor(request)` whom to record.
+/healthz, /readyz, the OpenAPI document and the console's static pages (no data) are public.
+Handlers ask `actor(request)` (controlplane/web/principal.py) whom to record.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from controlplane.admin.errors import error
-from controlplane.auth import Authenticator, Principal, Unauthorized, role_allows
+from controlplane.auth import Authenticator, Unauthorized, role_allows
 from controlplane.ui.paths import is_console_page
+from controlplane.web.errors import error
+from controlplane.web.principal import PRINCIPAL
 
 PUBLIC = frozenset({"/healthz", "/readyz", "/api/v1/openapi.json"})
-PRINCIPAL = "sluice.principal"
 
 
 def needed_role(request: web.Request) -> str | None:
@@ -64,12 +65,3 @@ def auth_middleware(authenticator: Authenticator) -> Any:
         return await handler(request)
 
     return check
-
-
-def actor(request: web.Request) -> str:
-    """Who made this change, for the audit log: the token's name when tokens are in force;
-    otherwise whatever the client calls itself (X-Sluice-Actor), as nothing was proven."""
-    principal: Principal | None = request.get(PRINCIPAL)
-    if principal is not None:
-        return principal.name
-    return request.headers.get("X-Sluice-Actor", "anonymous")[:64]

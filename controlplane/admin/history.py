@@ -8,12 +8,12 @@ from typing import Any
 from aiohttp import web
 
 from controlplane import resources as types
-from controlplane.admin.errors import error
-from controlplane.admin.writes import commit_change, int_param
 from controlplane.policy import Policy, documents_of
 from controlplane.store import Revision, Store
 from controlplane.store.diff import policy_diff
 from controlplane.translate import Options, ProxyGroup, translate
+from controlplane.web.errors import error
+from controlplane.web.writes import commit_change, int_param
 from controlplane.xds import Fleet
 
 # Resources differ between proxy groups only in where the listener binds, so one
@@ -106,7 +106,7 @@ class HistoryApi:
         target = await self._revision(request, "number")
         if isinstance(target, web.Response):
             return target
-        return await commit_change(self._store, self._fleet, request, lambda _: target.policy,
+        return await commit_change(self._store, self._fleet.convergence.revision_written, request, lambda _: target.policy,
                                    f"rollback to revision {target.number}", rolled_back_to=target.number)
 
     async def audit(self, request: web.Request) -> web.Response:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from controlplane.admin.auth import actor
-from controlplane.admin.errors import error
-from controlplane.admin.writes import json_body
 from controlplane.auth import Authenticator, issue
 from controlplane.store import Store, TokenExists
+from controlplane.web.errors import error
+from controlplane.web.principal import actor
+from controlplane.web.writes import json_body
 
 
 class TokensApi:

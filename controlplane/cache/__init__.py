@@ -2,5 +2,6 @@
 
 from controlplane.cache.snapshot import Snapshot, TypeSnapshot
 from controlplane.cache.snapshots import SnapshotCache
+from controlplane.cache.watcher import ConfigWatcher
 
-__all__ = ["Snapshot", "SnapshotCache", "TypeSnapshot"]
+__all__ = ["ConfigWatcher", "Snapshot", "SnapshotCache", "TypeSnapshot"]

@@ -2,14 +2,16 @@
 types (a proxy's share of a global rate limit), and a way to wait for the next change.
 
 A change wakes only the streams it concerns (those of the group, or of the one proxy), so a
-proxy's new rate-limit share does not wake a thousand others."""
+proxy's new rate-limit share does not wake a thousand others. Whoever builds snapshots learns
+here which groups are wanted (`on_join`): the cache itself knows nothing of where they come from."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from controlplane.cache.snapshot import Snapshot, TypeSnapshot
+from controlplane.groups import ProxyGroup
 
 
 class SnapshotCache:
@@ -17,6 +19,12 @@ class SnapshotCache:
         self._snapshots: dict[str, Snapshot] = {}
         self._overrides: dict[str, dict[str, TypeSnapshot]] = {}
         self._waiting: dict[tuple[str, str], set[asyncio.Event]] = {}  # ("group"|"node", name) -> watchers
+        self._joined: list[Callable[[ProxyGroup], None]] = []
+
+    def on_join(self, joined: Callable[[ProxyGroup], None]) -> None:
+        """Call `joined(group)` when a group without watchers gets one, before that watcher is
+        answered: a snapshot set for the group meanwhile is its first answer."""
+        self._joined.append(joined)
 
     def get(self, group: str, node: str | None = None) -> Snapshot | None:
         snapshot = self._snapshots.get(group)
@@ -41,12 +49,17 @@ class SnapshotCache:
         for changed in self._waiting.get(key, ()):
             changed.set()
 
-    async def watch(self, group: str, node: str | None = None) -> AsyncIterator[Snapshot]:
+    async def watch(self, proxy_group: ProxyGroup, node: str | None = None) -> AsyncIterator[Snapshot]:
         """Yields the proxy's snapshot now (once there is one) and after every change to it."""
         changed = asyncio.Event()
+        group = proxy_group.key
         keys = [("group", group)] + ([("node", node)] if node is not None else [])
+        new = ("group", group) not in self._waiting
         for key in keys:
             self._waiting.setdefault(key, set()).add(changed)
+        if new:
+            for joined in self._joined:
+                joined(proxy_group)
         try:
             last: tuple[object, object] = (None, None)
             while True:

@@ -9,11 +9,11 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane.admin.auth import actor
 from controlplane.canary.controller import CanaryController
 from controlplane.canary.transitions import ACTIONS, operate
 from controlplane.policy import CanaryStatus
 from controlplane.store import Conflict, Store
+from controlplane.web.principal import actor
 
 
 def _error(status: int, message: str) -> web.Response:

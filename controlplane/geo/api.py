@@ -14,8 +14,6 @@ import asyncio
 
 from aiohttp import web
 
-from controlplane.admin.errors import error
-from controlplane.admin.writes import commit_change
 from controlplane.geo.imports import imported
 from controlplane.geo.tables import GeoTables
 from controlplane.geotable.compact import settings
@@ -23,7 +21,8 @@ from controlplane.geotable.table import GeoTable, TableError, inline_table
 from controlplane.policy import InvalidPolicy, Policy, Problem
 from controlplane.policy.geo import Geo
 from controlplane.store import Store
-from controlplane.xds import Fleet
+from controlplane.web.errors import error
+from controlplane.web.writes import Written, commit_change
 
 UPLOAD_BYTES_MAX = 64 * 1024 * 1024  # a GeoLite2-Country database is ~10 MB, its CSV ~30 MB
 MMDB_TYPES = ("application/octet-stream", "application/vnd.maxmind.maxmind-db")
@@ -58,7 +57,7 @@ def _summary(table: GeoTable, digest: str) -> dict[str, object]:
             "labels": len(table.labels), "bytes": len(table.arrays)}
 
 
-def routes(store: Store, fleet: Fleet, tables: GeoTables) -> list[web.RouteDef]:
+def routes(store: Store, written: Written, tables: GeoTables) -> list[web.RouteDef]:
     async def upload(request: web.Request) -> web.Response:
         fmt = _format(request)
         if fmt is None:
@@ -85,7 +84,7 @@ def routes(store: Store, fleet: Fleet, tables: GeoTables) -> list[web.RouteDef]:
             return policy.model_copy(update={"geo": {**policy.geo, "geo": geo.model_copy(
                 update={"table": digest, "prefixes": []})}})
 
-        return await commit_change(store, fleet, request, use_table,
+        return await commit_change(store, written, request, use_table,
                                    f"geo table {digest[:19]}: {table.prefixes} prefixes from {fmt}",
                                    **_summary(table, digest))
 

@@ -18,7 +18,7 @@ import aiohttp
 
 from controlplane.policy import Policy
 from controlplane.quota.shares import moved, split
-from controlplane.xds.status import Fleet, ProxyStatus
+from controlplane.xds import ProxyRegistry, ProxyStatus
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ STAT_PREFIX = "wasmcustom.sluice_ratelimit."
 
 
 class Balancer:
-    def __init__(self, fleet: Fleet, policy: Callable[[], Policy | None],
+    def __init__(self, fleet: ProxyRegistry, policy: Callable[[], Policy | None],
                  publish: Callable[[dict[str, dict[str, float]]], None],
                  *, interval_s: float = 1.0, floor: float = 0.1, smoothing: float = 0.5) -> None:
         self._fleet = fleet

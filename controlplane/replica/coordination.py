@@ -15,7 +15,7 @@ from controlplane.replica.lease import Lease, RedisLease, SoleLease
 from controlplane.replica.quota import ApplyShares, QuotaLeader
 from controlplane.replica.shares import SharesBoard
 from controlplane.store.redis_client import connect
-from controlplane.xds import Fleet
+from controlplane.xds import ProxyRegistry
 
 QUOTA_LEASE = "quota-balancer"
 
@@ -47,7 +47,7 @@ class Coordination:
         """Which leases this replica holds now."""
         return {name: lease.held for name, lease in sorted(self._leases.items())}
 
-    def quota(self, fleet: Fleet, policy: Callable[[], Policy | None], apply: ApplyShares,
+    def quota(self, fleet: ProxyRegistry, policy: Callable[[], Policy | None], apply: ApplyShares,
               *, interval_s: float) -> QuotaLeader:
         lease = self.lease(QUOTA_LEASE)
         if self._client is None:

@@ -19,8 +19,7 @@ from redis.exceptions import RedisError
 from redis.typing import EncodableT, FieldT
 
 from controlplane.store.redis_client import bounded
-from controlplane.xds import Fleet
-from controlplane.xds.status import ProxyStatus
+from controlplane.xds import ProxyRegistry, ProxyStatus
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +34,7 @@ class ProxyDirectory:
         self._key = PREFIX + replica
         self._interval_s = interval_s
 
-    async def advertise(self, fleet: Fleet) -> None:
+    async def advertise(self, fleet: ProxyRegistry) -> None:
         """Keep this replica's entry equal to its connected proxies, until cancelled."""
         changed = asyncio.Event()
         fleet.on_change(changed.set)
@@ -73,8 +72,8 @@ class ProxyDirectory:
                 entries.setdefault(node, (cluster, admin))
         return entries
 
-    async def mirror(self, view: Fleet) -> None:
-        """Keep `view` (a Fleet of its own) equal to the directory, until cancelled."""
+    async def mirror(self, view: ProxyRegistry) -> None:
+        """Keep `view` (a registry of its own) equal to the directory, until cancelled."""
         shown: dict[str, tuple[Entry, ProxyStatus]] = {}
         stream_ids = itertools.count(1)
         while True:

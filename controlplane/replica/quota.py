@@ -18,7 +18,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry
 from redis.exceptions import RedisError
 
 from controlplane.policy import Policy
@@ -26,7 +25,7 @@ from controlplane.quota.balancer import Balancer
 from controlplane.replica.directory import ProxyDirectory
 from controlplane.replica.lease import Lease
 from controlplane.replica.shares import Shares, SharesBoard
-from controlplane.xds import Fleet
+from controlplane.xds import ProxyRegistry
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ ApplyShares = Callable[[Shares], None]
 
 
 class QuotaLeader:
-    def __init__(self, lease: Lease, fleet: Fleet, policy: Callable[[], Policy | None], apply: ApplyShares,
+    def __init__(self, lease: Lease, fleet: ProxyRegistry, policy: Callable[[], Policy | None], apply: ApplyShares,
                  *, interval_s: float, shared: tuple[ProxyDirectory, SharesBoard] | None = None) -> None:
         self._lease = lease
         self._fleet = fleet
@@ -72,7 +71,7 @@ class QuotaLeader:
             work = [self._balancer.run()]
         else:
             directory, board = self._shared
-            view = Fleet(CollectorRegistry())  # every replica's proxies; its metrics go nowhere
+            view = ProxyRegistry()  # every replica's proxies
             writer = _FencedWriter(board)
             self._balancer = Balancer(view, self._policy, writer.publish, interval_s=self._interval_s)
             work = [self._balancer.run(), directory.mirror(view), writer.run()]

@@ -19,10 +19,10 @@ from aiohttp import web
 from controlplane.store import Store
 from controlplane.ui.paths import is_console_page
 from controlplane.ui.views import ConsoleViews
-from controlplane.xds import Fleet
+from controlplane.xds import ProxyRegistry
 
 STATIC = Path(__file__).resolve().parent / "static"
-def install(app: web.Application, store: Store, fleet: Fleet) -> None:
+def install(app: web.Application, store: Store, fleet: ProxyRegistry) -> None:
     """Serve the console from the admin API's application (so its auth middleware applies)."""
     views = ConsoleViews(store, fleet)
 

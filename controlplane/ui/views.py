@@ -20,10 +20,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from controlplane.admin.auth import PRINCIPAL
 from controlplane.policy import CanaryStatus, Policy
 from controlplane.store import Store
-from controlplane.xds import Fleet
+from controlplane.web.principal import PRINCIPAL
+from controlplane.xds import ProxyRegistry
 
 PAGE_MAX = 100
 EDGES_READ = 16  # rate-limit counters are summed over at most this many edge Envoys
@@ -91,7 +91,7 @@ class Cache:
 
 
 class ConsoleViews:
-    def __init__(self, store: Store, fleet: Fleet) -> None:
+    def __init__(self, store: Store, fleet: ProxyRegistry) -> None:
         self._store = store
         self._fleet = fleet
         self._cache = Cache()

@@ -16,13 +16,13 @@ import grpc
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
-from controlplane.cache import Snapshot, SnapshotCache
-from controlplane.cache.publisher import Publisher
-from controlplane.translate import ProxyGroup
+from controlplane.cache import ConfigWatcher, Snapshot
+from controlplane.groups import ProxyGroup
 from controlplane.xds.delta import DeltaSession
+from controlplane.xds.fleet import Fleet
 from controlplane.xds.session import Session
 from controlplane.xds.sotw import SotwSession
-from controlplane.xds.status import Fleet, ProxyStatus
+from controlplane.xds.status import ProxyStatus
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,8 @@ def group_of(node: Node, default: ProxyGroup) -> ProxyGroup:
 
 
 class AdsServer:
-    def __init__(self, cache: SnapshotCache, publisher: Publisher, fleet: Fleet, default_group: ProxyGroup) -> None:
+    def __init__(self, cache: ConfigWatcher, fleet: Fleet, default_group: ProxyGroup) -> None:
         self._cache = cache
-        self._publisher = publisher
         self._fleet = fleet
         self._default_group = default_group
         self._stream_ids = itertools.count(1)
@@ -91,7 +90,6 @@ class AdsServer:
         proxy = ProxyStatus(first.node.id, first.node.cluster, group.key, next(self._stream_ids), protocol,
                             metadata["admin_address"].string_value if "admin_address" in metadata else None)
         session = kind(proxy, self._fleet)
-        self._publisher.join(group)
         self._fleet.connect(proxy)
         log.info("proxy %s (%s, %s) connected, group %s", proxy.node_id, proxy.cluster, protocol, group.key)
         session.receive(first)
@@ -106,7 +104,7 @@ class AdsServer:
 
         async def follow() -> None:
             nonlocal latest
-            async for snapshot in self._cache.watch(group.key, proxy.node_id):
+            async for snapshot in self._cache.watch(group, proxy.node_id):
                 latest = snapshot
                 wake.set()
 

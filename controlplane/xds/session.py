@@ -18,7 +18,8 @@ from typing import Generic, TypeVar
 
 from controlplane.cache import Snapshot
 from controlplane.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
-from controlplane.xds.status import Fleet, ProxyStatus
+from controlplane.xds.fleet import Fleet
+from controlplane.xds.status import ProxyStatus
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""How every policy change through the admin API becomes a revision: conditional on If-Match
+"""How every policy change through an HTTP API becomes a revision: conditional on If-Match
 when the client sends it, re-applied on top of a newer revision when it does not."""
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ from typing import Any
 
 from aiohttp import web
 
-from controlplane.admin.auth import actor
-from controlplane.admin.errors import error
 from controlplane.policy import InvalidPolicy, Policy
 from controlplane.store import Conflict, Store
-from controlplane.xds import Fleet
+from controlplane.web.errors import error
+from controlplane.web.principal import actor
+
+# Told each new revision's number and when it was written (convergence is measured from then).
+Written = Callable[[int, float], None]
 
 
 def etag(revision: int) -> str:
@@ -54,7 +56,7 @@ def int_param(request: web.Request, name: str, value: str) -> int:
         raise bad_request(f"{name} must be an integer, not {value!r}") from None
 
 
-async def commit_change(store: Store, fleet: Fleet, request: web.Request, change: Callable[[Policy], Policy],
+async def commit_change(store: Store, written: Written, request: web.Request, change: Callable[[Policy], Policy],
                         message: str, **extra: Any) -> web.Response:
     """Commit `change(current policy)` as a new revision, or answer why not."""
     expected = expected_revision(request)
@@ -77,7 +79,7 @@ async def commit_change(store: Store, fleet: Fleet, request: web.Request, change
             # jitter, so a burst of writers take turns instead of colliding again.
             await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))
             continue
-        fleet.revision_written(revision.number, time.time())
+        written(revision.number, time.time())
         return web.json_response({"revision": revision.number, "changed": True, **extra},
                                  headers={"ETag": etag(revision.number)})
     return error(503, "too many concurrent writes; retry")

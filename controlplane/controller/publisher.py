@@ -1,4 +1,4 @@
-"""Turns store revisions into snapshots for every proxy group that has connected.
+"""Turns store revisions into snapshots for every proxy group the cache is watched for.
 
 Bursts of writes are debounced: a push waits until writes pause for `quiet_s`, but never
 longer than `max_delay_s` after the first write of the burst. Every snapshot passes the
@@ -12,12 +12,12 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
+from controlplane.cache import Snapshot, SnapshotCache, TypeSnapshot
 from controlplane.cache.consistency import problems
-from controlplane.cache.snapshot import Snapshot, TypeSnapshot
-from controlplane.cache.snapshots import SnapshotCache
+from controlplane.groups import ProxyGroup
 from controlplane.policy import Policy
+from controlplane.resources import Resources
 from controlplane.store import Revision, Store
-from controlplane.translate import ProxyGroup, Resources
 
 log = logging.getLogger(__name__)
 
@@ -49,13 +49,14 @@ class Publisher:
         self._max_delay_s = max_delay_s
         self._on_publish = on_publish
         self._behind: tuple[float, int] | None = None  # (first seen behind, revision processed then)
+        cache.on_join(self.join)
 
     @property
     def revision(self) -> Revision | None:
         return self._revision
 
     def join(self, group: ProxyGroup) -> None:
-        """A proxy of a group not seen before connected: give the group a snapshot now."""
+        """A proxy of a group not seen before watches the cache: give the group a snapshot now."""
         if group.key not in self._groups:
             self._groups[group.key] = group
             if self._revision is not None:
