@@ -3,7 +3,9 @@ types (a proxy's share of a global rate limit), and a way to wait for the next c
 
 A change wakes only the streams it concerns (those of the group, or of the one proxy), so a
 proxy's new rate-limit share does not wake a thousand others. Whoever builds snapshots learns
-here which groups are wanted (`on_join`): the cache itself knows nothing of where they come from."""
+here which groups are wanted (`on_groups`): the cache itself knows nothing of where they come
+from. A group's snapshot is dropped when its last watcher leaves, so groups that come and go
+(sidecars on ephemeral ports) leave nothing behind."""
 
 from __future__ import annotations
 
@@ -20,11 +22,14 @@ class SnapshotCache:
         self._overrides: dict[str, dict[str, TypeSnapshot]] = {}
         self._waiting: dict[tuple[str, str], set[asyncio.Event]] = {}  # ("group"|"node", name) -> watchers
         self._joined: list[Callable[[ProxyGroup], None]] = []
+        self._left: list[Callable[[ProxyGroup], None]] = []
 
-    def on_join(self, joined: Callable[[ProxyGroup], None]) -> None:
+    def on_groups(self, joined: Callable[[ProxyGroup], None], left: Callable[[ProxyGroup], None]) -> None:
         """Call `joined(group)` when a group without watchers gets one, before that watcher is
-        answered: a snapshot set for the group meanwhile is its first answer."""
+        answered (a snapshot set for the group meanwhile is its first answer), and `left(group)`
+        once its last watcher has gone (its snapshot with it)."""
         self._joined.append(joined)
+        self._left.append(left)
 
     def get(self, group: str, node: str | None = None) -> Snapshot | None:
         snapshot = self._snapshots.get(group)
@@ -78,3 +83,7 @@ class SnapshotCache:
                 watchers.discard(changed)
                 if not watchers:
                     del self._waiting[key]
+            if ("group", group) not in self._waiting:
+                self._snapshots.pop(group, None)
+                for left in self._left:
+                    left(proxy_group)

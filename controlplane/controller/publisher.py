@@ -49,7 +49,7 @@ class Publisher:
         self._max_delay_s = max_delay_s
         self._on_publish = on_publish
         self._behind: tuple[float, int] | None = None  # (first seen behind, revision processed then)
-        cache.on_join(self.join)
+        cache.on_groups(self.join, self.leave)
 
     @property
     def revision(self) -> Revision | None:
@@ -61,6 +61,10 @@ class Publisher:
             self._groups[group.key] = group
             if self._revision is not None:
                 self._build(group, self._revision)
+
+    def leave(self, group: ProxyGroup) -> None:
+        """The group's last proxy left: stop translating for it."""
+        self._groups.pop(group.key, None)
 
     def set_shares(self, shares: dict[str, dict[str, float]]) -> None:
         """Each proxy's fractions of the global limits (from the quota balancer)."""

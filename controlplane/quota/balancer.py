@@ -48,6 +48,12 @@ class Balancer:
         global_limits = [] if policy is None else sorted(
             n for n, limit in policy.ratelimits.items() if limit.scope == "global")
         nodes = sorted({p.node_id for p in self._edges()})
+        # Readings of proxies that left and of limits no longer global are dropped: with
+        # proxies coming and going (autoscaling, restarts under new names) they would pile up.
+        wanted = set(nodes), set(global_limits)
+        for readings in (self._last, self._demand):
+            for key in [k for k in readings if k[0] not in wanted[0] or k[1] not in wanted[1]]:
+                del readings[key]
         shares: dict[str, dict[str, float]] = {n: {} for n in nodes} if global_limits else {}
         for limit in global_limits:
             fractions = split({n: self._demand.get((n, limit), 0.0) for n in nodes}, self._floor)
