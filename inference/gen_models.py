@@ -188,7 +188,7 @@ def _write_if_changed(path: Path, content: bytes) -> bool:
 def generative_config(family: Family) -> GenerateConfig:
     if family is TINY:
         return GenerateConfig(name=family.name, max_model_len=1024, kv_cache_mb=32, prefill_chunk_tokens=256)
-    return GenerateConfig(name=family.name, max_model_len=4096, kv_cache_mb=512, prefill_chunk_tokens=512)
+    return GenerateConfig(name=family.name, max_model_len=4096, kv_cache_mb=512, prefill_chunk_tokens=256)
 
 
 def generate_llm(out: Path, family: Family) -> list[Path]:
