@@ -123,8 +123,8 @@ async def test_a_publisher_survives_a_translator_that_raises() -> None:
     publisher.join(ProxyGroup("edge", "127.0.0.1", 10000))
     run = asyncio.create_task(publisher.run())
     try:
-        await eventually(lambda: publisher.revision is not None, "revision 1 to be processed")
-        assert calls and not run.done()
+        await eventually(lambda: publisher.revision is not None and calls, "revision 1 to be processed")
+        assert not run.done()
     finally:
         run.cancel()
 

@@ -3,6 +3,10 @@
 Bursts of writes are debounced: a push waits until writes pause for `quiet_s`, but never
 longer than `max_delay_s` after the first write of the burst. Every snapshot passes the
 consistency check first; one that fails is not published and the previous one keeps serving.
+
+Translating, checking and encoding run in a worker thread: a large policy takes tens to
+hundreds of milliseconds per group, during which the event loop keeps serving the xDS streams
+(the translator is pure, so it needs nothing of the loop). One build runs at a time.
 """
 
 from __future__ import annotations
@@ -49,6 +53,9 @@ class Publisher:
         self._max_delay_s = max_delay_s
         self._on_publish = on_publish
         self._behind: tuple[float, int] | None = None  # (first seen behind, revision processed then)
+        self._unbuilt: dict[str, ProxyGroup] = {}  # joined since the last build
+        self._joined = asyncio.Event()
+        self._building = asyncio.Lock()
         cache.on_groups(self.join, self.leave)
 
     @property
@@ -56,15 +63,16 @@ class Publisher:
         return self._revision
 
     def join(self, group: ProxyGroup) -> None:
-        """A proxy of a group not seen before watches the cache: give the group a snapshot now."""
+        """A proxy of a group not seen before watches the cache: give the group a snapshot soon."""
         if group.key not in self._groups:
             self._groups[group.key] = group
-            if self._revision is not None:
-                self._build(group, self._revision)
+            self._unbuilt[group.key] = group
+            self._joined.set()
 
     def leave(self, group: ProxyGroup) -> None:
         """The group's last proxy left: stop translating for it."""
         self._groups.pop(group.key, None)
+        self._unbuilt.pop(group.key, None)
 
     def set_shares(self, shares: dict[str, dict[str, float]]) -> None:
         """Each proxy's fractions of the global limits (from the quota balancer)."""
@@ -82,20 +90,29 @@ class Publisher:
             resources = self._translate_shares(revision.policy, fractions)
             self._cache.set_overrides(node, {t: TypeSnapshot.build(t, msgs) for t, msgs in resources.items() if msgs})
 
-    def _build(self, group: ProxyGroup, revision: Revision) -> bool:
+    def _snapshot(self, group: ProxyGroup, revision: Revision) -> Snapshot | None:
+        """The group's snapshot of `revision`, None if it must not be published (in a worker thread)."""
         try:
             resources = self._translate(revision.policy, group)
         except Exception:  # noqa: BLE001 - a translator bug withholds one revision, not every later one
             log.exception("REVISION %d NOT PUBLISHED to %s: translation failed", revision.number, group.key)
-            return False
+            return None
         if found := problems(resources):
             previous = self._cache.get(group.key)
             log.error("REVISION %d NOT PUBLISHED to %s: its snapshot is inconsistent (%s); proxies keep %s",
                       revision.number, group.key, "; ".join(found),
                       "nothing" if previous is None else f"revision {previous.revision}")
-            return False
-        self._cache.set(group.key, Snapshot.build(revision.number, resources))
-        return True
+            return None
+        return Snapshot.build(revision.number, resources)
+
+    async def _build(self, groups: list[ProxyGroup], revision: Revision) -> list[bool]:
+        """Build the groups' snapshots off the loop, then set those of groups still watched."""
+        snapshots = await asyncio.to_thread(lambda: [self._snapshot(g, revision) for g in groups])
+        for group, snapshot in zip(groups, snapshots, strict=True):
+            # A group whose last proxy left meanwhile gets nothing: it would never be dropped.
+            if snapshot is not None and self._groups.get(group.key) == group:
+                self._cache.set(group.key, snapshot)
+        return [snapshot is not None for snapshot in snapshots]
 
     def caught_up(self, current: int, *, grace_s: float = 10.0) -> bool:
         """Whether revision `current` (the store's newest) has been published, or has waited
@@ -132,20 +149,32 @@ class Publisher:
                         break
                     changed.clear()
                 assert latest is not None
-                self._publish(latest)
+                await self._publish(latest)
+
+        async def welcome() -> None:
+            while True:
+                await self._joined.wait()
+                self._joined.clear()
+                async with self._building:
+                    groups, self._unbuilt = list(self._unbuilt.values()), {}
+                    if groups and self._revision is not None:
+                        await self._build(groups, self._revision)
 
         # One group: if following the store fails, the whole publisher fails (and is restarted)
         # rather than waiting forever for revisions that no longer come.
         async with asyncio.TaskGroup() as group:
             group.create_task(follow())
             group.create_task(push())
+            group.create_task(welcome())
 
-    def _publish(self, revision: Revision) -> None:
-        started = time.perf_counter()
-        self._revision = revision
-        built = [self._build(group, revision) for group in self._groups.values()]
-        self._build_overrides(revision)
-        log.info("revision %d published to %d of %d group(s) in %.1f ms",
-                 revision.number, sum(built), len(built), (time.perf_counter() - started) * 1e3)
-        if all(built):
-            self._on_publish(revision)
+    async def _publish(self, revision: Revision) -> None:
+        async with self._building:
+            started = time.perf_counter()
+            self._revision = revision
+            self._unbuilt.clear()  # every group is built now
+            built = await self._build(list(self._groups.values()), revision)
+            self._build_overrides(revision)
+            log.info("revision %d published to %d of %d group(s) in %.1f ms",
+                     revision.number, sum(built), len(built), (time.perf_counter() - started) * 1e3)
+            if all(built):
+                self._on_publish(revision)
