@@ -130,3 +130,20 @@ async def test_blobs_round_trip_in_every_store(store_url: str) -> None:
     reopened = await open_store(store_url)
     assert await reopened.get_blob("sha256:" + "1" * 64) == data
     await reopened.close()
+
+
+async def test_a_blob_is_deleted_only_if_not_put_since(store_url: str) -> None:
+    digest = "sha256:" + "2" * 64
+    store = await open_store(store_url)
+    try:
+        await store.put_blob(digest, b"table")
+        put_at = (await store.blobs())[digest]
+        assert not await store.delete_blob(digest, put_before=put_at)  # put at that time: kept
+        assert await store.get_blob(digest) == b"table"
+        assert await store.delete_blob(digest, put_before=put_at + 1)
+        assert await store.get_blob(digest) is None and digest not in await store.blobs()
+        assert not await store.delete_blob(digest, put_before=put_at + 1)  # nothing left to delete
+        await store.put_blob(digest, b"table")  # content-addressed: the same table may come again
+        assert await store.get_blob(digest) == b"table"
+    finally:
+        await store.close()

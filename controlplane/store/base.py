@@ -106,7 +106,17 @@ class Store(Protocol):
 
     async def put_blob(self, digest: str, data: bytes) -> None:
         """Keep `data` under its content digest (a geo table: too large for every revision to
-        copy, so the policy names it by digest). Writing an existing digest changes nothing."""
+        copy, so the policy names it by digest). Writing an existing digest changes only the
+        time it was last put, from which the collector's grace counts."""
+        ...
+
+    async def blobs(self) -> dict[str, float]:
+        """Every blob's digest, and when it was last put."""
+        ...
+
+    async def delete_blob(self, digest: str, *, put_before: float) -> bool:
+        """Delete the blob unless it was put at or after `put_before` (so an upload racing the
+        collector keeps its blob). Whether it was deleted."""
         ...
 
     async def get_blob(self, digest: str) -> bytes | None:

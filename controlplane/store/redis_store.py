@@ -7,6 +7,7 @@ Keys (one Redis database per sluice installation):
   sluice:audit           the audit log: a stream, only ever appended to
   sluice:tokens          admin API tokens: name -> {role, digest, ...} as JSON
   sluice:blob:DIGEST     a content-addressed blob (a geo table), base64: the client decodes replies
+  sluice:blob-times      when each blob was last put: a sorted set, digest -> Unix time
 and the pub/sub channel `sluice:revisions`, on which each commit announces its number.
 
 A commit is one Lua script: compare the current number, write the revision, bump the number,
@@ -47,6 +48,8 @@ CURRENT = "sluice:revision"
 AUDIT = "sluice:audit"
 TOKENS = "sluice:tokens"
 CHANNEL = "sluice:revisions"
+BLOB = "sluice:blob:"
+BLOB_TIMES = "sluice:blob-times"
 
 _COMMIT = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -56,6 +59,13 @@ redis.call('SET', KEYS[1], current + 1)
 redis.call('XADD', KEYS[3], '*', 'entry', ARGV[3])
 redis.call('PUBLISH', ARGV[4], current + 1)
 return {1, current + 1}
+"""
+# Deletes the blob (KEYS[1]) unless it was put (KEYS[2] score) at or after ARGV[2].
+_DELETE_BLOB = """
+local put_at = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]) or '0')
+if put_at >= tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('DEL', KEYS[1])
 """
 _ADD_TOKEN = """
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
@@ -92,6 +102,7 @@ class RedisStore:
         self._commit = client.register_script(_COMMIT)
         self._add_token = client.register_script(_ADD_TOKEN)
         self._delete_token = client.register_script(_DELETE_TOKEN)
+        self._delete_blob = client.register_script(_DELETE_BLOB)
         self._follower: asyncio.Task[None] | None = None
 
     @classmethod
@@ -217,11 +228,32 @@ class RedisStore:
         return bool(await self._call(self._delete_token(keys=[TOKENS, AUDIT], args=[name, _entry(entry)])))
 
     async def put_blob(self, digest: str, data: bytes) -> None:
-        await self._call(self._client.set(f"sluice:blob:{digest}", base64.b64encode(data).decode(), nx=True))
+        async def put() -> None:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(BLOB + digest, base64.b64encode(data).decode(), nx=True)
+                pipe.zadd(BLOB_TIMES, {digest: time.time()})
+                await pipe.execute()
+
+        await self._call(put())
 
     async def get_blob(self, digest: str) -> bytes | None:
-        raw = await self._call(self._client.get(f"sluice:blob:{digest}"))
+        raw = await self._call(self._client.get(BLOB + digest))
         return None if raw is None else base64.b64decode(raw)
+
+    async def blobs(self) -> dict[str, float]:
+        async def read() -> dict[str, float]:
+            digests = [key.removeprefix(BLOB) async for key in self._client.scan_iter(match=BLOB + "*", count=100)]
+            async with self._client.pipeline(transaction=False) as pipe:
+                for digest in digests:
+                    pipe.zscore(BLOB_TIMES, digest)
+                times: list[float | None] = await pipe.execute()
+            # A blob from before blobs were collected has no time: it counts as put long ago.
+            return {digest: put_at or 0.0 for digest, put_at in zip(digests, times, strict=True)}
+
+        return await self._call(read())
+
+    async def delete_blob(self, digest: str, *, put_before: float) -> bool:
+        return bool(await self._call(self._delete_blob(keys=[BLOB + digest, BLOB_TIMES], args=[digest, put_before])))
 
     async def ping(self) -> None:
         if self._follower is not None and self._follower.done():

@@ -43,7 +43,8 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 -- Content-addressed blobs (geo tables) that revisions name by digest.
 CREATE TABLE IF NOT EXISTS blobs (
     digest TEXT PRIMARY KEY,
-    data   BLOB NOT NULL
+    data   BLOB NOT NULL,
+    put_at REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tokens (
     name       TEXT PRIMARY KEY,
@@ -84,6 +85,9 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives a power cut
             db.executescript(_SCHEMA)
+            if "put_at" not in {column[1] for column in db.execute("PRAGMA table_info(blobs)")}:
+                # A store from before blobs were collected: its blobs count as put long ago.
+                db.execute("ALTER TABLE blobs ADD COLUMN put_at REAL NOT NULL DEFAULT 0")
             row = db.execute(
                 "SELECT number, created_at, actor, message, policy FROM revisions ORDER BY number DESC LIMIT 1"
             ).fetchone()
@@ -205,7 +209,18 @@ class SqliteStore:
         return await self._run(lambda: self._transaction(write))
 
     async def put_blob(self, digest: str, data: bytes) -> None:
-        await self._run(lambda: self._db.execute("INSERT OR IGNORE INTO blobs VALUES (?, ?)", (digest, data)))
+        await self._run(lambda: self._db.execute(
+            "INSERT INTO blobs (digest, data, put_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (digest) DO UPDATE SET put_at = excluded.put_at", (digest, data, time.time())))
+
+    async def blobs(self) -> dict[str, float]:
+        rows = await self._run(lambda: self._db.execute("SELECT digest, put_at FROM blobs").fetchall())
+        return {digest: put_at for digest, put_at in rows}
+
+    async def delete_blob(self, digest: str, *, put_before: float) -> bool:
+        cursor = await self._run(lambda: self._db.execute("DELETE FROM blobs WHERE digest = ? AND put_at < ?",
+                                                          (digest, put_before)))
+        return cursor.rowcount > 0
 
     async def get_blob(self, digest: str) -> bytes | None:
         row = await self._run(lambda: self._db.execute("SELECT data FROM blobs WHERE digest = ?",
