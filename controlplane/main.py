@@ -23,6 +23,7 @@ from controlplane.canary import CanaryController
 from controlplane.canary.api import routes as canary_routes
 from controlplane.controller.publisher import Publisher
 from controlplane.geo.api import routes as geo_routes
+from controlplane.geo.collector import run as collect_geo_tables
 from controlplane.geo.tables import GeoTables, PublishingStore
 from controlplane.readiness import Readiness
 from controlplane.replica import Coordination, run_while_held
@@ -83,8 +84,9 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
         xds_port = server.add_insecure_port(xds_address)
     await server.start()
 
-    canaries = CanaryController(store, lambda: [p.admin_address for p in fleet.connected.proxies()
-                                                 if p.cluster == "edge" and p.admin_address])
+    # The canary controller sums every edge Envoy's counters, whichever replica it is connected to.
+    everyone = coordination.every_proxy(fleet.connected, interval_s=settings.quota_interval_s)
+    canaries = CanaryController(store, everyone.edge_admin_addresses)
     canary_lease = coordination.lease(CANARY_LEASE)  # canaries advance on one replica at a time
     supervisor = Supervisor(registry)
     admin = AdminApi(store, fleet, registry, authenticator=authenticator, options=options,
@@ -104,6 +106,9 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
                        ("canary", functools.partial(run_while_held, canary_lease, canaries.run)),
                        ("leases", coordination.run), ("tokens", authenticator.run)):
         supervisor.start(name, work)
+    if coordination.shared:
+        supervisor.start("proxy directory", everyone.run)
+    supervisor.start("geo table collector", functools.partial(collect_geo_tables, store))
     current = await store.current()
     log.info("replica %s: xDS on %s:%d (%s), admin API on %s://%s:%d, store %s at revision %d",
              settings.replica_id, settings.xds_host, xds_port,

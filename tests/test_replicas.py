@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from harness import Backend, ControlPlane, Envoy, get_json, http, wait_until
+from load import Load
 from policies import demo_policy
 from redis_server import RedisServer
 
@@ -109,6 +110,31 @@ def test_one_quota_balancer_covers_every_replica_and_moves_when_its_replica_dies
     # a's directory entry expires with it; the new leader gives edge-b the whole rate.
     wait_until(lambda: ratelimit_rates(envoy_b) == {"shared": 10.0}, 10, what="edge-b to get the whole rate")
     assert leaders(b) == ["replica-b"]
+
+
+def test_the_canary_controller_reads_the_envoys_of_every_replica(
+        replicas: Callable[[str], ControlPlane], start_envoy: Callable[..., Envoy],
+        backends: dict[int, Backend]) -> None:
+    """The canary runs on replica a, but all traffic goes through the Envoy connected to replica b:
+    a reads b's Envoy through the proxy directory, so the canary sees the requests and succeeds
+    (reading only its own Envoy it would see none, and never promote)."""
+    a = replicas("replica-a")
+    wait_until(lambda: get_json(f"{a.url}/api/v1/replica")["leases"].get("canary-controller"), 10,
+               what="replica a to hold the canary lease")
+    b = replicas("replica-b")
+    assert a.apply(*demo_policy(backends[1].port, backends[2].port))[0] == 200
+    envoy_a, envoy_b = start_envoy(a, node_id="edge-a"), start_envoy(b, node_id="edge-b")
+    a.wait_converged(envoy_a.node_id)
+    b.wait_converged(envoy_b.node_id)
+    canary = {"kind": "Canary", "name": "v2", "spec": {
+        "service": "classifier", "route": "infer", "stable": "classifier-v1", "canary": "classifier-v2",
+        "steps": [50], "interval_s": 1.0, "thresholds": {"min_success_rate": 0.9, "min_requests": 5}}}
+    with Load(envoy_b.listen_port):
+        assert b.apply(canary)[0] == 200
+        final = wait_until(lambda: (s := get_json(f"{b.url}/api/v1/canaries/v2/status")["status"])["state"]
+                           in ("succeeded", "rolled_back") and s, 60, interval=0.2, what="the canary to finish")
+    assert final["state"] == "succeeded", final["events"]
+    assert get_json(f"{b.url}/api/v1/replica")["leases"].get("canary-controller") is False  # a decided it
 
 
 def test_redis_down_for_ten_seconds_under_traffic(

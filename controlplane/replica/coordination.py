@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from controlplane.policy import Policy
 from controlplane.replica.directory import ProxyDirectory
+from controlplane.replica.everyone import EveryProxy
 from controlplane.replica.lease import Lease, RedisLease, SoleLease
 from controlplane.replica.quota import ApplyShares, QuotaLeader
 from controlplane.replica.shares import SharesBoard
@@ -56,6 +57,11 @@ class Coordination:
         shared = (ProxyDirectory(self._client, self.replica, interval_s=interval_s),
                   SharesBoard(self._client, lease, poll_s=interval_s))
         return QuotaLeader(lease, fleet, policy, apply, interval_s=interval_s, shared=shared)
+
+    def every_proxy(self, local: ProxyRegistry, *, interval_s: float = 1.0) -> EveryProxy:
+        """Every replica's proxies (run it to keep it current)."""
+        return EveryProxy(local, None if self._client is None
+                          else ProxyDirectory(self._client, self.replica, interval_s=interval_s))
 
     async def run(self) -> None:
         """Acquire and renew every lease asked for so far, until cancelled."""
