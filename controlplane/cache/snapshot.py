@@ -18,7 +18,7 @@ from prometheus_client import Counter
 from controlplane.cache.references import clusters_used
 from controlplane.resources import CLUSTER, ENDPOINT, SHORT
 
-# Registered by the Fleet with the control plane's other xDS metrics. It grows with policy
+# Registered by XdsMetrics with the control plane's other xDS metrics. It grows with policy
 # changes, not with the number of proxies: every proxy in a group shares the same bytes.
 ENCODES = Counter("sluice_xds_encodes", "xDS response bodies and delta resources encoded", ["type"], registry=None)
 
