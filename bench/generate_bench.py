@@ -11,7 +11,8 @@ other work on a shared machine lands on all of them alike; each figure is the me
 rounds, and every server is stopped at the end. The load is a closed loop: `concurrency` callers each stream one
 completion, read it to the end, and send the next, `--requests` per level (default: three per
 caller, at least 8, so the batch is refilled as requests finish instead of draining once; the
-one-at-a-time baseline, whose throughput does not depend on concurrency, gets at most 24). Prompts are seeded random token ids (no accidental prefix
+one-at-a-time baseline, whose throughput does not depend on concurrency, gets at most 24).
+Each round draws fresh prompts, so no server is helped by its prefix cache across rounds. Prompts are seeded random token ids (no accidental prefix
 sharing), with prompt and output lengths drawn from a fixed mix; `ignore_eos` holds every
 output to its drawn length, so both servers generate exactly the same number of tokens.
 On this 2-core machine the client shares the cores with the server: read the ratios, which
@@ -229,30 +230,38 @@ def main() -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
     prompt_range = tuple(int(x) for x in args.prompt_tokens.split(","))
     output_range = tuple(int(x) for x in args.output_tokens.split(","))
-    per_level = {c: workload(args.requests or max(8, 3 * c), vocab, seed=c, prompt_range=prompt_range, output_range=output_range) for c in levels}  # type: ignore[arg-type]
-    baseline_level = {c: requests[:24] for c, requests in per_level.items()}
+    # Fresh prompts every round (the same for every server within it): a repeated prompt would
+    # measure the prefix caches, which both servers have, instead of the batching.
+    per_round = [
+        {c: workload(args.requests or max(8, 3 * c), vocab, seed=1000 * r + c, prompt_range=prompt_range, output_range=output_range)  # type: ignore[arg-type]
+         for c in levels}
+        for r in range(args.rounds + 1)
+    ]
+    per_level = per_round[0]
     max_len = yaml.safe_load((repo / args.model / "config.yaml").read_text())["max_model_len"]
     print(f"model {args.model} ({hf['num_hidden_layers']} layers, width {hf['hidden_size']}, vocab {vocab}); "
           f"prompts {prompt_range} tokens, outputs {output_range} tokens", flush=True)
 
     figures: dict[str, object] = {}
     tmp = Path(tempfile.mkdtemp(prefix="genbench-"))
-    servers: list[tuple[Server, dict[int, list[tuple[list[int], int]]]]] = [(sluice_server("sluice", repo, args.model), per_level)]
+    # The one-at-a-time baseline's throughput does not depend on concurrency: 24 requests suffice.
+    servers: list[tuple[Server, int]] = [(sluice_server("sluice", repo, args.model), 0)]
     if "baseline" not in skip:
         one = variant(repo, args.model, {"max_num_seqs": 1}, tmp / "one")
-        servers.append((sluice_server("one-by-one", one, args.model), baseline_level))
+        servers.append((sluice_server("one-by-one", one, args.model), 24))
     if "vllm" not in skip and args.vllm_python:
-        servers.append((vllm_server(args.vllm_python, checkpoint.resolve(), args.model, max_len), per_level))
+        servers.append((vllm_server(args.vllm_python, checkpoint.resolve(), args.model, max_len), 0))
     runs: dict[str, dict[int, list[Result]]] = {server.name: {c: [] for c in levels} for server, _ in servers}
     try:
-        for server, workload_of in servers:
+        for server, _ in servers:
             server.wait_ready(600 if server.name == "vllm" else 120)
-            asyncio.run(closed_loop(f"http://127.0.0.1:{server.port}", args.model, workload_of[levels[0]][:2], 1))  # warm the path
+            asyncio.run(closed_loop(f"http://127.0.0.1:{server.port}", args.model, per_level[levels[0]][:2], 1))  # warm the path
         for round_ in range(1, args.rounds + 1):
             print(f"round {round_} of {args.rounds}:", flush=True)
             for c in levels:
-                for server, workload_of in servers:
-                    runs[server.name][c].append(run_level(server, args.model, workload_of[c], c))
+                for server, cap in servers:
+                    requests = per_round[round_][c]
+                    runs[server.name][c].append(run_level(server, args.model, requests[:cap] if cap else requests, c))
     finally:
         for server, _ in servers:
             server.stop()
