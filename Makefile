@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip==25.3
 	$(PY) -m pip install -q -e '.[test,docs]'
+	# xds-protos ships its own, older copy of the OpenTelemetry protos (no InstrumentationScope)
+	# in the same package folder; whichever installs last wins. The OTLP exporter needs the current
+	# ones, which Envoy's protos also load, so opentelemetry-proto (pinned in pyproject.toml) goes last.
+	$(PY) -m pip install -q --no-deps --force-reinstall "$$(grep -o 'opentelemetry-proto==[0-9.]*' pyproject.toml)"
 	touch $@
 
 # No compiled .wasm is committed: the filters are built from filters/ by the pinned ziglang wheel.
