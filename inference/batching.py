@@ -212,11 +212,12 @@ class DynamicBatcher:
             input_done = time.perf_counter_ns()
             try:
                 outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._run, merged)
-            except Exception as error:  # noqa: BLE001 - a failing model run fails its requests, not the server
+            except Exception:  # noqa: BLE001 - a failing model run fails its requests, not the server
                 log.exception("model %s version %s failed a batch of %d", self._stats.name, self._stats.version, rows)
                 for item in live:
                     if not item.future.done():
-                        item.future.set_exception(InternalError(f"model {self._stats.name!r} failed: {error}"))
+                        # The exception's text stays in the log: it may name paths and internals.
+                        item.future.set_exception(InternalError(f"model {self._stats.name!r} failed to run this batch; the server log says why"))
                 return
             infer_done = time.perf_counter_ns()
             self._split(live, outputs, padded_rows)

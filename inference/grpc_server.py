@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -41,6 +42,8 @@ from inference.protocol import (
     encode_raw_tensor,
 )
 from inference.service import InferenceService
+
+log = logging.getLogger("inference.grpc")
 
 _CODES = {
     NotFound: grpc.StatusCode.NOT_FOUND,
@@ -161,6 +164,11 @@ def _aborts_on_error(method: Unary) -> Unary:
             return await method(self, request, context)
         except InferenceError as error:
             await context.abort(code_of(error), str(error))
+        except grpc.aio.AbortError:
+            raise
+        except Exception:  # noqa: BLE001 - a bug answers INTERNAL without its text, which may name internals
+            log.exception("gRPC %s failed", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log says why")
 
     return wrapper
 

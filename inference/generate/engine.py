@@ -304,7 +304,8 @@ class Engine:
         if result.error is not None:
             log.error("engine step failed", exc_info=result.error)
             for seq in result.failed:
-                self._finish(seq, None, InternalError(f"model {self.config.name!r} failed to run: {result.error}"))
+                # The exception's text stays in the log: it may name paths and internals.
+                self._finish(seq, None, InternalError(f"model {self.config.name!r} failed to run; the server log says why"))
         now = time.monotonic()
         for seq, token in result.tokens:
             if seq.cancelled:
