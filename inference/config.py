@@ -8,8 +8,9 @@ Field names follow Triton's JSON model configuration (`max_batch_size`, `input`,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -152,11 +153,25 @@ class ModelConfig(_Strict):
         return yaml.safe_dump(self.to_json(), sort_keys=False)
 
 
-def load_config(model_dir: Path) -> ModelConfig:
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+_Config = TypeVar("_Config", bound=_Named)
+
+
+def read_config(model_dir: Path, model: Callable[[object], _Config]) -> _Config:
+    """A model directory's config.yaml, validated by `model`; its name defaults to, and must
+    equal, the directory's."""
     path = model_dir / CONFIG_FILE
     raw = yaml.safe_load(path.read_text()) or {}
     raw.setdefault("name", model_dir.name)
-    config = ModelConfig.model_validate(raw)
+    config = model(raw)
     if config.name != model_dir.name:
         raise ValueError(f"{path}: name {config.name!r} differs from its directory {model_dir.name!r}")
     return config
+
+
+def load_config(model_dir: Path) -> ModelConfig:
+    return read_config(model_dir, ModelConfig.model_validate)

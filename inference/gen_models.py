@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--small-llm",
         action="store_true",
-        help=f"also generate {SMALL.name} (Llama architecture, {SMALL.num_layers} layers, width {SMALL.hidden_size}, ~125 MB) for benchmarks",
+        help=f"also generate {SMALL.name} (Llama architecture, {SMALL.spec.num_layers} layers, width {SMALL.spec.hidden_size}, ~180 MB) "
+        "for benchmarks",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

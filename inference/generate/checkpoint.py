@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from safetensors.numpy import load_file, save
@@ -23,37 +23,23 @@ ONNX_MODEL = "model.onnx"
 
 @dataclass(frozen=True)
 class Family:
-    """One size of the demo model family."""
+    """One size of the demo model family. The spec's vocab_size is what the tokenizer is asked
+    to learn; the model gets the size it really learned."""
 
     name: str
-    vocab_size: int
-    hidden_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    intermediate_size: int
-    max_position_embeddings: int
+    spec: LlamaSpec
     seed: int
 
 
-TINY = Family("tiny-llama", 512, 64, 2, 4, 2, 172, 2048, seed=11)
-SMALL = Family("small-llama", 1024, 512, 8, 8, 2, 1408, 4096, seed=12)
+TINY = Family("tiny-llama", LlamaSpec(512, 64, 2, 4, 2, 172, 2048), seed=11)
+SMALL = Family("small-llama", LlamaSpec(1024, 512, 8, 8, 2, 1408, 4096), seed=12)
 FAMILIES = {f.name: f for f in (TINY, SMALL)}
 
 
 def build_files(family: Family) -> dict[str, bytes]:
     """Every file of one version, by file name: deterministic for a family."""
-    tokenizer = train(family.vocab_size)
-    vocab = tokenizer.get_vocab_size()
-    spec = LlamaSpec(
-        vocab_size=vocab,
-        hidden_size=family.hidden_size,
-        num_layers=family.num_layers,
-        num_heads=family.num_heads,
-        num_kv_heads=family.num_kv_heads,
-        intermediate_size=family.intermediate_size,
-        max_position_embeddings=family.max_position_embeddings,
-    )
+    tokenizer = train(family.spec.vocab_size)
+    spec = replace(family.spec, vocab_size=tokenizer.get_vocab_size())
     weights = make_weights(spec, family.seed)
     bos, eos, end = (_token_id(tokenizer, t) for t in (BOS, EOS, END))
     hf_config = spec.hf_config(bos_token_id=bos, eos_token_id=eos)

@@ -13,7 +13,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-CONFIG_FILE = "config.yaml"
+from inference.config import CONFIG_FILE, read_config
+
 BACKEND = "generate"
 
 
@@ -49,10 +50,4 @@ def is_generative(model_dir: Path) -> bool:
 
 
 def load_config(model_dir: Path) -> GenerateConfig:
-    path = model_dir / CONFIG_FILE
-    raw = yaml.safe_load(path.read_text()) or {}
-    raw.setdefault("name", model_dir.name)
-    config = GenerateConfig.model_validate(raw)
-    if config.name != model_dir.name:
-        raise ValueError(f"{path}: name {config.name!r} differs from its directory {model_dir.name!r}")
-    return config
+    return read_config(model_dir, GenerateConfig.model_validate)

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from inference import tracing
 from inference.errors import DeadlineExceeded, InferenceError, InternalError, InvalidInput, NotFound, Unavailable
 from inference.generate.engine import Engine, QueueFull
-from inference.generate.requests import ChatCompletionRequest, CompletionRequest, GenerateRequest, first_error
+from inference.generate.requests import ChatCompletionRequest, CompletionRequest, GenerateRequest, first_error, stop_strings
 from inference.generate.sequence import FinishReason, Output
 from inference.generate.service import ContextLengthExceeded, GenerationService, InvalidParam, Sampling, Submission
 
@@ -257,7 +257,7 @@ class GenerateHttpApi:
             temperature=body.temperature,
             top_p=body.top_p,
             seed=body.seed,
-            stop=tuple(s for s in ([body.stop] if isinstance(body.stop, str) else (body.stop or [])) if s),
+            stop=stop_strings(body.stop),
             ignore_eos=body.ignore_eos,
         )
         priority = _int_header(request, PRIORITY_HEADER, -(2**31), 2**31 - 1) or 0

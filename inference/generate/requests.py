@@ -53,10 +53,6 @@ class _Sampling(_Body):
     logprobs: Literal[False] | None = None
     echo: Literal[False] = False
 
-    def stop_strings(self) -> tuple[str, ...]:
-        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
-        return tuple(s for s in stops if s)
-
     @model_validator(mode="after")
     def _stream_options(self) -> _Sampling:
         if self.stream_options is not None and not self.stream:
@@ -99,6 +95,12 @@ class GenerateRequest(_Body):
 
     text_input: Annotated[str, Field(min_length=1)]
     parameters: GenerateParameters = GenerateParameters()
+
+
+def stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
+    """`stop` as both APIs accept it (one string or a list), empty strings dropped."""
+    stops = [stop] if isinstance(stop, str) else (stop or [])
+    return tuple(s for s in stops if s)
 
 
 def error_param(loc: tuple[int | str, ...]) -> str:
