@@ -5,24 +5,19 @@ proxies connected now need. Private fields are read where no public figure says 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from aiohttp import web
 from policies import demo_policy
-from prometheus_client import CollectorRegistry
+from publishing import publishing
 from xds_client import AdsClient
 
-from controlplane.cache import SnapshotCache
-from controlplane.controller.publisher import Publisher
-from controlplane.groups import ProxyGroup
 from controlplane.policy import Policy, parse_document, with_document
 from controlplane.quota.balancer import Balancer
 from controlplane.resources import CLUSTER
 from controlplane.store import Revision
 from controlplane.translate import translate
-from controlplane.xds import AdsServer, Fleet, ProxyRegistry, ProxyStatus
+from controlplane.xds import ProxyRegistry, ProxyStatus
 
 BOUND_S = 30.0  # generous: a loaded 2-core machine
 
@@ -43,61 +38,41 @@ def _policy(*extra: dict[str, Any]) -> Policy:
     return policy
 
 
-class Revisions:
-    """A store as the publisher sees it: a stream of revisions."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[Revision] = asyncio.Queue()
-
-    async def watch(self) -> AsyncIterator[Revision]:
-        while True:
-            yield await self.queue.get()
-
-
 async def test_a_group_is_dropped_when_its_last_proxy_leaves() -> None:
     """20 edge proxies, each on its own listen port (its own group), over real ADS streams: while
     one of a group stays, the group stays; once each has left, neither the cache nor the
     publisher holds any group (before: every group ever seen was translated at every revision)."""
-    cache = SnapshotCache()
-    store = Revisions()
-    publisher = Publisher(store, cache, translate, quiet_s=0, max_delay_s=0)  # type: ignore[arg-type]
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((AdsServer(cache, Fleet(CollectorRegistry()),
-                                               ProxyGroup("edge", "127.0.0.1", 10000)).handler(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    running = asyncio.create_task(publisher.run())
     clients: list[AdsClient] = []
-    try:
-        store.queue.put_nowait(Revision(1, _policy(), 0.0, "test", ""))
-        await eventually(lambda: publisher.revision is not None, "revision 1 processed")
-        for i in range(20):
-            client = AdsClient(f"127.0.0.1:{port}", f"edge-{i}", metadata={"listen_port": 20000 + i})
-            clients.append(client)
-            await client.send(CLUSTER)
-            assert (await client.recv(timeout=BOUND_S)).type_url == CLUSTER
-        twin = AdsClient(f"127.0.0.1:{port}", "edge-twin", metadata={"listen_port": 20000})
-        await twin.send(CLUSTER)
-        await twin.recv(timeout=BOUND_S)
-        assert len(cache._snapshots) == len(publisher._groups) == 20
+    async with publishing(translate) as serving:
+        cache, publisher, port = serving.cache, serving.publisher, serving.port
+        try:
+            serving.store.queue.put_nowait(Revision(1, _policy(), 0.0, "test", ""))
+            await eventually(lambda: publisher.revision is not None, "revision 1 processed")
+            for i in range(20):
+                client = AdsClient(f"127.0.0.1:{port}", f"edge-{i}", metadata={"listen_port": 20000 + i})
+                clients.append(client)
+                await client.send(CLUSTER)
+                assert (await client.recv(timeout=BOUND_S)).type_url == CLUSTER
+            twin = AdsClient(f"127.0.0.1:{port}", "edge-twin", metadata={"listen_port": 20000})
+            await twin.send(CLUSTER)
+            await twin.recv(timeout=BOUND_S)
+            assert len(cache._snapshots) == len(publisher._groups) == 20
 
-        await clients[0].close()  # its group still has the twin
-        await asyncio.sleep(0.2)
-        assert "edge@127.0.0.1:20000" in cache._snapshots
-        for client in [*clients[1:], twin]:
-            await client.close()
-        await eventually(lambda: not cache._snapshots and not publisher._groups, "every group dropped")
+            await clients[0].close()  # its group still has the twin
+            await asyncio.sleep(0.2)
+            assert "edge@127.0.0.1:20000" in cache._snapshots
+            for client in [*clients[1:], twin]:
+                await client.close()
+            await eventually(lambda: not cache._snapshots and not publisher._groups, "every group dropped")
 
-        # A proxy of a dropped group that comes back is served at once.
-        again = AdsClient(f"127.0.0.1:{port}", "edge-again", metadata={"listen_port": 20005})
-        clients.append(again)
-        await again.send(CLUSTER)
-        assert (await again.recv(timeout=BOUND_S)).type_url == CLUSTER
-    finally:
-        for client in clients:
-            await client.close()
-        running.cancel()
-        await server.stop(grace=None)
+            # A proxy of a dropped group that comes back is served at once.
+            again = AdsClient(f"127.0.0.1:{port}", "edge-again", metadata={"listen_port": 20005})
+            clients.append(again)
+            await again.send(CLUSTER)
+            assert (await again.recv(timeout=BOUND_S)).type_url == CLUSTER
+        finally:
+            for client in clients:
+                await client.close()
 
 
 async def test_demand_of_proxies_that_left_is_forgotten() -> None:

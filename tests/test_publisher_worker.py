@@ -4,23 +4,17 @@ ACKs included, for as long as it took to translate it for every group)."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from typing import Any
 
-import grpc
-from prometheus_client import CollectorRegistry
-from test_bounded_state import BOUND_S, Revisions, _policy, eventually
+from publishing import publishing
+from test_bounded_state import BOUND_S, _policy, eventually
 from xds_client import AdsClient
 
-from controlplane.cache import SnapshotCache
-from controlplane.controller.publisher import Publisher
-from controlplane.groups import ProxyGroup
 from controlplane.policy import Policy
 from controlplane.resources import CLUSTER, ENDPOINT, Resources
 from controlplane.store import Revision
 from controlplane.translate import translate
-from controlplane.xds import AdsServer, Fleet
 
 
 async def test_streams_are_served_while_a_revision_is_translated() -> None:
@@ -37,33 +31,24 @@ async def test_streams_are_served_while_a_revision_is_translated() -> None:
             opened.append(gate.wait(BOUND_S))
         return translate(policy, group)
 
-    cache = SnapshotCache()
-    store = Revisions()
-    publisher = Publisher(store, cache, slow, quiet_s=0, max_delay_s=0)  # type: ignore[arg-type]
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((AdsServer(cache, Fleet(CollectorRegistry()),
-                                               ProxyGroup("edge", "127.0.0.1", 10000)).handler(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    running = asyncio.create_task(publisher.run())
-    client = AdsClient(f"127.0.0.1:{port}", "edge-0")
-    try:
-        store.queue.put_nowait(Revision(1, _policy(), 0.0, "test", ""))
-        await client.send(CLUSTER)
-        clusters = await client.recv(timeout=BOUND_S)
-        await client.ack(clusters)
+    async with publishing(slow) as serving:
+        cache, store = serving.cache, serving.store
+        client = AdsClient(f"127.0.0.1:{serving.port}", "edge-0")
+        try:
+            store.queue.put_nowait(Revision(1, _policy(), 0.0, "test", ""))
+            await client.send(CLUSTER)
+            clusters = await client.recv(timeout=BOUND_S)
+            await client.ack(clusters)
 
-        store.queue.put_nowait(Revision(2, second, 0.0, "test", ""))
-        await eventually(inside.is_set, "revision 2 being translated")
-        await client.send(ENDPOINT)  # served from revision 1's snapshot meanwhile
-        assert (await client.recv(timeout=BOUND_S)).type_url == ENDPOINT
-        gate.set()
-        await eventually(lambda: cache.get("edge@127.0.0.1:10000") is not None
-                         and cache.get("edge@127.0.0.1:10000").revision == 2, "revision 2 published")  # type: ignore[union-attr]
-        assert opened == [True], "the stream was not served until the translation gave up waiting"
-        assert threading.main_thread() not in threads
-    finally:
-        gate.set()
-        await client.close()
-        running.cancel()
-        await server.stop(grace=None)
+            store.queue.put_nowait(Revision(2, second, 0.0, "test", ""))
+            await eventually(inside.is_set, "revision 2 being translated")
+            await client.send(ENDPOINT)  # served from revision 1's snapshot meanwhile
+            assert (await client.recv(timeout=BOUND_S)).type_url == ENDPOINT
+            gate.set()
+            await eventually(lambda: cache.get("edge@127.0.0.1:10000") is not None
+                             and cache.get("edge@127.0.0.1:10000").revision == 2, "revision 2 published")  # type: ignore[union-attr]
+            assert opened == [True], "the stream was not served until the translation gave up waiting"
+            assert threading.main_thread() not in threads
+        finally:
+            gate.set()
+            await client.close()

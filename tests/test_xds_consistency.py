@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 import pytest
 from policies import demo_policy
+from publishing import Revisions
 
 from controlplane import resources as types
 from controlplane.cache import SnapshotCache
@@ -41,17 +41,6 @@ def test_each_kind_of_dangling_reference_is_named() -> None:
     resources = translate(policy(), GROUP)
     del resources[types.ROUTE]["edge"]
     assert problems(resources) == ["listener edge-http uses route configuration 'edge', which does not exist"]
-
-
-class Revisions:
-    """A store as the publisher sees it: a stream of revisions."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[Revision] = asyncio.Queue()
-
-    async def watch(self) -> AsyncIterator[Revision]:
-        while True:
-            yield await self.queue.get()
 
 
 async def test_inconsistent_snapshot_is_not_published(caplog: pytest.LogCaptureFixture) -> None:
