@@ -29,6 +29,7 @@ from inference.errors import (
     Unauthenticated,
     Unavailable,
 )
+from inference.load import ORCA_HEADER
 from inference.model_control import ModelControl
 from inference.protocol import (
     CACHE_HEADER,
@@ -248,6 +249,8 @@ class GrpcApi(service_pb2_grpc.GRPCInferenceServiceServicer):  # type: ignore[mi
         if response.cached:
             metadata.append((CACHE_HEADER, "hit"))
         await context.send_initial_metadata(metadata)
+        # ORCA's place on gRPC is the trailers: the load as the answer leaves.
+        context.set_trailing_metadata([(ORCA_HEADER, self.service.load().orca())])
         return encode_response(response)
 
     async def ModelStreamInfer(

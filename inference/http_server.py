@@ -24,6 +24,8 @@ from inference.errors import (
 from inference.generate.http_api import GenerateHttpApi
 from inference.generate.metrics import render as render_generation_metrics
 from inference.generate.service import GenerationService
+from inference.load import ORCA_HEADER
+from inference.load import render as render_load
 from inference.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from inference.metrics import render as render_metrics
 from inference.model_control import ModelControl
@@ -78,6 +80,19 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         # The traceback goes to the log, never to the client: it may name paths or data.
         log.exception("%s %s failed", request.method, request.path)
         return error_response(500, "internal error; the server's log has the details")
+
+
+def _load_report(service: InferenceService) -> Any:
+    """Every infer answer, failures included, carries the server's load for the balancer."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        response = await handler(request)
+        if request.path.endswith("/infer"):
+            response.headers[ORCA_HEADER] = service.load().orca()
+        return response
+
+    return middleware
 
 
 class HttpApi:
@@ -159,7 +174,7 @@ class HttpApi:
         return web.json_response({})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        text = render_metrics(mv.stats for mv in self.service.repository.loaded())
+        text = render_metrics(mv.stats for mv in self.service.repository.loaded()) + render_load(self.service.load())
         if self.generation is not None:
             text += render_generation_metrics([(e.stats, e.load()) for e in self.generation.models.loaded()])
         return web.Response(text=text, headers={"Content-Type": METRICS_CONTENT_TYPE})
@@ -222,7 +237,7 @@ def create_app(
     model_control: ModelControl | None = None,
 ) -> web.Application:
     # Outermost: the server span sees the status the error middleware chose.
-    middlewares: list[Any] = [tracing.middleware, _errors]
+    middlewares: list[Any] = [tracing.middleware, _load_report(service), _errors]
     routes = HttpApi(service, generation, model_control).routes()
     if generation is not None:
         api = GenerateHttpApi(generation, max_generate_bytes, lambda: service.draining, service.in_flight.track)

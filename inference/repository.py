@@ -6,6 +6,7 @@ import asyncio
 import enum
 import logging
 import queue
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,8 +163,11 @@ class _Model:
 
 
 class ModelRepository:
-    def __init__(self, root: Path, runtime: RuntimeOptions, default_queue_size: int = 1024, unload_drain_s: float = 5.0) -> None:
+    def __init__(self, root: Path, runtime: RuntimeOptions, default_queue_size: int = 1024, unload_drain_s: float = 5.0,
+                 batch_delay_s: float = 0.0) -> None:
         self.root = root
+        # A deliberate slowdown of every model run (--fault-batch-delay-ms): a slower replica.
+        self.batch_delay_s = batch_delay_s
         # How long an unloaded or replaced version may take to answer what is already queued.
         self.unload_drain_s = unload_drain_s
         self.runtime = runtime
@@ -246,11 +250,15 @@ class ModelRepository:
             stats = ModelStats(config.name, version)
             policy = _batch_policy(config, self.runtime, self.default_queue_size)
             output_names = [t.name for t in config.output]
+            batch_delay_s = self.batch_delay_s
 
             def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
                 # The batcher runs at most instance_count batches at once: the queue never runs dry.
                 session = idle.get()
                 try:
+                    if batch_delay_s > 0:
+                        # Holds the instance, as a slower device would: capacity drops, not only latency.
+                        time.sleep(batch_delay_s)
                     return session.run(inputs, output_names)
                 finally:
                     idle.put(session)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from inference.cache import cache_key
 from inference.errors import DeadlineExceeded, InferenceError, InternalError, InvalidInput, NotFound, Unavailable
 from inference.generate.registry import GenerativeModels
+from inference.load import LoadMeter, LoadReport
 from inference.protocol import InferRequest, InferResponse
 from inference.repository import ModelRepository, ModelVersion
 
@@ -36,21 +37,25 @@ class Faults:
 
 
 class InFlight:
-    """Counts requests being served, so shutdown can wait for them to finish."""
+    """Counts requests being served, so shutdown can wait for them to finish, and meters them
+    for the load report."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.meter = LoadMeter()
         self._idle = asyncio.Event()
         self._idle.set()
 
     @contextlib.contextmanager
     def track(self) -> Iterator[None]:
         self.count += 1
+        self.meter.started()
         self._idle.clear()
         try:
             yield
         finally:
             self.count -= 1
+            self.meter.finished()
             if self.count == 0:
                 self._idle.set()
 
@@ -80,6 +85,13 @@ class InferenceService:
         half-loaded, and not draining."""
         serving = bool(self.repository.loaded()) or bool(self.generative and self.generative.loaded())
         return self.started and not self.draining and serving and self.repository.all_ready()
+
+    def load(self) -> LoadReport:
+        """This server's load now; capacity is what its loaded versions run at once."""
+        loaded = self.repository.loaded()
+        waiting = sum(mv.stats.queue_depth for mv in loaded)
+        capacity = sum(mv.config.instance_count * max(1, mv.config.max_batch_size) for mv in loaded)
+        return self.in_flight.meter.report(waiting, max(1, capacity))
 
     def start_draining(self) -> None:
         self.draining = True

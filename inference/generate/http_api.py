@@ -23,10 +23,10 @@ from inference.generate.engine import Engine, QueueFull
 from inference.generate.requests import ChatCompletionRequest, CompletionRequest, GenerateRequest, first_error, stop_strings
 from inference.generate.sequence import FinishReason, Output
 from inference.generate.service import ContextLengthExceeded, GenerationService, InvalidParam, Sampling, Submission
+from inference.load import ORCA_HEADER
 
 log = logging.getLogger("inference.generate.http")
 
-ORCA_HEADER = "endpoint-load-metrics"
 PRIORITY_HEADER = "x-sluice-priority"
 DEADLINE_HEADER = "x-sluice-deadline-ms"
 RETRY_AFTER_S = 1
