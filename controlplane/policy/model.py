@@ -149,7 +149,37 @@ class SlowStart(Strict):
     min_weight_percent: Percent = 10
 
 
-LbPolicy = Literal["round_robin", "least_request", "ring_hash", "maglev"]
+LbPolicy = Literal["round_robin", "least_request", "ring_hash", "maglev", "load_aware"]
+
+
+class LeastRequest(Strict):
+    """Tuning of least_request: the endpoint with the fewest requests in flight among a sample."""
+
+    choice_count: Annotated[int, Field(ge=2, le=100, description="endpoints sampled per pick (power of n choices)")] = 2
+    active_request_bias: Annotated[float, Field(
+        ge=0, le=10, description="with unequal endpoint weights: weight / (active requests + 1) ^ bias; "
+                                 "0 ignores requests in flight")] = 1.0
+
+
+class LoadAware(Strict):
+    """Weights from the load every answer reports (ORCA `endpoint-load-metrics`): an endpoint's
+    weight is its requests per second over its utilization, so a slower or busier replica gets
+    less. Endpoints without a fresh report get the mean weight: missing or stale reports fall
+    back to round robin, never to an error."""
+
+    blackout_period_s: Annotated[float, Field(
+        ge=0, le=300, description="how long an endpoint must report before its weight is used")] = 1.0
+    weight_expiration_s: Annotated[float, Field(
+        gt=0, le=3600, description="a weight not refreshed for this long is dropped (the endpoint gets the mean)")] = 10.0
+    weight_update_period_s: Annotated[float, Field(ge=0.1, le=60, description="how often weights are recomputed")] = 1.0
+    error_utilization_penalty: Annotated[float, Field(
+        ge=0, le=100, description="utilization added per error-to-request ratio: failing endpoints weigh less")] = 1.0
+
+    @model_validator(mode="after")
+    def _expiry_after_blackout(self) -> LoadAware:
+        if self.weight_expiration_s <= self.blackout_period_s:
+            raise ValueError("weight_expiration_s must exceed blackout_period_s: weights would expire before use")
+        return self
 
 
 class Backend(Strict):
@@ -158,8 +188,12 @@ class Backend(Strict):
     endpoints: Annotated[list[Endpoint], Field(min_length=1, max_length=1024)]
     connect_timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     lb_policy: Annotated[LbPolicy, Field(
-        description="ring_hash and maglev hash what the route's hash_on names")] = "least_request"
-    slow_start: Annotated[SlowStart | None, Field(description="round_robin and least_request only")] = None
+        description="ring_hash and maglev hash what the route's hash_on names; load_aware weighs "
+                    "endpoints by the load they report")] = "least_request"
+    least_request: Annotated[LeastRequest | None, Field(description="lb_policy least_request only")] = None
+    load_aware: Annotated[LoadAware | None, Field(
+        description="lb_policy load_aware only; null: the defaults")] = None
+    slow_start: Annotated[SlowStart | None, Field(description="round_robin, least_request and load_aware only")] = None
     outlier_detection: OutlierDetection | None = OutlierDetection()
     health_check: HealthCheck | None = None
     circuit_breakers: CircuitBreakers = CircuitBreakers()
@@ -168,8 +202,11 @@ class Backend(Strict):
 
     @model_validator(mode="after")
     def _slow_start_needs_weights(self) -> Backend:
-        if self.slow_start is not None and self.lb_policy not in ("round_robin", "least_request"):
-            raise ValueError(f"slow_start works with round_robin or least_request, not {self.lb_policy}")
+        if self.slow_start is not None and self.lb_policy not in ("round_robin", "least_request", "load_aware"):
+            raise ValueError(f"slow_start works with round_robin, least_request or load_aware, not {self.lb_policy}")
+        for tuning in ("least_request", "load_aware"):
+            if getattr(self, tuning) is not None and self.lb_policy != tuning:
+                raise ValueError(f"{tuning} is set but lb_policy is {self.lb_policy}: set lb_policy {tuning}")
         return self
 
 

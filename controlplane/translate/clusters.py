@@ -5,6 +5,9 @@ from envoy.config.core.v3.base_pb2 import RoutingPriority, RuntimeDouble
 from envoy.config.core.v3.extension_pb2 import TypedExtensionConfig
 from envoy.config.core.v3.health_check_pb2 import HealthCheck
 from envoy.config.core.v3.protocol_pb2 import Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions
+from envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.client_side_weighted_round_robin_pb2 import (
+    ClientSideWeightedRoundRobin,
+)
 from envoy.extensions.load_balancing_policies.common.v3.common_pb2 import SlowStartConfig
 from envoy.extensions.load_balancing_policies.least_request.v3.least_request_pb2 import LeastRequest
 from envoy.extensions.load_balancing_policies.maglev.v3.maglev_pb2 import Maglev
@@ -16,7 +19,7 @@ from envoy.type.v3.percent_pb2 import Percent
 from google.protobuf.any_pb2 import Any
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import Message
-from google.protobuf.wrappers_pb2 import UInt32Value
+from google.protobuf.wrappers_pb2 import FloatValue, UInt32Value
 
 from controlplane.policy import model as p
 from controlplane.policy.policy import Policy
@@ -114,16 +117,48 @@ def _slow_start(s: p.SlowStart | None) -> SlowStartConfig | None:
     )
 
 
+def _least_request(backend: p.Backend, slow_start: SlowStartConfig | None) -> LeastRequest:
+    out = LeastRequest(slow_start_config=slow_start)
+    if backend.least_request is not None:
+        out.choice_count.value = backend.least_request.choice_count
+        # Envoy requires a runtime key; sluice never sets runtime values, so the default holds.
+        out.active_request_bias.CopyFrom(RuntimeDouble(default_value=backend.least_request.active_request_bias,
+                                                       runtime_key="sluice.least_request.active_request_bias"))
+    return out
+
+
+def _load_aware(backend: p.Backend, slow_start: SlowStartConfig | None) -> ClientSideWeightedRoundRobin:
+    tuning = backend.load_aware or p.LoadAware()
+    return ClientSideWeightedRoundRobin(
+        slow_start_config=slow_start,
+        blackout_period=seconds(tuning.blackout_period_s),
+        weight_expiration_period=seconds(tuning.weight_expiration_s),
+        weight_update_period=seconds(tuning.weight_update_period_s),
+        error_utilization_penalty=FloatValue(value=tuning.error_utilization_penalty),
+    )
+
+
+# Envoy's extension name for each lb_policy.
+LB_EXTENSIONS = {
+    "round_robin": "envoy.load_balancing_policies.round_robin",
+    "least_request": "envoy.load_balancing_policies.least_request",
+    "ring_hash": "envoy.load_balancing_policies.ring_hash",
+    "maglev": "envoy.load_balancing_policies.maglev",
+    "load_aware": "envoy.load_balancing_policies.client_side_weighted_round_robin",
+}
+
+
 def _load_balancing(backend: p.Backend) -> LoadBalancingPolicy:
     slow_start = _slow_start(backend.slow_start)
     configs: dict[str, Message] = {
         "round_robin": RoundRobin(slow_start_config=slow_start),
-        "least_request": LeastRequest(slow_start_config=slow_start),
+        "least_request": _least_request(backend, slow_start),
         "ring_hash": RingHash(),
         "maglev": Maglev(),
+        "load_aware": _load_aware(backend, slow_start),
     }
     return LoadBalancingPolicy(policies=[LoadBalancingPolicy.Policy(typed_extension_config=TypedExtensionConfig(
-        name=f"envoy.load_balancing_policies.{backend.lb_policy}", typed_config=packed(configs[backend.lb_policy]),
+        name=LB_EXTENSIONS[backend.lb_policy], typed_config=packed(configs[backend.lb_policy]),
     ))])
 
 

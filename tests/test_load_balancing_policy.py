@@ -1,0 +1,60 @@
+"""Load-aware balancing in the policy model and in the translated clusters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.client_side_weighted_round_robin_pb2 import (
+    ClientSideWeightedRoundRobin,
+)
+from envoy.extensions.load_balancing_policies.least_request.v3.least_request_pb2 import LeastRequest
+from test_traffic_policy import backend, cluster, problems, seconds, unpack
+
+
+def test_load_aware_is_client_side_weighted_round_robin_on_orca_reports() -> None:
+    (lb,) = cluster(lb_policy="load_aware").load_balancing_policy.policies
+    assert lb.typed_extension_config.name == "envoy.load_balancing_policies.client_side_weighted_round_robin"
+    config = unpack(lb.typed_extension_config.typed_config, ClientSideWeightedRoundRobin)
+    assert (seconds(config.blackout_period), seconds(config.weight_expiration_period)) == (1, 10)
+    assert seconds(config.weight_update_period) == 1 and config.error_utilization_penalty.value == 1
+    assert not config.enable_oob_load_report.value, "reports ride on every answer, no extra stream"
+
+    (lb,) = cluster(lb_policy="load_aware", slow_start={"window_s": 20}, load_aware={
+        "blackout_period_s": 0.5, "weight_expiration_s": 3, "weight_update_period_s": 0.2,
+        "error_utilization_penalty": 2}).load_balancing_policy.policies
+    config = unpack(lb.typed_extension_config.typed_config, ClientSideWeightedRoundRobin)
+    assert (seconds(config.blackout_period), seconds(config.weight_expiration_period)) == (0.5, 3)
+    assert seconds(config.weight_update_period) == 0.2 and config.error_utilization_penalty.value == 2
+    assert seconds(config.slow_start_config.slow_start_window) == 20
+
+
+def test_least_request_tuning() -> None:
+    (lb,) = cluster().load_balancing_policy.policies
+    default = unpack(lb.typed_extension_config.typed_config, LeastRequest)
+    assert not default.HasField("choice_count") and not default.HasField("active_request_bias"), "Envoy's defaults"
+    (lb,) = cluster(least_request={"choice_count": 3, "active_request_bias": 0.5}).load_balancing_policy.policies
+    tuned = unpack(lb.typed_extension_config.typed_config, LeastRequest)
+    assert (tuned.choice_count.value, tuned.active_request_bias.default_value) == (3, 0.5)
+
+
+BAD: list[tuple[dict[str, Any], str, str]] = [
+    ({"lb_policy": "least_load"}, "spec.lb_policy", "Input should be"),
+    ({"load_aware": {}}, "spec", "load_aware is set but lb_policy is least_request"),
+    ({"lb_policy": "load_aware", "least_request": {}}, "spec", "least_request is set but lb_policy is load_aware"),
+    ({"lb_policy": "load_aware", "load_aware": {"blackout_period_s": -1}}, "spec.load_aware.blackout_period_s",
+     "greater than or equal to 0"),
+    ({"lb_policy": "load_aware", "load_aware": {"weight_update_period_s": 0.01}},
+     "spec.load_aware.weight_update_period_s", "greater than or equal to 0.1"),
+    ({"lb_policy": "load_aware", "load_aware": {"blackout_period_s": 5, "weight_expiration_s": 5}}, "spec.load_aware",
+     "weight_expiration_s must exceed blackout_period_s"),
+    ({"lb_policy": "load_aware", "load_aware": {"weights": 1}}, "spec.load_aware.weights", "Extra inputs"),
+    ({"least_request": {"choice_count": 1}}, "spec.least_request.choice_count", "greater than or equal to 2"),
+    ({"least_request": {"active_request_bias": 11}}, "spec.least_request.active_request_bias", "less than or equal to 10"),
+]
+
+
+@pytest.mark.parametrize(("spec", "loc", "msg"), BAD)
+def test_bad_load_balancing_names_the_field(spec: dict[str, Any], loc: str, msg: str) -> None:
+    ((where, why),) = problems(backend(**spec))
+    assert where == loc and msg in why, why
