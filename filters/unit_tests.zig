@@ -12,4 +12,7 @@ test {
     _ = @import("georoute/prefixes.zig");
     _ = @import("georoute/config.zig");
     _ = @import("georoute/table.zig");
+    _ = @import("llm/body.zig");
+    _ = @import("llm/config.zig");
+    _ = @import("llm/openai.zig");
 }

@@ -70,6 +70,7 @@ extern "env" fn proxy_replace_header_map_value(map_type: u32, key_ptr: [*]const 
 extern "env" fn proxy_remove_header_map_value(map_type: u32, key_ptr: [*]const u8, key_len: usize) u32;
 extern "env" fn proxy_get_header_map_pairs(map_type: u32, return_map_ptr: *usize, return_map_len: *usize) u32;
 extern "env" fn proxy_get_buffer_bytes(buffer_type: u32, start: usize, max_size: usize, return_buffer_ptr: *usize, return_buffer_len: *usize) u32;
+extern "env" fn proxy_set_buffer_bytes(buffer_type: u32, start: usize, length: usize, data_ptr: [*]const u8, data_len: usize) u32;
 extern "env" fn proxy_get_shared_data(key_ptr: [*]const u8, key_len: usize, return_value_ptr: *usize, return_value_len: *usize, return_cas: *u32) u32;
 extern "env" fn proxy_set_shared_data(key_ptr: [*]const u8, key_len: usize, value_ptr: [*]const u8, value_len: usize, cas: u32) u32;
 extern "env" fn proxy_define_metric(metric_type: u32, name_ptr: [*]const u8, name_len: usize, return_metric_id: *u32) u32;
@@ -189,6 +190,12 @@ pub fn getBuffer(buffer: BufferType, start: usize, max_size: usize) ?[]const u8 
     const status = proxy_get_buffer_bytes(@intFromEnum(buffer), start, max_size, &value.ptr, &value.len);
     if (value.len > max_size) return null;
     return value.bytes(status);
+}
+
+/// Replaces `length` bytes at `start` of a buffer (a request or response body being buffered)
+/// with `data`; the body's length changes by `data.len - length`.
+pub fn setBuffer(buffer: BufferType, start: usize, length: usize, data: []const u8) Status {
+    return @enumFromInt(proxy_set_buffer_bytes(@intFromEnum(buffer), start, length, data.ptr, data.len));
 }
 
 /// The plugin configuration, to be called from proxy_on_configure with its size argument.
