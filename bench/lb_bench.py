@@ -1,0 +1,201 @@
+"""Load-aware picking: three classifier replicas behind one edge Envoy, one of them slower by
+20 ms per model run (`--fault-batch-delay-ms 20`: the instance is held, so its capacity drops
+too), every candidate balancer measured on the same replicas in the same run.
+
+  round_robin      the baseline the issue names
+  least_request    Envoy's default here: the fewer requests in flight of two sampled endpoints
+  least_request_3  least_request sampling all three (choice_count 3)
+  load_aware       Envoy's client_side_weighted_round_robin on the ORCA reports every answer
+                   carries (weight = rps / utilization; blackout 1 s, update 1 s)
+
+One Backend per candidate, all with the same three endpoints; a route per candidate, chosen by
+an `x-candidate` header. Capacity is measured first (closed loop, `--concurrency` callers, no
+pause, least_request); then each candidate runs at `--load` (default 70%) of it: the same
+callers, each pacing itself to its share of the target rate (a closed loop with think time).
+Every candidate gets a warm-up (`--warmup` s: load_aware needs a blackout period of reports)
+and a measured window (`--duration` s), in turns, for `--rounds` rounds; figures are medians
+over rounds. The slow replica's share comes from Envoy's per-host counters.
+
+  .venv/bin/python bench/lb_bench.py [--duration 6] [--rounds 3] [--concurrency 16]
+
+On a shared 2-core machine the client, Envoy and three backends share the cores: read the
+ratios against round_robin and least_request, which come from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from harness import Backend, ControlPlane, Envoy, http  # noqa: E402 - needs tests/ on sys.path
+
+BODY = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
+# Backend names (lower case and '-' only), each a candidate.
+CANDIDATES: dict[str, dict[str, object]] = {
+    "round-robin": {"lb_policy": "round_robin"},
+    "least-request": {"lb_policy": "least_request"},
+    "least-request-3": {"lb_policy": "least_request", "least_request": {"choice_count": 3}},
+    "load-aware": {"lb_policy": "load_aware", "load_aware": {"blackout_period_s": 1, "weight_update_period_s": 1}},
+}
+
+
+@dataclass
+class Run:
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    wall_s: float = 0.0
+    slow_share: float = 0.0
+
+    def p(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) * 1000 if self.latencies else float("nan")
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.wall_s
+
+
+async def drive(url: str, candidate: str, callers: int, seconds: float, rate: float | None) -> Run:
+    """`callers` closed loops for `seconds`; with `rate`, each paces itself to rate / callers."""
+    run = Run()
+    interval = callers / rate if rate else 0.0
+    stop_at = time.monotonic() + seconds
+    headers = {"Content-Type": "application/json", "x-candidate": candidate}
+
+    async def caller(session: aiohttp.ClientSession, offset: float) -> None:
+        next_at = time.monotonic() + offset
+        while True:
+            if interval:
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+                next_at += interval
+            if time.monotonic() >= stop_at:
+                return
+            began = time.monotonic()
+            try:
+                async with session.post(url, data=BODY, headers=headers) as response:
+                    await response.read()
+                    ok = response.status == 200
+            except aiohttp.ClientError:
+                ok = False
+            if ok:
+                run.latencies.append(time.monotonic() - began)
+            else:
+                run.errors += 1
+
+    began = time.monotonic()
+    connector = aiohttp.TCPConnector(limit=callers)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
+        await asyncio.gather(*(caller(session, i * interval / callers) for i in range(callers)))
+    run.wall_s = time.monotonic() - began
+    return run
+
+
+def host_counts(envoy: Envoy, cluster: str) -> dict[int, int]:
+    """Requests Envoy sent to each endpoint of `cluster` so far, by port."""
+    text = http("GET", f"{envoy.admin}/clusters")[2].decode()
+    out: dict[int, int] = {}
+    for line in text.splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == cluster and parts[2] == "rq_total":
+            out[int(parts[1].rsplit(":", 1)[1])] = int(parts[3])
+    return out
+
+
+async def measure(envoy: Envoy, candidate: str, slow_port: int, args: argparse.Namespace, rate: float) -> Run:
+    url = f"{envoy.url}/v2/models/classifier/infer"
+    await drive(url, candidate, args.concurrency, args.warmup, rate)
+    before = host_counts(envoy, candidate)
+    run = await drive(url, candidate, args.concurrency, args.duration, rate)
+    after = host_counts(envoy, candidate)
+    sent = {port: after.get(port, 0) - before.get(port, 0) for port in after}
+    run.slow_share = sent.get(slow_port, 0) / max(1, sum(sent.values()))
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=6.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--load", type=float, default=0.7, help="share of the measured capacity to offer")
+    parser.add_argument("--slow-ms", type=float, default=20.0)
+    parser.add_argument("--model-repository", type=Path, default=ROOT / "models")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="lb-bench-") as tmp:
+        workdir = Path(tmp)
+        started: list[Backend] = []
+        cp: ControlPlane | None = None
+        envoy: Envoy | None = None
+        try:
+            for extra in ((), (), ("--fault-batch-delay-ms", str(args.slow_ms))):
+                started.append(Backend.start(workdir, args.model_repository, "classifier:1", "--intra-op-threads", "1", *extra))
+            slow_port = started[-1].port
+            cp = ControlPlane.start(workdir)
+            endpoints = [{"address": "127.0.0.1", "port": b.port} for b in started]
+            docs: list[dict[str, object]] = [
+                {"kind": "Backend", "name": name, "spec": {"endpoints": endpoints, **spec}}
+                for name, spec in CANDIDATES.items()]
+            docs.append({"kind": "Service", "name": "bench", "spec": {"routes": [
+                {"name": name, "retries": None,
+                 "match": {"prefix": "/", "headers": [{"name": "x-candidate", "exact": name}]},
+                 "split": [{"backend": name}]} for name in CANDIDATES]}})
+            status, body = cp.apply(*docs)
+            assert status == 200, body
+            envoy = Envoy.start(workdir, cp, node_id="edge-lb-bench")
+            cp.wait_converged(envoy.node_id)
+
+            capacity_run = asyncio.run(drive(f"{envoy.url}/v2/models/classifier/infer", "least-request",
+                                             args.concurrency, args.duration, None))
+            capacity = capacity_run.rps
+            rate = capacity * args.load
+            print(f"capacity (least_request, {args.concurrency} callers, no pause): {capacity:.0f} req/s; "
+                  f"offered: {rate:.0f} req/s ({args.load:.0%})", flush=True)
+
+            runs: dict[str, list[Run]] = {name: [] for name in CANDIDATES}
+            for round_number in range(args.rounds):
+                for name in CANDIDATES:
+                    run = asyncio.run(measure(envoy, name, slow_port, args, rate))
+                    runs[name].append(run)
+                    print(f"round {round_number + 1} {name:16} {run.rps:6.0f} req/s p50 {run.p(50):6.1f} ms "
+                          f"p99 {run.p(99):6.1f} ms slow share {run.slow_share:5.1%} errors {run.errors}", flush=True)
+            report(runs)
+        finally:
+            if envoy is not None:
+                envoy.proc.stop()
+            if cp is not None:
+                cp.proc.stop()
+            for backend in started:
+                backend.proc.stop()
+
+
+def report(runs: dict[str, list[Run]]) -> None:
+    def median(name: str, value: str) -> float:
+        return statistics.median(getattr(r, value) if value != "p99" and value != "p50" else r.p(99 if value == "p99" else 50)
+                                 for r in runs[name])
+
+    rr, lr = median("round-robin", "p99"), median("least-request", "p99")
+    print("\n| candidate | req/s | p50 ms | p99 ms | p99 / round_robin | p99 / least_request | slow replica's share | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name in runs:
+        p99 = median(name, "p99")
+        errors = sum(r.errors for r in runs[name])
+        print(f"| {name} | {median(name, 'rps'):.0f} | {median(name, 'p50'):.1f} | {p99:.1f} | {p99 / rr:.2f} | "
+              f"{p99 / lr:.2f} | {median(name, 'slow_share'):.1%} | {errors} |")
+
+
+if __name__ == "__main__":
+    main()
