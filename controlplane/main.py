@@ -28,6 +28,7 @@ from controlplane.geo.tables import GeoTables, PublishingStore
 from controlplane.readiness import Readiness
 from controlplane.replica import Coordination, run_while_held
 from controlplane.settings import ControlPlaneSettings
+from controlplane.shadow import Comparator
 from controlplane.store import Revision, StoreUnavailable, open_store, redacted
 from controlplane.supervision import Supervisor
 from controlplane.translate import Options, ProxyGroup, translate, translate_shares
@@ -86,7 +87,15 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
 
     # The canary controller sums every edge Envoy's counters, whichever replica it is connected to.
     everyone = coordination.every_proxy(fleet.connected, interval_s=settings.quota_interval_s)
-    canaries = CanaryController(store, everyone.edge_admin_addresses)
+    comparator = Comparator(max_inflight=settings.shadow_max_inflight, max_body_bytes=settings.shadow_max_body_bytes,
+                            timeout_s=settings.shadow_timeout_s)
+    await comparator.start(settings.shadow_host, settings.shadow_port)
+    advertised = None
+    if settings.shadow_advertise is not None:
+        host, _, port = settings.shadow_advertise.rpartition(":")
+        advertised = (host, int(port))
+    canaries = CanaryController(store, everyone.edge_admin_addresses, comparator=comparator,
+                                comparator_address=advertised)
     canary_lease = coordination.lease(CANARY_LEASE)  # canaries advance on one replica at a time
     supervisor = Supervisor(registry)
     admin = AdminApi(store, fleet, registry, authenticator=authenticator, options=options,
@@ -110,6 +119,7 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
         supervisor.start("proxy directory", everyone.run)
     supervisor.start("geo table collector", functools.partial(collect_geo_tables, store))
     current = await store.current()
+    log.info("shadow comparator on %s:%d", *(comparator.address or ("?", 0)))
     log.info("replica %s: xDS on %s:%d (%s), admin API on %s://%s:%d, store %s at revision %d",
              settings.replica_id, settings.xds_host, xds_port,
              "mutual TLS" if settings.client_ca else "TLS" if ssl_context else "plaintext",
@@ -127,6 +137,7 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
         await coordination.close()  # hands the leases over at once
         await server.stop(grace=1.0)
         await runner.cleanup()
+        await comparator.close()
         await store.close()
 
 

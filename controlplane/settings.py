@@ -27,6 +27,15 @@ class ControlPlaneSettings(BaseSettings):
     push_max_delay_s: float = Field(0.25, ge=0, description="...but never later than this after the first write")
     quota_interval_s: float = Field(1.0, gt=0, description="how often global rate-limit shares are rebalanced")
     log_level: str = "INFO"
+    # The shadow comparator (controlplane/shadow/): Envoy mirrors canaries' shadow traffic to it.
+    shadow_host: str = Field("127.0.0.1", description="the comparator listens here (an IP address: EDS takes no names)")
+    shadow_port: int = Field(0, ge=0, le=65535, description="the comparator's port; 0: any free port (the "
+                             "controller writes the one it got into the mirror's Backend)")
+    shadow_advertise: str | None = Field(None, description="IP:PORT at which Envoys reach the comparator, when not "
+                                         "shadow_host:shadow_port (behind NAT, in a container)")
+    shadow_max_inflight: int = Field(64, ge=1, le=10_000, description="comparisons at once; more are dropped, counted")
+    shadow_max_body_bytes: int = Field(4 << 20, ge=1024, description="larger mirrored requests are dropped, counted")
+    shadow_timeout_s: float = Field(30.0, gt=0, le=3600, description="per backend answer to a mirrored request")
 
     replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
                             description="this replica's name in leases and logs")

@@ -20,6 +20,38 @@ RESNET50_INPUT_SHAPE = (3, 224, 224)
 RESNET50_CLASSES = 1000
 
 
+# Candidate versions for canary tests and demos (`gen_models --canary-candidates`): version 1's
+# weights, perturbed so that this share of argmax predictions on `classifier_inputs` flips.
+CLASSIFIER_CANDIDATES = {3: 0.03, 4: 0.0}
+
+
+def classifier_inputs(count: int, seed: int) -> np.ndarray:
+    """Inputs drawn as the demo's traffic draws them (the distribution the candidates are tuned on)."""
+    return np.random.default_rng(seed).normal(0.0, 1.0, size=(count, CLASSIFIER_FEATURES)).astype(np.float32)
+
+
+def _flipped(weights: np.ndarray, bias: np.ndarray, other: np.ndarray, x: np.ndarray) -> float:
+    return float(np.mean((x @ weights + bias).argmax(axis=1) != (x @ other + bias).argmax(axis=1)))
+
+
+def _candidate_weights(flip: float) -> tuple[np.ndarray, np.ndarray]:
+    """Version 1 plus eps x a seeded direction, eps bisected until `flip` of 100,000 sample
+    inputs change their argmax (within 0.05 percentage points)."""
+    weights, bias = classifier_weights(1)
+    if flip == 0:
+        return weights, bias
+    direction = np.random.default_rng(77).normal(0.0, 1.0, size=weights.shape).astype(np.float32)
+    x = classifier_inputs(100_000, seed=78)
+    low, high = 0.0, 4.0
+    for _ in range(40):
+        eps = (low + high) / 2
+        share = _flipped(weights, bias, weights + eps * direction, x)
+        if abs(share - flip) < 0.0005:
+            break
+        low, high = (eps, high) if share < flip else (low, eps)
+    return (weights + eps * direction).astype(np.float32), bias
+
+
 def classifier_weights(version: int) -> tuple[np.ndarray, np.ndarray]:
     """Weight matrix [4, 3] and bias [3] of one classifier version.
 
@@ -27,8 +59,11 @@ def classifier_weights(version: int) -> tuple[np.ndarray, np.ndarray]:
     weights, so the two versions rank classes differently for almost any input: a
     test can tell which version answered from the numbers alone.
     """
+    if version in CLASSIFIER_CANDIDATES:
+        return _candidate_weights(CLASSIFIER_CANDIDATES[version])
     if version not in CLASSIFIER_VERSIONS:
-        raise ValueError(f"classifier has no version {version}; it has {CLASSIFIER_VERSIONS}")
+        raise ValueError(f"classifier has no version {version}; it has {CLASSIFIER_VERSIONS} "
+                         f"and candidates {tuple(CLASSIFIER_CANDIDATES)}")
     rng = np.random.default_rng(1000 + version)
     sign = 1.0 if version == 1 else -1.0
     weights = sign * rng.uniform(0.5, 2.0, size=(CLASSIFIER_FEATURES, CLASSIFIER_CLASSES))

@@ -199,10 +199,12 @@ def generate_llm(out: Path, family: Family) -> list[Path]:
     return [path for path, content in files.items() if _write_if_changed(path, content)]
 
 
-def generate(out: Path, resnet: bool = False, llms: tuple[str, ...] = (TINY.name,)) -> list[Path]:
+def generate(out: Path, resnet: bool = False, llms: tuple[str, ...] = (TINY.name,),
+             candidates: bool = False) -> list[Path]:
     """Build the repository under `out`; returns the files that were (re)written."""
+    versions = (*demo.CLASSIFIER_VERSIONS, *(demo.CLASSIFIER_CANDIDATES if candidates else ()))
     models: list[tuple[ModelConfig, dict[int, bytes]]] = [
-        (classifier_config(), {v: classifier_onnx(v) for v in demo.CLASSIFIER_VERSIONS}),
+        (classifier_config(), {v: classifier_onnx(v) for v in versions}),
     ]
     if resnet:
         models.append((resnet50_config(), {1: resnet50_onnx()}))
@@ -232,10 +234,17 @@ def main(argv: list[str] | None = None) -> int:
         help=f"also generate {SMALL.name} (Llama architecture, {SMALL.spec.num_layers} layers, width {SMALL.spec.hidden_size}, ~180 MB) "
         "for benchmarks",
     )
+    parser.add_argument(
+        "--canary-candidates",
+        action="store_true",
+        help="also generate classifier candidate versions for canaries: "
+        + ", ".join(f"{v} (version 1 with {flip:.0%} of argmax predictions flipped)"
+                    for v, flip in demo.CLASSIFIER_CANDIDATES.items()),
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     llms = (TINY.name, SMALL.name) if args.small_llm else (TINY.name,)
-    written = generate(args.out, resnet=args.resnet, llms=llms)
+    written = generate(args.out, resnet=args.resnet, llms=llms, candidates=args.canary_candidates)
     for path in written:
         log.info("wrote %s", path)
     log.info("model repository %s: %d file(s) written, the rest already up to date", args.out, len(written))

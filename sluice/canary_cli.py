@@ -22,24 +22,61 @@ def _window(side: dict[str, Any] | None) -> str:
     return f"{side['requests']} req, success {side['success_rate']:.1%}, p99 {p99}"
 
 
+def _shadow(figures: dict[str, Any]) -> str:
+    attempts = figures["compared"] + figures["candidate_errors"] + figures["incomparable"]
+    parts = [f"{attempts} compared"]
+    if figures["agreement"] is not None:
+        what = "exact match" if figures["generations"] else "agreement"
+        parts.append(f"{what} {figures['agreement']:.2%}")
+    if figures["max_abs_diff"] is not None:
+        parts.append(f"max |diff| {figures['max_abs_diff']:.3g}, cosine ≥ {figures['min_cosine']:.4f}")
+    if figures["mean_prefix_tokens"] is not None:
+        parts.append(f"common prefix {figures['mean_prefix_tokens']:.1f} tokens")
+    if figures["candidate_errors"]:
+        parts.append(f"candidate errors {figures['candidate_errors']}")
+    if figures["dropped"]:
+        parts.append(f"dropped {figures['dropped']}")
+    return ", ".join(parts)
+
+
+def _versus(ratios: dict[str, Any]) -> str:
+    parts = []
+    if ratios["p99_ratio"] is not None:
+        parts.append(f"p99 {ratios['p99_ratio']:.2f}x stable")
+    if ratios["success_rate_drop"] is not None:
+        parts.append(f"success {-ratios['success_rate_drop']:+.2%} vs stable")
+    return ", ".join(parts) or "no traffic on both yet"
+
+
 def render(body: dict[str, Any], now: float) -> str:
     status, spec = body["status"], body["spec"]
     steps = " → ".join(f"[{w}]" if i == status["step"] else str(w) for i, w in enumerate(body["steps"]))
     lines = [
         f"canary {body['name']}: {status['state']}  weight {status['weight']}% "
         f"({spec['canary']}) / {100 - status['weight']}% ({spec['stable']})",
-        f"  steps {steps}; interval {spec['interval_s']:g} s; failed checks "
+        f"  stage {status.get('stage') or '-'}; steps {steps}; interval {spec['interval_s']:g} s; failed checks "
         f"{status['failed_checks']}/{spec['failure_limit']}",
     ]
     window = body.get("window")
     if window:
+        if window.get("shadow") is not None:
+            lines.append(f"  shadow  {_shadow(window['shadow'])}")
         lines.append(f"  canary  {_window(window['canary'])}")
         lines.append(f"  stable  {_window(window['stable'])}")
+        if window.get("vs_stable") and status.get("stage") != "shadow":
+            lines.append(f"  canary vs stable: {_versus(window['vs_stable'])}")
+        generation = window.get("generation")
+        if generation and generation["canary"]["ttft_ms"] and generation["stable"]["ttft_ms"]:
+            lines.append(f"  TTFT {generation['canary']['ttft_ms']:.1f} ms vs stable "
+                         f"{generation['stable']['ttft_ms']:.1f} ms (last window)")
         if window["last_verdict"]:
-            lines.append(f"  last verdict: {window['last_verdict']['verdict']} ({window['last_verdict']['reason']})")
+            verdict = window["last_verdict"]
+            gate = f" [{verdict['gate']}]" if verdict.get("gate") else ""
+            lines.append(f"  last verdict: {verdict['verdict']}{gate} ({verdict['reason']})")
         lines.append(f"  next decision in {max(0.0, window['next_decision_at'] - now):.1f} s")
     for event in status["events"][-5:]:
-        lines.append(f"  {_when(event['at'])} {event['state']:<12} {event['weight']:>3}%  {event['message']}")
+        gate = f" [{event['gate']}]" if event.get("gate") else ""
+        lines.append(f"  {_when(event['at'])} {event['state']:<12} {event['weight']:>3}%  {event['message']}{gate}")
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from controlplane.canary.controller import CanaryController
+from controlplane.canary.metrics import Window
 from controlplane.canary.transitions import ACTIONS, operate
 from controlplane.policy import CanaryStatus
 from controlplane.store import Conflict, Store
@@ -18,6 +19,15 @@ from controlplane.web.principal import actor
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def _ratios(stable: Window, canary: Window) -> dict[str, float | None]:
+    """The relative gates' figures so far: canary against stable in the same window."""
+    return {
+        "success_rate_drop": None if stable.success_rate is None or canary.success_rate is None
+        else stable.success_rate - canary.success_rate,
+        "p99_ratio": None if not stable.p99_ms or canary.p99_ms is None else canary.p99_ms / stable.p99_ms,
+    }
 
 
 def routes(store: Store, controller: CanaryController) -> list[web.RouteDef]:
@@ -31,15 +41,22 @@ def routes(store: Store, controller: CanaryController) -> list[web.RouteDef]:
         body: dict[str, Any] = {"name": name, "revision": current.number, "spec": canary.model_dump(mode="json"),
                                 "status": state.model_dump(mode="json"), "steps": canary.weights()}
         live = controller.live(name)
-        so_far = await controller.peek(name, canary) if state.state == "progressing" else None
+        so_far = await controller.peek(name, canary) if state.state in ("progressing", "promoting") else None
         if live is not None and so_far is not None:
+            shadow = controller.shadow_so_far(name) if state.stage == "shadow" else None
             body["window"] = {
                 "started_at": live.started,
                 "next_decision_at": live.started + canary.interval_s,
                 "stable": asdict(so_far[0]),
                 "canary": asdict(so_far[1]),
+                "vs_stable": _ratios(*so_far),
+                "shadow": None if shadow is None else shadow.figures(),
+                "last_shadow": None if live.shadow is None else live.shadow.figures(),
+                "generation": None if live.generation is None else {
+                    "stable": asdict(live.generation[0]), "canary": asdict(live.generation[1])},
                 "last_verdict": None if live.judgement is None else {
-                    "verdict": live.judgement.verdict.value, "reason": live.judgement.reason},
+                    "verdict": live.judgement.verdict.value, "reason": live.judgement.reason,
+                    "gate": live.judgement.gate},
             }
         return web.json_response(body)
 

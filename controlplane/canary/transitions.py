@@ -7,7 +7,8 @@ The canary's weight lives where traffic reads it, in the route's split, and its 
 from __future__ import annotations
 
 from controlplane.policy import Canary, CanaryEvent, CanaryStatus, Policy, Route, RouteMatch, WeightedBackend
-from controlplane.policy.canary import State
+from controlplane.policy.canary import Stage, State
+from controlplane.policy.model import Backend, Endpoint, Mirror
 
 MAX_EVENTS = 200
 ACTIONS = ("pause", "resume", "promote", "abort")
@@ -17,9 +18,15 @@ def ab_route_name(route: str) -> str:
     return f"{route[:57]}-ab"
 
 
+def shadow_backend_name(canary_name: str) -> str:
+    """The Backend (Envoy cluster) a shadowing canary's route mirrors to: the comparator."""
+    return f"{canary_name[:56]}-shadow"
+
+
 def with_event(status: CanaryStatus, now: float, state: State, weight: int, message: str,
-               **changes: object) -> CanaryStatus:
-    events = [*status.events, CanaryEvent(at=now, state=state, weight=weight, message=message)][-MAX_EVENTS:]
+               gate: str | None = None, **changes: object) -> CanaryStatus:
+    event = CanaryEvent(at=now, state=state, weight=weight, message=message, gate=gate)
+    events = [*status.events, event][-MAX_EVENTS:]
     return status.model_copy(update={"state": state, "weight": weight, "events": events, **changes})
 
 
@@ -50,6 +57,41 @@ def apply_weight(policy: Policy, canary: Canary, weight: int, ab: bool) -> Polic
         routes.append(route)
     services = {**policy.services, canary.service: service.model_copy(update={"routes": routes})}
     return policy.model_copy(update={"services": services})
+
+
+def apply_shadow(policy: Policy, name: str, canary: Canary, comparator: tuple[str, int] | None) -> Policy:
+    """Mirror the canary's share of the route to the comparator at `comparator` (host, port),
+    or stop mirroring (None): the mirror's Backend comes and goes with it."""
+    backend = shadow_backend_name(name)
+    service = policy.services[canary.service]
+    routes: list[Route] = []
+    for route in service.routes:
+        if route.name == canary.route:
+            mirrors = [m for m in route.mirrors if m.backend != backend]
+            if comparator is not None and canary.shadow is not None:
+                mirrors.append(Mirror(backend=backend, percent=canary.shadow.percent))
+            route = route.model_copy(update={"mirrors": mirrors})
+        routes.append(route)
+    backends = {k: v for k, v in policy.backends.items() if k != backend}
+    if comparator is not None:
+        # No outlier detection: an overloaded comparator sheds with 503s, and it is the only endpoint.
+        backends[backend] = Backend(endpoints=[Endpoint(address=comparator[0], port=comparator[1])],
+                                    outlier_detection=None)
+    services = {**policy.services, canary.service: service.model_copy(update={"routes": routes})}
+    return policy.model_copy(update={"services": services, "backends": backends})
+
+
+def apply_stage(policy: Policy, name: str, canary: Canary, stage: Stage | None, weight: int,
+                comparator: tuple[str, int] | None) -> Policy:
+    """The route as a stage wants it: shadow mirrors (no A/B route, weight 0); A/B and the
+    weighted steps send `match` requests and `weight`% of the rest to the canary."""
+    policy = apply_weight(policy, canary, weight, ab=stage in ("ab", "weighted"))
+    return apply_shadow(policy, name, canary, comparator if stage == "shadow" else None)
+
+
+def released(policy: Policy, name: str, canary: Canary, weight: int) -> Policy:
+    """The route once the canary has finished: all on one version, no A/B route, no mirror."""
+    return apply_stage(policy, name, canary, None, weight, None)
 
 
 def weight_in_policy(policy: Policy, canary: Canary) -> int | None:
@@ -85,7 +127,7 @@ def operate(policy: Policy, name: str, action: str, now: float) -> Policy:
                             paused_state=None)
     elif action == "abort":
         status = with_event(status, now, "rolled_back", 0, "aborted by an operator", paused_state=None)
-        policy = apply_weight(policy, canary, 0, ab=False)
+        policy = released(policy, name, canary, 0)
     else:
         raise ValueError(f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
     return with_status(policy, name, status)
