@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError, field_validator
 
+from controlplane.policy.ai import Model
 from controlplane.policy.canary import Canary
 from controlplane.policy.geo import Geo, GeoRoute
 from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
@@ -32,6 +33,7 @@ KINDS: dict[str, Kind] = {
         Kind("Geo", "geo", Geo),
         Kind("GeoRoute", "georoutes", GeoRoute),
         Kind("Telemetry", "telemetry", Telemetry),
+        Kind("Model", "models", Model),
     )
 }
 KIND_BY_PLURAL: dict[str, Kind] = {k.plural: k for k in KINDS.values()}

@@ -7,6 +7,7 @@ field that caused it.
 from __future__ import annotations
 
 from controlplane.policy import filter_limits as limits
+from controlplane.policy.ai import ENTRY_ROUTES_MAX, MODELS_MAX, Model
 from controlplane.policy.canary import Canary, CanaryStatus, finished
 from controlplane.policy.geo import Geo, GeoRoute
 from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
@@ -34,6 +35,7 @@ class Policy(Strict):
     geo: dict[Name, Geo] = {}
     georoutes: dict[Name, GeoRoute] = {}
     telemetry: dict[Name, Telemetry] = {}
+    models: dict[Name, Model] = {}
 
     @property
     def edge(self) -> Edge:
@@ -86,6 +88,40 @@ class Policy(Strict):
         for name, canary in sorted(self.canaries.items()):
             found.extend(self._canary_problems(name, canary))
         found.extend(self._geo_problems())
+        found.extend(self._model_problems())
+        return found
+
+    def _model_problems(self) -> list[Problem]:
+        found: list[Problem] = []
+        if len(self.models) > MODELS_MAX:
+            found.append(Problem(loc="models", msg=f"at most {MODELS_MAX} models (the llm filter's table)"))
+        public: dict[tuple[str, str], str] = {}
+        entries: set[tuple[str, str]] = set()
+        for name, model in sorted(self.models.items()):
+            where = f"models.{name}"
+            other = public.setdefault((model.service, model.model), name)
+            if other != name:
+                found.append(Problem(loc=f"{where}.model", msg=f"Model {other!r} already serves {model.model!r} "
+                                                               f"in service {model.service!r}"))
+            service = self.services.get(model.service)
+            if service is None:
+                found.append(Problem(loc=f"{where}.service", msg=f"unknown service {model.service!r}"))
+            else:
+                known = {r.name for r in service.routes}
+                for i, route in enumerate(model.routes):
+                    entries.add((model.service, route))
+                    if route not in known:
+                        found.append(Problem(loc=f"{where}.routes.{i}",
+                                             msg=f"service {model.service!r} has no route {route!r}"))
+            named = [(f"backends.{i}.backend", b.backend) for i, b in enumerate(model.backends)]
+            named += [(f"fallback.{i}", b) for i, b in enumerate(model.fallback)]
+            for field, backend in named:
+                if backend not in self.backends:
+                    found.append(Problem(loc=f"{where}.{field}", msg=f"unknown backend {backend!r}"))
+            if len({self.backends[b].protocol for _, b in named if b in self.backends}) > 1:
+                found.append(Problem(loc=f"{where}.fallback", msg="the backends and fallbacks mix http1 and http2"))
+        if len(entries) > ENTRY_ROUTES_MAX:
+            found.append(Problem(loc="models", msg=f"at most {ENTRY_ROUTES_MAX} routes carry models (the llm filter's table)"))
         return found
 
     def _geo_problems(self) -> list[Problem]:
@@ -163,11 +199,14 @@ class Policy(Strict):
     def users_of_service(self, service: str) -> list[str]:
         return ([f"ratelimits.{n}" for n, limit in sorted(self.ratelimits.items()) if limit.service == service]
                 + [f"canaries.{n}" for n, c in sorted(self.canaries.items()) if c.service == service]
-                + [f"georoutes.{n}" for n, g in sorted(self.georoutes.items()) if g.service == service])
+                + [f"georoutes.{n}" for n, g in sorted(self.georoutes.items()) if g.service == service]
+                + [f"models.{n}" for n, m in sorted(self.models.items()) if m.service == service])
 
     def users_of_backend(self, backend: str) -> list[str]:
         return ([f"services.{s}.routes.{r.name}" for s, svc in sorted(self.services.items())
                  for r in svc.routes if any(b == backend for _, b in r.backends_named())]
                 + [f"canaries.{n}" for n, c in sorted(self.canaries.items()) if backend in (c.stable, c.canary)]
                 + [f"georoutes.{n}.regions.{r}" for n, g in sorted(self.georoutes.items())
-                   for r, t in sorted(g.regions.items()) if t.backend == backend])
+                   for r, t in sorted(g.regions.items()) if t.backend == backend]
+                + [f"models.{n}" for n, m in sorted(self.models.items())
+                   if backend in {b.backend for b in m.backends} | set(m.fallback)])
