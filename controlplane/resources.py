@@ -9,9 +9,13 @@ ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 EXTENSION_CONFIG = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
 LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+SCOPED_ROUTE = "type.googleapis.com/envoy.config.route.v3.ScopedRouteConfiguration"
 
-PUSH_ORDER = (CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE)
-SHORT = {CLUSTER: "cds", ENDPOINT: "eds", EXTENSION_CONFIG: "ecds", LISTENER: "lds", ROUTE: "rds"}
+PUSH_ORDER = (CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, SCOPED_ROUTE, ROUTE)
+SHORT = {CLUSTER: "cds", ENDPOINT: "eds", EXTENSION_CONFIG: "ecds", LISTENER: "lds", SCOPED_ROUTE: "srds", ROUTE: "rds"}
+# Types a proxy asks for only once another type names them (a cluster its endpoints, a listener
+# its route configuration or its scoped routes, a scope its route configuration).
+DEPENDENT = (ENDPOINT, SCOPED_ROUTE, ROUTE)
 
 # type URL -> resource name -> resource
 Resources = dict[str, dict[str, Message]]

@@ -6,6 +6,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
 from policies import demo_policy
 
 from controlplane import resources as types
+from controlplane.cache.references import managers
 from controlplane.cache.snapshot import Snapshot, with_nonce
 from controlplane.policy import Policy, parse_document, with_document
 from controlplane.translate import ProxyGroup, translate
@@ -69,3 +70,31 @@ def test_encoded_once_and_nonce_appended() -> None:
     assert len(response.resources) == 2
     only_v2 = DiscoveryResponse.FromString(snap.types[types.ENDPOINT].body(frozenset({"classifier-v2"})))
     assert len(only_v2.resources) == 1
+
+
+def _two_services(*hosts: str) -> Policy:
+    policy = _policy()
+    for name, host in zip(("a", "b"), hosts, strict=True):
+        policy = with_document(policy, parse_document({"kind": "Service", "name": name, "spec": {
+            "hosts": [host], "routes": [{"name": "r", "match": {"prefix": "/"}, "split": [{"backend": "classifier-v1"}]}]}}))
+    return policy.model_copy(update={"services": {k: v for k, v in policy.services.items() if k in ("a", "b")}})
+
+
+def test_exact_hosts_scope_routes_per_service() -> None:
+    out = translate(_two_services("a.example", "B.example"), GROUP)
+    assert sorted(out[types.ROUTE]) == ["edge/a", "edge/b"]
+    assert [v.name for v in out[types.ROUTE]["edge/b"].virtual_hosts] == ["b"]
+    scopes = out[types.SCOPED_ROUTE]
+    assert {s.key.fragments[0].string_key: s.route_configuration_name for s in scopes.values()} == {
+        "a.example": "edge/a", "b.example": "edge/b"}  # hosts compare lower-case, as Envoy's domains
+    (hcm,) = managers(out[types.LISTENER]["edge-http"])
+    assert hcm.scoped_routes.scope_key_builder.fragments[0].header_value_extractor.name == ":authority"
+    assert not hcm.HasField("rds")
+
+
+def test_a_wildcard_host_keeps_one_route_configuration() -> None:
+    # A scope matches its host exactly: `*.example` cannot be a scope, so nothing is scoped.
+    out = translate(_two_services("a.example", "*.example"), GROUP)
+    assert list(out[types.ROUTE]) == ["edge"] and out[types.SCOPED_ROUTE] == {}
+    (hcm,) = managers(out[types.LISTENER]["edge-http"])
+    assert hcm.rds.route_config_name == "edge"

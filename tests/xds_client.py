@@ -15,6 +15,7 @@ import grpc
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.config.listener.v3.listener_pb2 import Listener
+from envoy.config.route.v3.scoped_route_pb2 import ScopedRouteConfiguration
 from envoy.service.discovery.v3.discovery_pb2 import (
     DeltaDiscoveryRequest,
     DeltaDiscoveryResponse,
@@ -23,7 +24,7 @@ from envoy.service.discovery.v3.discovery_pb2 import (
 )
 
 from controlplane.cache.references import managers
-from controlplane.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from controlplane.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SCOPED_ROUTE
 
 ADS = "/envoy.service.discovery.v3.AggregatedDiscoveryService/"
 Response = DiscoveryResponse | DeltaDiscoveryResponse
@@ -87,10 +88,12 @@ class AdsClient:
         await self.send(response.type_url, response_nonce=response.nonce, **extra, **fields)
 
     async def follow(self, on_ack: Callable[[str, Response], None] = lambda *_: None) -> None:
-        """Behave like Envoy until cancelled: wildcard CDS and LDS, then EDS for every cluster
-        and RDS for every route configuration the listeners name; ACK everything. As Envoy
-        does, a response's dependent names are asked for before the response is ACKed."""
-        names: dict[str, list[str]] = {ENDPOINT: [], ROUTE: []}
+        """Behave like Envoy until cancelled: wildcard CDS and LDS, then EDS for every cluster,
+        every scope (wildcard SRDS) once a listener has scoped routes, and RDS for every route
+        configuration the listeners or scopes name; ACK everything. As Envoy does, a response's
+        dependent names are asked for before the response is ACKed."""
+        names: dict[str, list[str]] = {ENDPOINT: [], SCOPED_ROUTE: [], ROUTE: []}
+        named: dict[tuple[str, str], list[str]] = {}  # (naming type, named type) -> names
         last: dict[str, Response] = {}
         wildcard: dict[str, Any] = {} if self.protocol == "sotw" else {"resource_names_subscribe": ["*"]}
         await self.send(CLUSTER, **wildcard)
@@ -98,16 +101,22 @@ class AdsClient:
         while True:
             response = await self.recv(timeout=3600)
             last[response.type_url] = response
-            dependent = {CLUSTER: ENDPOINT, LISTENER: ROUTE}.get(response.type_url)
-            if dependent is not None:
-                await self._subscribe(dependent, _named(response, dependent), names, last.get(dependent))
-            wanted = names.get(response.type_url)
+            for dependent in DEPENDS.get(response.type_url, ()):
+                named[response.type_url, dependent] = _named(response, dependent)
+                now = sorted({n for (_, d), ns in named.items() if d == dependent for n in ns})
+                await self._subscribe(dependent, now, names, last.get(dependent))
+            wanted = None if response.type_url == SCOPED_ROUTE else names.get(response.type_url)  # wildcard
             await self.ack(response, **({"resource_names": wanted} if wanted is not None and self.protocol == "sotw"
                                         else {}))
             on_ack(response.type_url, response)
 
     async def _subscribe(self, type_url: str, now: list[str], names: dict[str, list[str]],
                          last: Response | None) -> None:
+        if type_url == SCOPED_ROUTE:  # wildcard, once
+            if now and not names[type_url]:
+                names[type_url] = now
+                await self.send(type_url, **({} if self.protocol == "sotw" else {"resource_names_subscribe": ["*"]}))
+            return
         if self.protocol == "sotw":
             if now != names[type_url]:
                 names[type_url] = now
@@ -124,8 +133,13 @@ class AdsClient:
         await self.channel.close()
 
 
+# What a type's resources name that the proxy then asks for.
+DEPENDS = {CLUSTER: (ENDPOINT,), LISTENER: (SCOPED_ROUTE, ROUTE), SCOPED_ROUTE: (ROUTE,)}
+
+
 def _named(response: Response, dependent: str) -> list[str]:
-    """The EDS clusters a CDS response names, or the route configurations of an LDS response."""
+    """The EDS clusters a CDS response names, the route configurations an LDS or SRDS response
+    names, or (SRDS) the scoped routes of an LDS response."""
     if isinstance(response, DiscoveryResponse):
         resources = [r.value for r in response.resources]
     else:
@@ -136,6 +150,10 @@ def _named(response: Response, dependent: str) -> list[str]:
             cluster = Cluster.FromString(raw)
             if cluster.type == Cluster.EDS:
                 out.add(cluster.name)
+        elif response.type_url == SCOPED_ROUTE:
+            out.add(ScopedRouteConfiguration.FromString(raw).route_configuration_name)
+        elif dependent == SCOPED_ROUTE:
+            out.update(h.scoped_routes.name for h in managers(Listener.FromString(raw)) if h.HasField("scoped_routes"))
         else:
             out.update(h.rds.route_config_name for h in managers(Listener.FromString(raw)) if h.HasField("rds"))
     return sorted(out)

@@ -8,13 +8,19 @@ from pathlib import Path
 
 from controlplane.groups import SIDECAR, ProxyGroup
 from controlplane.policy import Policy
-from controlplane.resources import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, Resources
+from controlplane.resources import CLUSTER, ENDPOINT, EXTENSION_CONFIG, LISTENER, ROUTE, SCOPED_ROUTE, Resources
 from controlplane.translate.clusters import clusters
 from controlplane.translate.endpoints import load_assignments
 from controlplane.translate.filters import edge_filters
 from controlplane.translate.geo import TableLookup, failover_assignments, failover_clusters, with_geo_routes
 from controlplane.translate.listeners import edge_listener
-from controlplane.translate.routes import route_configuration, route_name
+from controlplane.translate.routes import (
+    route_configuration,
+    route_name,
+    scopable,
+    scopes,
+    service_route_configurations,
+)
 from controlplane.translate.sidecar import sidecar_resources
 from controlplane.translate.tracing import with_tracing
 
@@ -35,14 +41,17 @@ def translate(policy: Policy, group: ProxyGroup, options: Options = Options()) -
         return with_tracing(sidecar_resources(policy, (group.listen_address, group.listen_port),
                                               group.local_backend, group.outbound_port), policy, group.role)
     http_filters, filter_configs = edge_filters(policy, options.filters_dir, geo_tables=options.geo_tables)
-    listener = edge_listener(group.listen_address, group.listen_port, http_filters)
-    routes = with_geo_routes(route_configuration(policy), policy)
+    scoped = scopable(policy)
+    listener = edge_listener(group.listen_address, group.listen_port, http_filters, scoped=scoped)
+    routes = [with_geo_routes(r, policy)
+              for r in (service_route_configurations(policy) if scoped else [route_configuration(policy)])]
     return with_tracing({
         CLUSTER: {c.name: c for c in [*clusters(policy), *failover_clusters(policy)]},
         ENDPOINT: {a.cluster_name: a for a in [*load_assignments(policy), *failover_assignments(policy)]},
         EXTENSION_CONFIG: {c.name: c for c in filter_configs},
         LISTENER: {listener.name: listener},
-        ROUTE: {routes.name: routes},
+        SCOPED_ROUTE: {s.name: s for s in (scopes(policy) if scoped else [])},
+        ROUTE: {r.name: r for r in routes},
     }, policy, group.role)
 
 

@@ -100,7 +100,10 @@ def with_geo_routes(config: RouteConfiguration, policy: Policy) -> RouteConfigur
     out = RouteConfiguration()
     out.CopyFrom(config)
     for name, geo_route in sorted(policy.georoutes.items()):
-        (vhost,) = [v for v in out.virtual_hosts if v.name == geo_route.service]
+        vhosts = [v for v in out.virtual_hosts if v.name == geo_route.service]
+        if not vhosts:
+            continue  # another service's route configuration (routes scoped per service)
+        (vhost,) = vhosts
         base_name = route_name(geo_route.service, geo_route.route)
         (at,) = [i for i, r in enumerate(vhost.routes) if r.name == base_name]
         base = vhost.routes[at]

@@ -10,6 +10,8 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
     HttpConnectionManager,
     HttpFilter,
     Rds,
+    ScopedRds,
+    ScopedRoutes,
 )
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.wrappers_pb2 import BoolValue
@@ -38,11 +40,23 @@ def _listener(name: str, address: str, port: int, hcm: HttpConnectionManager) ->
     )
 
 
-def edge_listener(address: str, port: int, http_filters: list[HttpFilter]) -> Listener:
+def scoped_routes() -> ScopedRoutes:
+    """Routes chosen by the request's host: the scope whose key is that host names the route
+    configuration (one service's) to match in. Scopes and route configurations come by ADS."""
+    host = ScopedRoutes.ScopeKeyBuilder.FragmentBuilder(
+        header_value_extractor=ScopedRoutes.ScopeKeyBuilder.FragmentBuilder.HeaderValueExtractor(
+            name=":authority", index=0))
+    return ScopedRoutes(name=EDGE_ROUTES, scope_key_builder=ScopedRoutes.ScopeKeyBuilder(fragments=[host]),
+                        rds_config_source=ads(), scoped_rds=ScopedRds(scoped_rds_config_source=ads()))
+
+
+def edge_listener(address: str, port: int, http_filters: list[HttpFilter], scoped: bool = False) -> Listener:
+    """`scoped`: routes come per service behind scoped routes, not as one route configuration."""
     hcm = HttpConnectionManager(
         stat_prefix="edge",
         codec_type=HttpConnectionManager.AUTO,  # HTTP/1.1 and h2c (gRPC) on one port
-        rds=Rds(config_source=ads(), route_config_name=EDGE_ROUTES),
+        rds=None if scoped else Rds(config_source=ads(), route_config_name=EDGE_ROUTES),
+        scoped_routes=scoped_routes() if scoped else None,
         # The edge is the first Envoy hop: it appends the peer to X-Forwarded-For, and filters
         # count trusted hops from the right of that header.
         use_remote_address=BoolValue(value=True),

@@ -12,6 +12,7 @@ from envoy.config.route.v3.route_components_pb2 import (
     WeightedCluster,
 )
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.config.route.v3.scoped_route_pb2 import ScopedRouteConfiguration
 from envoy.extensions.retry.host.previous_hosts.v3.previous_hosts_pb2 import PreviousHostsPredicate
 from envoy.type.matcher.v3.regex_pb2 import RegexMatcher
 from envoy.type.matcher.v3.string_pb2 import StringMatcher
@@ -22,6 +23,8 @@ from controlplane.policy import model as p
 from controlplane.policy.policy import Policy
 from controlplane.translate.clusters import packed, seconds
 
+# The edge's routes: the one route configuration, or the scoped routes' name and the prefix of
+# each service's own route configuration.
 EDGE_ROUTES = "edge"
 
 # How often Envoy may pick again when the retry predicate refuses a host it already tried.
@@ -138,18 +141,53 @@ def _action(route: p.Route) -> RouteAction:
     return action
 
 
+def service_routes(name: str, service: p.Service) -> list[Route]:
+    """A service's routes, in match order: what one service's route configuration holds."""
+    return [Route(name=route_name(name, r.name), match=_match(r.match), route=_action(r)) for r in service.routes]
+
+
+def virtual_host(name: str, service: p.Service) -> VirtualHost:
+    return VirtualHost(name=name, domains=list(service.hosts), routes=service_routes(name, service))
+
+
 def route_configuration(policy: Policy) -> RouteConfiguration:
+    """Every service in one route configuration: one virtual host each."""
     return RouteConfiguration(
         name=EDGE_ROUTES,
-        virtual_hosts=[
-            VirtualHost(
-                name=name,
-                domains=list(service.hosts),
-                routes=[
-                    Route(name=route_name(name, r.name), match=_match(r.match), route=_action(r))
-                    for r in service.routes
-                ],
-            )
-            for name, service in sorted(policy.services.items())
-        ],
+        virtual_hosts=[virtual_host(name, service) for name, service in sorted(policy.services.items())],
     )
+
+
+def service_routes_name(service: str) -> str:
+    """The route configuration holding one service's routes, when routes are scoped."""
+    return f"{EDGE_ROUTES}/{service}"
+
+
+def scopable(policy: Policy) -> bool:
+    """Whether a scope per host picks the same virtual host as Envoy's own matching would.
+
+    A scope's key is compared exactly with the request's host, while a virtual host's domains
+    may be wildcards (`*`, `*.example.com`) that scopes cannot express, and a request whose
+    host has no scope finds no route. So routes are scoped only when every host is exact."""
+    return bool(policy.services) and all("*" not in h for s in policy.services.values() for h in s.hosts)
+
+
+def service_route_configurations(policy: Policy) -> list[RouteConfiguration]:
+    """One route configuration per service, with the service's one virtual host: a change to
+    a service's routes sends that service's few kilobytes, not the whole table."""
+    return [RouteConfiguration(name=service_routes_name(name), virtual_hosts=[virtual_host(name, service)])
+            for name, service in sorted(policy.services.items())]
+
+
+def scopes(policy: Policy) -> list[ScopedRouteConfiguration]:
+    """Per host of each service, the scope that sends its requests to the service's routes.
+    Hosts are compared as Envoy compares domains: lower-case (policy hosts are unique that way)."""
+    return [
+        ScopedRouteConfiguration(
+            name=f"{name}/{host.lower()}",
+            route_configuration_name=service_routes_name(name),
+            key=ScopedRouteConfiguration.Key(fragments=[ScopedRouteConfiguration.Key.Fragment(string_key=host.lower())]),
+        )
+        for name, service in sorted(policy.services.items())
+        for host in service.hosts
+    ]

@@ -22,7 +22,8 @@ class _Subscription:
     names: set[str] = field(default_factory=set)
     known: dict[str, str] = field(default_factory=dict)  # what the proxy has (or was last sent): name -> version
     answered: bool = True
-    rejected: bool = False  # the last answer was a NACK
+    sending: tuple[str, ...] = ()  # what the last response carried
+    refused: dict[str, str] = field(default_factory=dict)  # versions the proxy refused, by name
     nonce: str = ""
     # The type version `known` was last found (or made) equal to; a subscription change resets
     # it. Spares a diff over every resource each time the stream wakes.
@@ -42,8 +43,13 @@ class DeltaSession(Session[DeltaDiscoveryRequest]):
             sub.wildcard = not request.resource_names_subscribe
         # A stale or repeated nonce is no answer, but the subscription changes it carries count.
         if request.response_nonce and request.response_nonce == sub.nonce and not sub.answered:
-            sub.rejected = self.answered(
+            rejected = self.answered(
                 request.type_url, request.error_detail.message if request.HasField("error_detail") else None)
+            for name in sub.sending:
+                if rejected:
+                    sub.refused[name] = sub.known[name]
+                else:
+                    sub.refused.pop(name, None)
             sub.answered = True
         if request.resource_names_subscribe or request.resource_names_unsubscribe:
             sub.synced = None
@@ -58,6 +64,7 @@ class DeltaSession(Session[DeltaDiscoveryRequest]):
             else:
                 sub.names.discard(name)
                 sub.known.pop(name, None)
+                sub.refused.pop(name, None)
 
     def _diff(self, sub: _Subscription, type_url: str, snapshot: Snapshot) -> tuple[list[str], list[str]]:
         current = snapshot.types[type_url]
@@ -72,13 +79,16 @@ class DeltaSession(Session[DeltaDiscoveryRequest]):
             return Settled.NOT_SUBSCRIBED
         if not sub.answered:
             return Settled.IN_FLIGHT
-        version = snapshot.types[type_url].version
+        current = snapshot.types[type_url]
+        version = current.version
         if sub.synced != version:
             changed, removed = self._diff(sub, type_url, snapshot)
             if changed or removed:
                 return Settled.NEEDS_PUSH
             sub.synced = version
-        return Settled.REJECTED if sub.rejected else Settled.YES
+        # One resource refused leaves the others updating; the proxy runs an older version of it.
+        refused = any(current.versions.get(n) == v for n, v in sub.refused.items())
+        return Settled.REJECTED if refused else Settled.YES
 
     def requested(self, type_url: str) -> frozenset[str] | None:
         sub = self._subs.get(type_url)
@@ -93,6 +103,8 @@ class DeltaSession(Session[DeltaDiscoveryRequest]):
             sub.known[name] = current.versions[name]
         for name in removed:
             del sub.known[name]
+            sub.refused.pop(name, None)
+        sub.sending = tuple(changed)
         sub.nonce, sub.answered, sub.synced = response.nonce, False, current.version
         return response.data
 

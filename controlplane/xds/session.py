@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from typing import Generic, TypeVar
 
 from controlplane.cache import Snapshot
-from controlplane.resources import CLUSTER, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
+from controlplane.resources import CLUSTER, DEPENDENT, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
 from controlplane.xds.fleet import Fleet
 from controlplane.xds.status import ProxyStatus
 
@@ -95,7 +95,7 @@ class Session(ABC, Generic[Request]):
                 return None
             state = self.settled(type_url, view)
             if state is Settled.NOT_SUBSCRIBED:
-                if type_url in (ENDPOINT, ROUTE) and view.types[type_url].resources:
+                if type_url in DEPENDENT and view.types[type_url].resources:
                     # The proxy asks for these once it has the clusters or listeners naming
                     # them; until then it has not converged, and nothing after them is sent.
                     self._fleet.expects(self.proxy, type_url)

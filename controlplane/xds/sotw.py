@@ -1,17 +1,27 @@
-"""State-of-the-world sessions: every response carries all of a type's (requested) resources.
+"""State-of-the-world sessions.
 
 Per type, a response is sent only when the proxy has answered the previous one (ACK or NACK)
 and the snapshot differs from what was last sent, so a NACK never causes a re-send loop.
+
+Clusters, listeners and scopes go whole: in state of the world, a resource missing from a
+response of those types is removed. Route configurations go one by one, only those that
+changed (the protocol lets RDS responses carry any subset of the names asked for), so a change
+to one service's routes sends that service's route configuration and nothing else, and a route
+configuration the proxy refused is not sent again while the others keep updating.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3.discovery_pb2 import DiscoveryRequest
 
 from controlplane.cache import Snapshot
+from controlplane.cache.snapshot import TypeSnapshot
+from controlplane.resources import ROUTE
 from controlplane.xds.session import Session, Settled
+
+PER_RESOURCE = (ROUTE,)
 
 
 @dataclass
@@ -22,6 +32,11 @@ class _Subscription:
     sent_version: str | None = None
     sent_names: frozenset[str] | None = None
     nonce: str = ""
+    # PER_RESOURCE types: what the proxy has (or was last sent), name -> version; what the last
+    # response carried; the versions it refused.
+    known: dict[str, str] = field(default_factory=dict)
+    sending: frozenset[str] = frozenset()
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 class SotwSession(Session[DiscoveryRequest]):
@@ -42,15 +57,40 @@ class SotwSession(Session[DiscoveryRequest]):
         elif not sub.answered:
             sub.rejected = self.answered(
                 request.type_url, request.error_detail.message if request.HasField("error_detail") else None)
+            for name in sub.sending:
+                if sub.rejected:
+                    sub.refused[name] = sub.known[name]
+                else:
+                    sub.refused.pop(name, None)
         # else: the answered response's nonce again, with new names (EDS after a CDS change)
+        if names is not None and request.type_url in PER_RESOURCE:
+            for name in sub.known.keys() - names:  # unsubscribed: gone from the proxy
+                del sub.known[name]
+                sub.refused.pop(name, None)
         sub.names = names
         sub.answered = True
+
+    def _changed(self, sub: _Subscription, current: TypeSnapshot) -> list[str]:
+        """PER_RESOURCE types: the names asked for whose version the proxy lacks."""
+        if sub.sent_version is not None:
+            if sub.sent_version == current.version:  # reconnected with what it runs now
+                sub.known = {n: v for n, v in current.versions.items() if sub.names is None or n in sub.names}
+            sub.sent_version = None
+        wanted = current.versions.keys() if sub.names is None else sub.names & current.versions.keys()
+        return sorted(n for n in wanted if sub.known.get(n) != current.versions[n])
 
     def settled(self, type_url: str, snapshot: Snapshot) -> Settled:
         sub = self._subs.get(type_url)
         if sub is None:
             return Settled.NOT_SUBSCRIBED
         current = snapshot.types[type_url]
+        if type_url in PER_RESOURCE:
+            if not sub.answered:
+                return Settled.IN_FLIGHT
+            if self._changed(sub, current):
+                return Settled.NEEDS_PUSH
+            refused = any(current.versions.get(n) == v for n, v in sub.refused.items())
+            return Settled.REJECTED if refused else Settled.YES
         if sub.sent_version == current.version and sub.sent_names == sub.names:
             if not sub.answered:
                 return Settled.IN_FLIGHT
@@ -64,9 +104,16 @@ class SotwSession(Session[DiscoveryRequest]):
     def push(self, type_url: str, snapshot: Snapshot) -> bytes:
         sub = self._subs[type_url]
         current = snapshot.types[type_url]
-        response = current.sotw(sub.names)
-        sub.sent_version, sub.sent_names, sub.nonce, sub.answered = current.version, sub.names, response.nonce, False
+        if type_url in PER_RESOURCE:
+            sub.sending = frozenset(self._changed(sub, current))
+            sub.known.update((n, current.versions[n]) for n in sub.sending)
+            response = current.sotw(sub.sending)
+        else:
+            response = current.sotw(sub.names)
+            sub.sent_version, sub.sent_names = current.version, sub.names
+        sub.nonce, sub.answered = response.nonce, False
         return response.data
 
     def held(self, type_url: str) -> frozenset[str] | None:
-        return self._subs[type_url].sent_names
+        sub = self._subs[type_url]
+        return frozenset(sub.known) if type_url in PER_RESOURCE else sub.sent_names
