@@ -22,9 +22,11 @@ from google.protobuf.wrappers_pb2 import BytesValue, StringValue
 from controlplane.policy import Policy
 from controlplane.policy.filter_limits import RATE_MIN
 from controlplane.translate.geo import TableLookup, georoute_configuration
+from controlplane.translate.llm import llm_config
 from controlplane.translate.sources import ads
 
 GEOROUTE = "sluice.georoute"
+LLM = "sluice.llm"
 RATELIMIT = "sluice.ratelimit"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 
@@ -105,7 +107,8 @@ def _georoute(module: Path, configuration: bytes) -> TypedExtensionConfig:
 def edge_filters(policy: Policy, filters_dir: Path, shares: Mapping[str, float] | None = None,
                  geo_tables: TableLookup = _no_tables) -> tuple[list[HttpFilter], list[TypedExtensionConfig]]:
     """The edge listener's filter chain (before the router) and the configs it discovers:
-    georoute first, so rate limits and routes see the client's region."""
+    georoute first, so rate limits and routes see the client's region; llm last, so requests
+    are rate limited before their bodies are read."""
     chain: list[HttpFilter] = []
     configs: list[TypedExtensionConfig] = []
     geo = policy.geo.get("geo")
@@ -120,4 +123,7 @@ def edge_filters(policy: Policy, filters_dir: Path, shares: Mapping[str, float] 
         module = filters_dir.resolve() / "ratelimit.wasm"
         chain.append(discovered(RATELIMIT))
         configs.append(wasm_filter(RATELIMIT, module, "ratelimit", ratelimit_config(policy, shares)))
+    if policy.models:
+        chain.append(discovered(LLM))
+        configs.append(wasm_filter(LLM, filters_dir.resolve() / "llm.wasm", "llm", llm_config(policy)))
     return chain, configs

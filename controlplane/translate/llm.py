@@ -1,0 +1,155 @@
+"""Models routed from the request body, translated.
+
+- The llm filter's plugin configuration (filters/llm/config.zig): the entry routes (routes whose
+  POST bodies name a model), and per public model name its targets, one per backend, each with
+  its weight, the `x-sluice-model` value the filter sets, and the name to write into the body.
+- Per entry route, one copy per (Model, backend), placed before it, that also matches that
+  header and goes to the backend (or to its fallback cluster). The copies keep the route's name,
+  so rate limits and metrics keyed on `service/route` see one route. Entry routes and copies let
+  Envoy hold a body of up to MAX_BODY_BYTES while the filter reads it.
+- One fallback cluster per (Model, backend) with fallbacks, `model.<Model>.<backend>`: the
+  backend's endpoints at priority 0, each fallback's at the next priority (as geo routing does).
+- `GET /v1/models` on each service with models: answered by Envoy from the policy.
+"""
+
+from __future__ import annotations
+
+import json
+
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.core.v3.base_pb2 import DataSource, HeaderValue, HeaderValueOption
+from envoy.config.endpoint.v3.endpoint_pb2 import ClusterLoadAssignment
+from envoy.config.route.v3.route_components_pb2 import (
+    DirectResponseAction,
+    HeaderMatcher,
+    Route,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
+from envoy.type.matcher.v3.string_pb2 import StringMatcher
+from google.protobuf.wrappers_pb2 import UInt64Value
+
+from controlplane.policy import Policy
+from controlplane.policy.ai import MAX_BODY_BYTES, Model
+from controlplane.translate.clusters import cluster
+from controlplane.translate.endpoints import load_assignment
+from controlplane.translate.routes import route_name
+
+MODEL_HEADER = "x-sluice-model"
+MODELS_PATH = "/v1/models"
+# Envoy's own limit stays above the filter's, so a body over the limit gets the filter's
+# OpenAI-shaped 413 rather than Envoy's plain one.
+BUFFER_LIMIT_BYTES = MAX_BODY_BYTES + 1024 * 1024
+
+
+def target_header(model: str, backend: str) -> str:
+    return f"{model}/{backend}"
+
+
+def fallback_cluster_name(model: str, backend: str) -> str:
+    # Dots cannot appear in policy names, so these never collide with a backend's cluster.
+    return f"model.{model}.{backend}"
+
+
+def llm_config(policy: Policy) -> dict[str, object]:
+    """The filter's plugin configuration."""
+    entries = sorted({route_name(m.service, r) for m in policy.models.values() for r in m.routes})
+    return {
+        "max_body_bytes": MAX_BODY_BYTES,
+        "routes": entries,
+        "models": [
+            {
+                "service": model.service,
+                "name": model.model,
+                "targets": [
+                    {"header": target_header(name, b.backend), "weight": b.weight,
+                     **({"rewrite": b.model} if b.model is not None else {})}
+                    for b in model.backends
+                ],
+            }
+            for name, model in sorted(policy.models.items())
+        ],
+    }
+
+
+def fallback_clusters(policy: Policy) -> list[Cluster]:
+    return [cluster(fallback_cluster_name(name, b.backend), policy.backends[b.backend])
+            for name, model in sorted(policy.models.items()) if model.fallback
+            for b in model.backends]
+
+
+def fallback_assignments(policy: Policy) -> list[ClusterLoadAssignment]:
+    out = []
+    for name, model in sorted(policy.models.items()):
+        if not model.fallback:
+            continue
+        for b in model.backends:
+            assignment = ClusterLoadAssignment(cluster_name=fallback_cluster_name(name, b.backend))
+            for priority, backend in enumerate([b.backend, *model.fallback]):
+                (level,) = load_assignment(backend, policy.backends[backend]).endpoints
+                level.priority = priority
+                assignment.endpoints.append(level)
+            out.append(assignment)
+    return out
+
+
+def _models_route(service: str, models: list[Model]) -> Route:
+    listing = {"object": "list", "data": [
+        {"id": m.model, "object": "model", "created": 0, "owned_by": m.owned_by}
+        for m in sorted(models, key=lambda m: m.model)]}
+    return Route(
+        name=route_name(service, "models"),
+        match=RouteMatch(path=MODELS_PATH, headers=[
+            HeaderMatcher(name=":method", string_match=StringMatcher(exact="GET"))]),
+        direct_response=DirectResponseAction(
+            status=200, body=DataSource(inline_string=json.dumps(listing, separators=(",", ":")))),
+        response_headers_to_add=[HeaderValueOption(
+            header=HeaderValue(key="content-type", value="application/json"),
+            append_action=HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)],
+    )
+
+
+def _target_route(entry: Route, name: str, model: Model, backend: str) -> Route:
+    route = Route()
+    route.CopyFrom(entry)
+    route.match.headers.append(HeaderMatcher(
+        name=MODEL_HEADER, string_match=StringMatcher(exact=target_header(name, backend))))
+    # Replaces the weighted split: the filter chose the backend.
+    route.route.cluster = fallback_cluster_name(name, backend) if model.fallback else backend
+    route.route.ClearField("hash_policy")
+    route.request_headers_to_remove.append(MODEL_HEADER)
+    return route
+
+
+def _with_models(vhost: VirtualHost, policy: Policy) -> None:
+    models = sorted((n, m) for n, m in policy.models.items() if m.service == vhost.name)
+    if not models:
+        return
+    routes = list(vhost.routes)
+    for route_short in sorted({r for _, m in models for r in m.routes}):
+        named = [i for i, r in enumerate(routes) if r.name == route_name(vhost.name, route_short)]
+        # The route as the policy wrote it is the last of its name; copies before it (geo
+        # routing's per region) would catch a request before the model routes otherwise.
+        base = routes[named[-1]]
+        copies = [_target_route(base, n, m, b.backend)
+                  for n, m in models if route_short in m.routes for b in m.backends]
+        for i in named:
+            routes[i].request_body_buffer_limit.CopyFrom(UInt64Value(value=BUFFER_LIMIT_BYTES))
+        for route in copies:
+            route.request_body_buffer_limit.CopyFrom(UInt64Value(value=BUFFER_LIMIT_BYTES))
+        routes[named[0]:named[0]] = copies
+    del vhost.routes[:]
+    vhost.routes.extend([_models_route(vhost.name, [m for _, m in models]), *routes])
+
+
+def with_model_routes(config: RouteConfiguration, policy: Policy) -> RouteConfiguration:
+    """`config` with each entry route preceded by its model routes, and `/v1/models` first in
+    every virtual host that serves models."""
+    if not policy.models:
+        return config
+    out = RouteConfiguration()
+    out.CopyFrom(config)
+    for vhost in out.virtual_hosts:
+        _with_models(vhost, policy)
+    return out
