@@ -64,15 +64,20 @@ class LoadMeter:
         self.in_flight -= 1
         self._rate += 1.0 / self.window_s
 
+    def rate(self) -> float:
+        """Requests finished per second, over about the last window."""
+        self._advance(time.monotonic())
+        return self._rate
+
     def report(self, waiting: int, capacity: int) -> LoadReport:
         """`waiting`: requests queued now; `capacity`: requests in flight that count as fully busy."""
         assert capacity > 0
-        self._advance(time.monotonic())
+        rps = self.rate()
         return LoadReport(
             waiting=waiting,
             running=max(0, self.in_flight - waiting),
             utilization=self._mean_in_flight / capacity,
-            rps=self._rate,
+            rps=rps,
         )
 
 

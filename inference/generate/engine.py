@@ -42,6 +42,7 @@ from inference.generate.runner import CausalLM
 from inference.generate.sampling import SamplingParams, sample
 from inference.generate.sequence import FinishReason, Output, Sequence
 from inference.generate.tokenizer import Detokenizer, TextTokenizer
+from inference.load import LoadMeter
 
 log = logging.getLogger("inference.generate")
 
@@ -97,6 +98,7 @@ class Engine:
         self.tokenizer = tokenizer
         self.executor = executor
         self.stats = GenerationStats(config.name)
+        self.meter = LoadMeter()  # the finish rate in the load report
         block_bytes = BlockPool.bytes_per_block(config.block_size, spec.num_layers, spec.num_kv_heads, spec.head_dim)
         num_blocks = int(config.kv_cache_mb * 2**20) // block_bytes
         needed = -(-config.max_model_len // config.block_size)
@@ -138,6 +140,7 @@ class Engine:
             waiting=len(self._waiting),
             kv_cache_usage=self.pool.usage(),
             max_num_seqs=self.config.max_num_seqs,
+            rps=self.meter.rate(),
         )
 
     def submit(self, request_id: str, prompt: list[int], params: SamplingParams, priority: int = 0, deadline_s: float | None = None) -> Sequence:
@@ -157,6 +160,7 @@ class Engine:
             order=next(self._order),
         )
         heapq.heappush(self._waiting, (seq.rank(), seq))
+        self.meter.started()
         self._wake.set()
         return seq
 
@@ -287,6 +291,7 @@ class Engine:
 
     def _finish(self, seq: Sequence, reason: FinishReason | None, error: Exception | None = None) -> None:
         self._remove(seq)
+        self.meter.finished()
         now = time.monotonic()
         if error is None:
             assert reason is not None

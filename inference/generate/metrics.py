@@ -61,6 +61,7 @@ class Load:
     waiting: int
     kv_cache_usage: float
     max_num_seqs: int
+    rps: float = 0.0  # requests finished per second, lately
 
     def utilization(self) -> float:
         """One number for balancers that take one (ORCA application_utilization): the busier of
@@ -70,7 +71,8 @@ class Load:
     def orca(self) -> str:
         """ORCA `endpoint-load-metrics` in its TEXT form, as Envoy's ORCA parser reads it."""
         return (
-            f"TEXT application_utilization={self.utilization():.4f}, named_metrics.running={self.running}, "
+            f"TEXT application_utilization={self.utilization():.4f}, rps_fractional={self.rps:.3f}, "
+            f"named_metrics.running={self.running}, "
             f"named_metrics.waiting={self.waiting}, named_metrics.kv_cache_usage={self.kv_cache_usage:.4f}"
         )
 
