@@ -23,6 +23,7 @@ class Load:
     port: int
     threads: int = 4
     pause_s: float = 0.01
+    bodies: tuple[str, ...] = (BODY,)  # sent in turn
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -42,9 +43,12 @@ class Load:
 
     def _run(self) -> None:
         conn = HTTPConnection("127.0.0.1", self.port, timeout=10)
+        turn = len(self._workers)
         while not self._stop.is_set():
+            turn += 1
             try:
-                conn.request("POST", "/v2/models/classifier/infer", BODY, {"Content-Type": "application/json"})
+                conn.request("POST", "/v2/models/classifier/infer", self.bodies[turn % len(self.bodies)],
+                             {"Content-Type": "application/json"})
                 response = conn.getresponse()
                 response.read()
                 outcome = Outcome(time.time(), response.status, response.getheader("x-model-version", ""))

@@ -124,15 +124,22 @@ def test_restart_mid_canary_resumes_at_the_same_step(controlplane: ControlPlane,
     assert [e["weight"] for e in final["events"] if e["state"] == "progressing"] == [20, 40, 60]
 
 
-def test_canary_without_traffic_never_promotes(controlplane: ControlPlane, edge: Callable[[int, int], Envoy],
-                                               backends: dict[int, Backend]) -> None:
+def test_canary_without_traffic_pauses_and_never_decides(controlplane: ControlPlane,
+                                                         edge: Callable[[int, int], Envoy],
+                                                         backends: dict[int, Backend]) -> None:
     edge(backends[1].port, backends[2].port)
-    assert controlplane.apply(canary(1.0, [50, 100]))[0] == 200
-    wait_until(lambda: (status(controlplane).get("window") or {}).get("last_verdict"), 10, what="a verdict")
-    time.sleep(2.5)
+    assert controlplane.apply(canary(1.0, [50, 100], inconclusive_limit=3))[0] == 200
+    started = wait_until(lambda: (s := status(controlplane)["status"])["state"] == "progressing" and s, 10,
+                         what="the first step")
+    paused = wait_state(controlplane, {"paused", "succeeded", "rolled_back"}, timeout=10)
+    assert paused["state"] == "paused" and paused["weight"] == 50, paused["events"]
+    assert paused["events"][-1]["at"] - started["step_started_at"] >= 3 * 1.0  # three whole windows
+    assert paused["events"][-1]["gate"] == "thresholds.min_requests"
+    assert "3 inconclusive windows" in paused["events"][-1]["message"]
+    time.sleep(1.5)
     body = status(controlplane)
-    assert (body["status"]["state"], body["status"]["weight"]) == ("progressing", 50)
-    assert body["window"]["last_verdict"]["verdict"] == "inconclusive"
+    assert (body["status"]["state"], body["status"]["weight"]) == ("paused", 50)  # held: no verdict for lack of data
+    assert body["status"]["events"][-1] == paused["events"][-1]
 
 
 def test_operator_actions(controlplane: ControlPlane, edge: Callable[[int, int], Envoy],
@@ -233,7 +240,11 @@ def test_example_canary_starts_on_the_demo_policy(controlplane: ControlPlane) ->
             *yaml.safe_load_all((ROOT / "examples/canary.yaml").read_text())]
     code, body = controlplane.apply(*docs)
     assert code == 200, body
+    # No backend runs here: the canary waits for classifier-v2 to be ready, moving no traffic.
     body = wait_until(lambda: (s := get_json(f"{controlplane.url}/api/v1/canaries/classifier-v2/status"))
-                      ["status"]["weight"] == 20 and s, 10, what="the first step")
+                      ["status"]["events"][-1:] and s["status"]["events"][-1]["message"].startswith(
+                          "waiting for classifier-v2") and s, 10,
+                      what="the canary to wait for its candidate")
+    assert body["status"]["state"] == "pending" and body["status"]["weight"] == 0
     assert body["steps"] == [20, 40, 60, 80, 100] and body["spec"]["interval_s"] == 5
     assert body["spec"]["thresholds"] == {"min_success_rate": 0.99, "max_p99_ms": 500, "min_requests": 5}

@@ -1,0 +1,219 @@
+"""Model-aware canaries against real Envoy and backends: the shadow stage judged on the
+answers themselves, gates relative to the stable version, readiness and manual gates."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import PYTHON, ROOT, Backend, ControlPlane, Envoy, free_port, get_json, wait_until
+from load import Load
+
+from inference import demo
+
+# Four rows per request, drawn as the demo candidates were tuned on: ~3% of rows flip on version 3.
+BODIES = tuple(json.dumps({"inputs": [{"name": "INPUT0", "shape": [4, 4], "datatype": "FP32",
+                                       "data": demo.classifier_inputs(4, seed).ravel().tolist()}]})
+               for seed in range(500))
+
+
+@pytest.fixture(scope="module")
+def candidate_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("candidate-models")
+    subprocess.run([PYTHON, "-m", "inference.gen_models", "--out", str(repository), "--canary-candidates"],
+                   check=True, cwd=ROOT, capture_output=True)
+    return repository
+
+
+@pytest.fixture(scope="module")
+def candidates(tmp_path_factory: pytest.TempPathFactory, candidate_models: Path) -> Iterator[dict[str, Backend]]:
+    """classifier version 1 (stable), 3 (3% of argmax flipped) and 4 (version 1's weights)."""
+    workdir = tmp_path_factory.mktemp("candidate-backends")
+    running: dict[str, Backend] = {}
+    try:
+        for name, load in (("v1", "classifier:1"), ("v3", "classifier:3"), ("v4", "classifier:4")):
+            running[name] = Backend.start(workdir, candidate_models, load)
+        yield running
+    finally:
+        for backend in running.values():
+            backend.proc.stop()
+
+
+def policy(stable_port: int, candidate_port: int) -> list[dict[str, Any]]:
+    endpoint = lambda port: {"endpoints": [{"address": "127.0.0.1", "port": port}]}  # noqa: E731
+    return [
+        {"kind": "Backend", "name": "stable", "spec": endpoint(stable_port)},
+        {"kind": "Backend", "name": "candidate", "spec": endpoint(candidate_port)},
+        {"kind": "Service", "name": "classifier", "spec": {"hosts": ["*"], "routes": [{
+            "name": "infer", "match": {"prefix": "/v2/models/classifier"},
+            "split": [{"backend": "stable", "weight": 100}, {"backend": "candidate", "weight": 0}]}]}},
+    ]
+
+
+def canary(**spec: Any) -> dict[str, Any]:
+    return {"kind": "Canary", "name": "next", "spec": {
+        "service": "classifier", "route": "infer", "stable": "stable", "canary": "candidate",
+        "steps": [50, 100], "interval_s": 1.0, **spec}}
+
+
+def status(cp: ControlPlane) -> dict[str, Any]:
+    return get_json(f"{cp.url}/api/v1/canaries/next/status")
+
+
+def wait_state(cp: ControlPlane, states: set[str], timeout: float) -> dict[str, Any]:
+    return wait_until(lambda: (s := status(cp))["status"]["state"] in states and s, timeout, interval=0.1,
+                      what=f"canary to reach {states}")["status"]
+
+
+@pytest.fixture
+def edge(controlplane: ControlPlane, start_envoy: Callable[..., Envoy]) -> Callable[[int, int], Envoy]:
+    def start(stable_port: int, candidate_port: int) -> Envoy:
+        code, body = controlplane.apply(*policy(stable_port, candidate_port))
+        assert code == 200, body
+        envoy = start_envoy(controlplane)
+        controlplane.wait_converged(envoy.node_id)
+        return envoy
+
+    return start
+
+
+@pytest.fixture
+def hooks() -> Iterator[tuple[str, list[tuple[str, dict[str, Any]]], threading.Event]]:
+    """A webhook receiver: (base URL, calls, an event that opens the /pre-promotion gate)."""
+    calls: list[tuple[str, dict[str, Any]]] = []
+    gate_open = threading.Event()
+
+    class Hooks(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            calls.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            self.send_response(403 if self.path == "/pre-promotion" and not gate_open.is_set() else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", calls, gate_open
+    finally:
+        server.shutdown()
+
+
+SHADOW = {"percent": 100, "windows": 2, "min_comparisons": 40, "min_agreement": 0.995}
+
+
+def test_candidate_that_flips_predictions_is_stopped_in_shadow(controlplane: ControlPlane,
+                                                               edge: Callable[[int, int], Envoy],
+                                                               candidates: dict[str, Backend]) -> None:
+    envoy = edge(candidates["v1"].port, candidates["v3"].port)
+    with Load(envoy.listen_port, bodies=BODIES) as load:
+        assert controlplane.apply(canary(shadow=SHADOW))[0] == 200
+        shadowing = wait_until(lambda: (s := status(controlplane)).get("window", {}).get("shadow") and s, 10,
+                               what="live shadow figures")
+        final = wait_state(controlplane, {"succeeded", "rolled_back"}, timeout=15)
+    assert shadowing["status"]["stage"] == "shadow" and shadowing["status"]["weight"] == 0
+    assert final["state"] == "rolled_back", final["events"]
+    assert final["events"][-1]["gate"] == "shadow.min_agreement", final["events"][-1]
+    assert "argmax agreement" in final["events"][-1]["message"]
+    assert max(e["weight"] for e in final["events"]) == 0  # never any live weight
+    assert {o.version for o in load.outcomes} == {"1"} and {o.status for o in load.outcomes} == {200}
+    spec = get_json(f"{controlplane.url}/api/v1/services/classifier")["spec"]["routes"][0]
+    assert {w["backend"]: w["weight"] for w in spec["split"]} == {"stable": 100, "candidate": 0}
+    assert spec["mirrors"] == []  # the mirror went with the shadow stage
+
+
+def test_identical_candidate_is_promoted_in_steps_times_interval(controlplane: ControlPlane,
+                                                                 edge: Callable[[int, int], Envoy],
+                                                                 candidates: dict[str, Backend]) -> None:
+    envoy = edge(candidates["v1"].port, candidates["v4"].port)
+    interval = 1.0
+    spec = canary(shadow={**SHADOW, "percent": 50}, interval_s=interval, thresholds={
+        "min_requests": 10, "max_success_rate_drop": 0.01, "max_p99_ratio": 1.2, "p99_tolerance_ms": 25})
+    with Load(envoy.listen_port, bodies=BODIES) as load:
+        started = time.time()
+        assert controlplane.apply(spec)[0] == 200
+        watch = subprocess.Popen([PYTHON, "-m", "sluice", "canary", "watch", "next", "--every", "0.3",
+                                  "--server", controlplane.url], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        final = wait_state(controlplane, {"succeeded", "rolled_back", "paused"}, timeout=20)
+        took = time.time() - started
+        shown, _ = watch.communicate(timeout=10)
+    assert final["state"] == "succeeded", [(e["message"], e["gate"]) for e in final["events"]]
+    windows = SHADOW["windows"] + 2  # two shadow windows, then steps 50 and 100
+    assert windows * interval <= took <= (windows + 1) * interval + 1.0  # +1 s: noticing and pushing
+    stages = [e["message"].split(":")[0] for e in final["events"] if e["state"] == "progressing"]
+    assert stages == ["shadow", "step 1", "step 2"]
+    assert "shadow  " in shown and "agreement 100.00%" in shown and "max |diff| 0" in shown
+    assert "canary vs stable: p99" in shown
+    assert {o.status for o in load.outcomes} == {200}
+
+
+def test_slower_candidate_fails_the_p99_ratio_in_the_weighted_stage(controlplane: ControlPlane,
+                                                                     edge: Callable[[int, int], Envoy],
+                                                                     candidates: dict[str, Backend],
+                                                                     candidate_models: Path, tmp_path: Path) -> None:
+    slow = Backend.start(tmp_path, candidate_models, "classifier:4", "--fault-delay-ms", "30")
+    try:
+        envoy = edge(candidates["v1"].port, slow.port)
+        interval = 1.0
+        spec = canary(interval_s=interval, thresholds={"min_requests": 10, "max_p99_ms": None, "max_p99_ratio": 1.2})
+        with Load(envoy.listen_port, bodies=BODIES):
+            assert controlplane.apply(spec)[0] == 200
+            first = wait_until(lambda: (s := status(controlplane)["status"])["stage"] == "weighted" and s, 10,
+                               what="the weighted stage")
+            final = wait_state(controlplane, {"succeeded", "rolled_back"}, timeout=15)
+    finally:
+        slow.proc.stop()
+    assert final["state"] == "rolled_back", final["events"]
+    assert final["events"][-1]["gate"] == "thresholds.max_p99_ratio"
+    assert final["events"][-1]["at"] - first["step_started_at"] <= 2 * interval + 0.5
+    assert max(e["weight"] for e in final["events"]) == 50
+
+
+def test_candidate_never_ready_is_rolled_back_loudly(controlplane: ControlPlane, edge: Callable[[int, int], Envoy],
+                                                     candidates: dict[str, Backend],
+                                                     hooks: tuple[str, list[tuple[str, dict[str, Any]]],
+                                                                  threading.Event]) -> None:
+    base, calls, _ = hooks
+    edge(candidates["v1"].port, free_port())  # nothing listens there
+    assert controlplane.apply(canary(shadow=SHADOW, ready_timeout_s=1.5,
+                                     webhooks={"on_rollback": f"{base}/rollback"}))[0] == 200
+    final = wait_state(controlplane, {"succeeded", "rolled_back"}, timeout=10)
+    assert final["state"] == "rolled_back" and final["events"][-1]["gate"] == "ready_timeout_s"
+    assert "waiting for candidate to be ready" in [e["message"] for e in final["events"]][1]
+    wait_until(lambda: [c for c in calls if c[0] == "/rollback"], 5, what="the rollback webhook")
+    assert calls[-1][1]["reason"] == "never ready"
+
+
+def test_waiting_manual_gate_does_not_block_a_rollback(controlplane: ControlPlane,
+                                                       edge: Callable[[int, int], Envoy],
+                                                       candidates: dict[str, Backend], candidate_models: Path,
+                                                       tmp_path: Path,
+                                                       hooks: tuple[str, list[tuple[str, dict[str, Any]]],
+                                                                    threading.Event]) -> None:
+    base, calls, _ = hooks
+    candidate = Backend.start(tmp_path, candidate_models, "classifier:4")
+    try:
+        envoy = edge(candidates["v1"].port, candidate.port)
+        spec = canary(steps=[50], thresholds={"min_requests": 10},
+                      webhooks={"pre_promotion": f"{base}/pre-promotion", "on_rollback": f"{base}/rollback"})
+        with Load(envoy.listen_port, bodies=BODIES):
+            assert controlplane.apply(spec)[0] == 200
+            held = wait_until(lambda: (s := status(controlplane)["status"])["state"] == "promoting" and s, 10,
+                              what="the closed pre-promotion gate to hold the canary")
+            assert held["events"][-1]["gate"] == "webhooks.pre_promotion"
+            candidate.proc.stop()  # the candidate dies while the gate waits
+            final = wait_state(controlplane, {"succeeded", "rolled_back"}, timeout=10)
+    finally:
+        candidate.proc.stop()
+    assert final["state"] == "rolled_back" and final["weight"] == 0, final["events"]
+    assert final["events"][-1]["gate"] == "thresholds.min_success_rate"
+    wait_until(lambda: [c for c in calls if c[0] == "/rollback"], 5, what="the rollback webhook")
