@@ -30,7 +30,7 @@ from inference.config import (
     TensorConfig,
     VersionPolicy,
 )
-from inference.generate.checkpoint import FAMILIES, SMALL, TINY, Family, build_files
+from inference.generate.checkpoint import CANDIDATE_TOKEN, FAMILIES, SMALL, TINY, Family, build_files
 from inference.generate.config import GenerateConfig
 
 log = logging.getLogger("inference.gen_models")
@@ -191,20 +191,20 @@ def generative_config(family: Family) -> GenerateConfig:
     return GenerateConfig(name=family.name, max_model_len=4096, kv_cache_mb=512, prefill_chunk_tokens=256)
 
 
-def generate_llm(out: Path, family: Family) -> list[Path]:
+def generate_llm(out: Path, family: Family, candidate: bool = False) -> list[Path]:
     """A generative model: config.yaml, and version 1 as Hugging Face files plus model.onnx."""
     model_dir = out / family.name
     files = {model_dir / CONFIG_FILE: generative_config(family).to_yaml().encode()}
-    files.update({model_dir / "1" / name: content for name, content in build_files(family).items()})
+    files.update({model_dir / "1" / name: content for name, content in build_files(family, candidate).items()})
     return [path for path, content in files.items() if _write_if_changed(path, content)]
 
 
 def generate(out: Path, resnet: bool = False, llms: tuple[str, ...] = (TINY.name,),
-             candidates: bool = False) -> list[Path]:
+             candidates: bool = False, llm_candidate: bool = False) -> list[Path]:
     """Build the repository under `out`; returns the files that were (re)written."""
-    versions = (*demo.CLASSIFIER_VERSIONS, *(demo.CLASSIFIER_CANDIDATES if candidates else ()))
+    classifiers = (*demo.CLASSIFIER_VERSIONS, *(demo.CLASSIFIER_CANDIDATES if candidates else ()))
     models: list[tuple[ModelConfig, dict[int, bytes]]] = [
-        (classifier_config(), {v: classifier_onnx(v) for v in versions}),
+        (classifier_config(), {v: classifier_onnx(v) for v in classifiers}),
     ]
     if resnet:
         models.append((resnet50_config(), {1: resnet50_onnx()}))
@@ -215,7 +215,7 @@ def generate(out: Path, resnet: bool = False, llms: tuple[str, ...] = (TINY.name
         files.update({model_dir / str(v) / MODEL_FILE: onnx_bytes for v, onnx_bytes in versions.items()})
         written.extend(path for path, content in files.items() if _write_if_changed(path, content))
     for name in llms:
-        written.extend(generate_llm(out, FAMILIES[name]))
+        written.extend(generate_llm(out, FAMILIES[name], llm_candidate))
     return written
 
 
@@ -241,10 +241,18 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{v} (version 1 with {flip:.0%} of argmax predictions flipped)"
                     for v, flip in demo.CLASSIFIER_CANDIDATES.items()),
     )
+    parser.add_argument(
+        "--llm-candidate",
+        action="store_true",
+        help=f"write the generative models as canary candidates: the input embedding of {CANDIDATE_TOKEN!r} redrawn, "
+        "so greedy outputs change for prompts containing it (use a repository of its own: a generative model "
+        "serves its highest version)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     llms = (TINY.name, SMALL.name) if args.small_llm else (TINY.name,)
-    written = generate(args.out, resnet=args.resnet, llms=llms, candidates=args.canary_candidates)
+    written = generate(args.out, resnet=args.resnet, llms=llms, candidates=args.canary_candidates,
+                       llm_candidate=args.llm_candidate)
     for path in written:
         log.info("wrote %s", path)
     log.info("model repository %s: %d file(s) written, the rest already up to date", args.out, len(written))

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 from safetensors.numpy import load_file, save
 from tokenizers import Tokenizer
 
@@ -36,11 +37,21 @@ SMALL = Family("small-llama", LlamaSpec(1024, 512, 8, 8, 2, 1408, 4096), seed=12
 FAMILIES = {f.name: f for f in (TINY, SMALL)}
 
 
-def build_files(family: Family) -> dict[str, bytes]:
-    """Every file of one version, by file name: deterministic for a family."""
+# A canary candidate of a family: the input embedding of this one token redrawn, so greedy
+# outputs change for prompts that contain it (and only for them).
+CANDIDATE_TOKEN = " river"
+
+
+def build_files(family: Family, candidate: bool = False) -> dict[str, bytes]:
+    """Every file of one version, by file name: deterministic for a family (and its candidate)."""
     tokenizer = train(family.spec.vocab_size)
     spec = replace(family.spec, vocab_size=tokenizer.get_vocab_size())
     weights = make_weights(spec, family.seed)
+    if candidate:
+        ids = tokenizer.encode(CANDIDATE_TOKEN, add_special_tokens=False).ids
+        assert len(ids) == 1, f"{CANDIDATE_TOKEN!r} is not one token of the trained tokenizer"
+        embeddings = weights["model.embed_tokens.weight"]
+        embeddings[ids[0]] = np.random.default_rng(family.seed + 1000).standard_normal(embeddings.shape[1])
     bos, eos, end = (_token_id(tokenizer, t) for t in (BOS, EOS, END))
     hf_config = spec.hf_config(bos_token_id=bos, eos_token_id=eos)
 
