@@ -287,13 +287,20 @@ class Retries(Strict):
     num_retries: Annotated[int, Field(ge=1, le=10, description="retries after the first try")] = 2
     retry_on: Annotated[list[RetryOn], Field(min_length=1, max_length=13)] = [
         "connect-failure", "refused-stream", "unavailable", "cancelled", "reset"]
-    per_try_timeout_s: Annotated[float, Field(gt=0, le=3600, description="null: the route's timeout")] | None = None
+    per_try_timeout_s: Annotated[float, Field(
+        gt=0, le=3600, description="how long a try may wait for the response headers (a first-byte timeout: a "
+                                   "stream already answering is never cut by it); null: the route's timeout")] | None = None
     other_host: Annotated[bool, Field(description="retry on an endpoint not yet tried")] = True
+    retriable_status_codes: Annotated[list[Annotated[int, Field(ge=400, le=599)]], Field(
+        max_length=16, description="answers with these statuses are retried too (429 from a busy replica, say); "
+                                   "only before the first response byte, as every retry")] = []
 
     @model_validator(mode="after")
     def _unique_conditions(self) -> Retries:
         if len(set(self.retry_on)) != len(self.retry_on):
             raise ValueError("retry_on names a condition more than once")
+        if len(set(self.retriable_status_codes)) != len(self.retriable_status_codes):
+            raise ValueError("retriable_status_codes names a status more than once")
         return self
 
 

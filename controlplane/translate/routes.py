@@ -85,7 +85,9 @@ def _match(m: p.RouteMatch) -> RouteMatch:
 
 
 def _retry_policy(r: p.Retries) -> RetryPolicy:
-    out = RetryPolicy(retry_on=",".join(r.retry_on), num_retries=UInt32Value(value=r.num_retries))
+    conditions = [*r.retry_on, *(["retriable-status-codes"] if r.retriable_status_codes else [])]
+    out = RetryPolicy(retry_on=",".join(conditions), num_retries=UInt32Value(value=r.num_retries),
+                      retriable_status_codes=r.retriable_status_codes)
     if r.per_try_timeout_s is not None:
         out.per_try_timeout.CopyFrom(seconds(r.per_try_timeout_s))
     if r.other_host:

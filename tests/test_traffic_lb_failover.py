@@ -1,4 +1,4 @@
-"""Load-aware balancing in the policy model and in the translated clusters."""
+"""Load-aware balancing and stream-safe retries in the policy model and in the translated protos."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v
     ClientSideWeightedRoundRobin,
 )
 from envoy.extensions.load_balancing_policies.least_request.v3.least_request_pb2 import LeastRequest
-from test_traffic_policy import backend, cluster, problems, seconds, unpack
+from test_traffic_policy import backend, cluster, problems, route, seconds, service, unpack
 
 
 def test_load_aware_is_client_side_weighted_round_robin_on_orca_reports() -> None:
@@ -57,4 +57,24 @@ BAD: list[tuple[dict[str, Any], str, str]] = [
 @pytest.mark.parametrize(("spec", "loc", "msg"), BAD)
 def test_bad_load_balancing_names_the_field(spec: dict[str, Any], loc: str, msg: str) -> None:
     ((where, why),) = problems(backend(**spec))
+    assert where == loc and msg in why, why
+
+
+def test_retriable_status_codes_are_retried_before_the_first_byte() -> None:
+    r = route(retries={"retriable_status_codes": [429, 503], "per_try_timeout_s": 0.2}).route.retry_policy
+    assert r.retry_on == "connect-failure,refused-stream,unavailable,cancelled,reset,retriable-status-codes"
+    assert list(r.retriable_status_codes) == [429, 503]
+    assert seconds(r.per_try_timeout) == 0.2
+    assert "retriable-status-codes" not in route().route.retry_policy.retry_on
+
+
+BAD_RETRIES: list[tuple[dict[str, Any], str, str]] = [
+    ({"retriable_status_codes": [200]}, "spec.routes.0.retries.retriable_status_codes.0", "greater than or equal to 400"),
+    ({"retriable_status_codes": [429, 429]}, "spec.routes.0.retries", "names a status more than once"),
+]
+
+
+@pytest.mark.parametrize(("retries", "loc", "msg"), BAD_RETRIES)
+def test_bad_retries_name_the_field(retries: dict[str, Any], loc: str, msg: str) -> None:
+    ((where, why),) = problems(service(retries=retries))
     assert where == loc and msg in why, why
