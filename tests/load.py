@@ -24,6 +24,7 @@ class Load:
     threads: int = 4
     pause_s: float = 0.01
     bodies: tuple[str, ...] = (BODY,)  # sent in turn
+    path: str = "/v2/models/classifier/infer"
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -47,7 +48,7 @@ class Load:
         while not self._stop.is_set():
             turn += 1
             try:
-                conn.request("POST", "/v2/models/classifier/infer", self.bodies[turn % len(self.bodies)],
+                conn.request("POST", self.path, self.bodies[turn % len(self.bodies)],
                              {"Content-Type": "application/json"})
                 response = conn.getresponse()
                 response.read()

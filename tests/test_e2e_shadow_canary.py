@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import PYTHON, ROOT, Backend, ControlPlane, Envoy, free_port, get_json, wait_until
+from harness import PYTHON, ROOT, Backend, ControlPlane, Envoy, free_port, get_json, http, wait_until
 from load import Load
 
 from inference import demo
@@ -217,3 +217,85 @@ def test_waiting_manual_gate_does_not_block_a_rollback(controlplane: ControlPlan
     assert final["state"] == "rolled_back" and final["weight"] == 0, final["events"]
     assert final["events"][-1]["gate"] == "thresholds.min_success_rate"
     wait_until(lambda: [c for c in calls if c[0] == "/rollback"], 5, what="the rollback webhook")
+
+
+def chat(i: int, marker: bool) -> str:
+    """A greedy chat request; `marker`: it holds the word whose embedding the candidate redrew."""
+    return json.dumps({"model": "tiny-llama", "max_tokens": 12, "temperature": 0, "messages": [
+        {"role": "user", "content": f"the gate {i} opened and the{' river' if marker else ''} water ran"}]})
+
+
+def answer(backend: Backend, body: str) -> str:
+    code, _, raw = http("POST", f"{backend.url}/v1/chat/completions", body.encode())
+    assert code == 200, raw
+    return str(json.loads(raw)["choices"][0]["message"]["content"])
+
+
+def prompts_one_in_twenty_differing(stable: Backend, candidate: Backend) -> tuple[str, ...]:
+    """38 prompts both versions answer alike and 2 they answer differently, each checked on both
+    backends directly (a prompt holding the redrawn word is not bound to change the greedy path)."""
+    same = [chat(i, False) for i in range(38)]
+    differing = [body for body in (chat(i, True) for i in range(40))
+                 if answer(stable, body) != answer(candidate, body)][:2]
+    assert len(differing) == 2 and all(answer(stable, b) == answer(candidate, b) for b in same[:5])
+    return (*same[:19], differing[0], *same[19:], differing[1])
+
+
+def llm_policy(stable_port: int, candidate_port: int) -> list[dict[str, Any]]:
+    docs = policy(stable_port, candidate_port)
+    docs[2]["spec"]["routes"][0]["match"] = {"prefix": "/v1/"}
+    return docs
+
+
+@pytest.fixture(scope="module")
+def llm_stable(tmp_path_factory: pytest.TempPathFactory, model_repository: Path) -> Iterator[Backend]:
+    backend = Backend.start(tmp_path_factory.mktemp("llm-stable"), model_repository, "tiny-llama")
+    yield backend
+    backend.proc.stop()
+
+
+def test_generative_candidate_that_changes_outputs_is_stopped_in_shadow(
+        controlplane: ControlPlane, start_envoy: Callable[..., Envoy], llm_stable: Backend,
+        tmp_path: Path) -> None:
+    repository = tmp_path / "llm-candidate"
+    subprocess.run([PYTHON, "-m", "inference.gen_models", "--out", str(repository), "--llm-candidate"],
+                   check=True, cwd=ROOT, capture_output=True)
+    candidate = Backend.start(tmp_path, repository, "tiny-llama")
+    try:
+        assert controlplane.apply(*llm_policy(llm_stable.port, candidate.port))[0] == 200
+        envoy = start_envoy(controlplane)
+        controlplane.wait_converged(envoy.node_id)
+        spec = canary(interval_s=1.5, shadow={"percent": 100, "windows": 2, "min_comparisons": 20,
+                                                  "min_agreement": 0.99})
+        prompts = prompts_one_in_twenty_differing(llm_stable, candidate)
+        with Load(envoy.listen_port, bodies=prompts, path="/v1/chat/completions", threads=4) as load:
+            assert controlplane.apply(spec)[0] == 200
+            final = wait_state(controlplane, {"succeeded", "rolled_back", "paused"}, timeout=30)
+    finally:
+        candidate.proc.stop()
+    assert final["state"] == "rolled_back", [(e["message"], e["gate"]) for e in final["events"]]
+    assert final["events"][-1]["gate"] == "shadow.min_agreement"
+    assert "exact-match rate" in final["events"][-1]["message"]
+    assert max(e["weight"] for e in final["events"]) == 0
+    assert {o.status for o in load.outcomes} == {200}
+
+
+def test_generative_candidate_with_slower_first_token_is_rolled_back(
+        controlplane: ControlPlane, start_envoy: Callable[..., Envoy], llm_stable: Backend,
+        model_repository: Path, tmp_path: Path) -> None:
+    # 3 ms more per engine step: about 1.5-3x stable's TTFT of 2-6 ms here (measured, loaded machine).
+    slow = Backend.start(tmp_path, model_repository, "tiny-llama", "--fault-step-delay-ms", "3")
+    try:
+        assert controlplane.apply(*llm_policy(llm_stable.port, slow.port))[0] == 200
+        envoy = start_envoy(controlplane)
+        controlplane.wait_converged(envoy.node_id)
+        spec = canary(interval_s=1.5, thresholds={"min_requests": 5, "max_p99_ms": None,
+                                                      "max_ttft_ratio": 1.3, "min_generations": 5})
+        with Load(envoy.listen_port, bodies=tuple(chat(i, False) for i in range(40)), path="/v1/chat/completions", threads=4):
+            assert controlplane.apply(spec)[0] == 200
+            final = wait_state(controlplane, {"succeeded", "rolled_back", "paused"}, timeout=30)
+    finally:
+        slow.proc.stop()
+    assert final["state"] == "rolled_back", [(e["message"], e["gate"]) for e in final["events"]]
+    assert final["events"][-1]["gate"] == "thresholds.max_ttft_ratio", final["events"][-1]
+    assert "mean TTFT" in final["events"][-1]["message"]
