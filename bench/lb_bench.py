@@ -17,6 +17,7 @@ and a measured window (`--duration` s), in turns, for `--rounds` rounds; figures
 over rounds. The slow replica's share comes from Envoy's per-host counters.
 
   .venv/bin/python bench/lb_bench.py [--duration 6] [--rounds 3] [--concurrency 16]
+  .venv/bin/python bench/lb_bench.py --slow-ms 0 --rate 500      # what picking costs, equal replicas
 
 On a shared 2-core machine the client, Envoy and three backends share the cores: read the
 ratios against round_robin and least_request, which come from the same run.
@@ -131,6 +132,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--load", type=float, default=0.7, help="share of the measured capacity to offer")
+    parser.add_argument("--rate", type=float, help="offer this many req/s instead (the picker's cost: --slow-ms 0 --rate 500)")
     parser.add_argument("--slow-ms", type=float, default=20.0)
     parser.add_argument("--model-repository", type=Path, default=ROOT / "models")
     args = parser.parse_args()
@@ -161,9 +163,9 @@ def main() -> None:
             capacity_run = asyncio.run(drive(f"{envoy.url}/v2/models/classifier/infer", "least-request",
                                              args.concurrency, args.duration, None))
             capacity = capacity_run.rps
-            rate = capacity * args.load
+            rate = args.rate or capacity * args.load
             print(f"capacity (least_request, {args.concurrency} callers, no pause): {capacity:.0f} req/s; "
-                  f"offered: {rate:.0f} req/s ({args.load:.0%})", flush=True)
+                  f"offered: {rate:.0f} req/s ({rate / capacity:.0%})", flush=True)
 
             runs: dict[str, list[Run]] = {name: [] for name in CANDIDATES}
             for round_number in range(args.rounds):
