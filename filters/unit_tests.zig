@@ -15,4 +15,6 @@ test {
     _ = @import("llm/body.zig");
     _ = @import("llm/config.zig");
     _ = @import("llm/openai.zig");
+    _ = @import("shed/config.zig");
+    _ = @import("shed/report.zig");
 }

@@ -9,7 +9,9 @@ from envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v
     ClientSideWeightedRoundRobin,
 )
 from envoy.extensions.load_balancing_policies.least_request.v3.least_request_pb2 import LeastRequest
-from test_traffic_policy import backend, cluster, problems, route, seconds, service, unpack
+from test_traffic_policy import backend, cluster, policy, problems, route, seconds, service, unpack
+
+from controlplane.translate.shed import shed_config
 
 
 def test_load_aware_is_client_side_weighted_round_robin_on_orca_reports() -> None:
@@ -77,4 +79,39 @@ BAD_RETRIES: list[tuple[dict[str, Any], str, str]] = [
 @pytest.mark.parametrize(("retries", "loc", "msg"), BAD_RETRIES)
 def test_bad_retries_name_the_field(retries: dict[str, Any], loc: str, msg: str) -> None:
     ((where, why),) = problems(service(retries=retries))
+    assert where == loc and msg in why, why
+
+
+def test_shedding_covers_routes_whose_every_backend_sheds() -> None:
+    shedding = {"queue_threshold": 8, "retry_after_s": 2, "report_max_age_s": 1.5}
+    both = policy(
+        backend(shedding=shedding, endpoints=[{"address": "10.0.0.1", "port": 8001}, {"address": "::1", "port": 8002}]),
+        backend(shedding=shedding | {"queue_threshold": 3}, endpoints=[{"address": "10.0.0.2", "port": 8001}]) | {"name": "other"},
+        backend() | {"name": "plain"},
+        {"kind": "Service", "name": "svc", "spec": {"routes": [
+            {"name": "shed", "match": {"prefix": "/a"}, "split": [{"backend": "model"}, {"backend": "other"}]},
+            {"name": "mixed", "match": {"prefix": "/b"}, "split": [{"backend": "model"}, {"backend": "plain"}]},
+            {"name": "idle", "match": {"prefix": "/c"}, "split": [{"backend": "model"}, {"backend": "plain", "weight": 0}]},
+        ]}})
+    config = shed_config(both)
+    assert config is not None and config["priority_header"] == "x-sluice-priority"
+    assert [r["route"] for r in config["routes"]] == ["svc/shed", "svc/idle"]  # type: ignore[index]
+    shed = config["routes"][0]  # type: ignore[index]
+    assert (shed["retry_after_s"], shed["max_age_ms"]) == (2, 1500)
+    assert shed["endpoints"] == [{"address": "10.0.0.1:8001", "threshold": 8}, {"address": "10.0.0.2:8001", "threshold": 3},
+                                 {"address": "[::1]:8002", "threshold": 8}]
+    assert shed_config(policy(backend(), service())) is None
+
+
+BAD_SHEDDING: list[tuple[dict[str, Any], str, str]] = [
+    ({"shedding": {}}, "spec.shedding.queue_threshold", "Field required"),
+    ({"shedding": {"queue_threshold": 0}}, "spec.shedding.queue_threshold", "greater than or equal to 1"),
+    ({"shedding": {"queue_threshold": 4, "retry_after_s": 0}}, "spec.shedding.retry_after_s", "greater than or equal to 1"),
+    ({"shedding": {"queue_threshold": 4, "report_max_age_s": 601}}, "spec.shedding.report_max_age_s", "less than or equal to 600"),
+]
+
+
+@pytest.mark.parametrize(("spec", "loc", "msg"), BAD_SHEDDING)
+def test_bad_shedding_names_the_field(spec: dict[str, Any], loc: str, msg: str) -> None:
+    ((where, why),) = problems(backend(**spec))
     assert where == loc and msg in why, why

@@ -182,6 +182,18 @@ class LoadAware(Strict):
         return self
 
 
+class Shedding(Strict):
+    """Refuse requests of priority below 0 at the edge (429 and Retry-After, at once) while every
+    replica that could serve them reports at least `queue_threshold` waiting requests (ORCA
+    `named_metrics.waiting`). Priority is the `x-sluice-priority` request header, 0 when absent;
+    0 and above is never refused. A report older than `report_max_age_s` counts as not full."""
+
+    queue_threshold: Annotated[int, Field(ge=1, le=1_000_000, description="waiting requests at which a replica is full")]
+    retry_after_s: Annotated[int, Field(ge=1, le=3600, description="Retry-After of the 429")] = 1
+    report_max_age_s: Annotated[float, Field(
+        ge=0.001, le=600, description="older load reports are ignored: shedding fails open")] = 2.0
+
+
 class Backend(Strict):
     """A set of endpoints serving one model version (one Envoy cluster)."""
 
@@ -194,6 +206,9 @@ class Backend(Strict):
     load_aware: Annotated[LoadAware | None, Field(
         description="lb_policy load_aware only; null: the defaults")] = None
     slow_start: Annotated[SlowStart | None, Field(description="round_robin, least_request and load_aware only")] = None
+    shedding: Annotated[Shedding | None, Field(
+        description="refuse low-priority requests at the edge while every replica's queue is full; "
+                    "applies to routes all of whose backends set it")] = None
     outlier_detection: OutlierDetection | None = OutlierDetection()
     health_check: HealthCheck | None = None
     circuit_breakers: CircuitBreakers = CircuitBreakers()

@@ -23,11 +23,13 @@ from controlplane.policy import Policy
 from controlplane.policy.filter_limits import RATE_MIN
 from controlplane.translate.geo import TableLookup, georoute_configuration
 from controlplane.translate.llm import llm_config
+from controlplane.translate.shed import shed_config
 from controlplane.translate.sources import ads
 
 GEOROUTE = "sluice.georoute"
 LLM = "sluice.llm"
 RATELIMIT = "sluice.ratelimit"
+SHED = "sluice.shed"
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 
 
@@ -123,6 +125,11 @@ def edge_filters(policy: Policy, filters_dir: Path, shares: Mapping[str, float] 
         module = filters_dir.resolve() / "ratelimit.wasm"
         chain.append(discovered(RATELIMIT))
         configs.append(wasm_filter(RATELIMIT, module, "ratelimit", ratelimit_config(policy, shares)))
+    # After rate limits (a shed request has spent its tokens, as any refused one), before llm
+    # (a shed request's body is never read).
+    if (shedding := shed_config(policy)) is not None:
+        chain.append(discovered(SHED))
+        configs.append(wasm_filter(SHED, filters_dir.resolve() / "shed.wasm", "shed", shedding))
     if policy.models:
         chain.append(discovered(LLM))
         configs.append(wasm_filter(LLM, filters_dir.resolve() / "llm.wasm", "llm", llm_config(policy)))
