@@ -299,3 +299,40 @@ def test_generative_candidate_with_slower_first_token_is_rolled_back(
     assert final["state"] == "rolled_back", [(e["message"], e["gate"]) for e in final["events"]]
     assert final["events"][-1]["gate"] == "thresholds.max_ttft_ratio", final["events"][-1]
     assert "mean TTFT" in final["events"][-1]["message"]
+
+
+def test_example_shadow_canary_stops_version_2_on_the_demo_policy(controlplane: ControlPlane,
+                                                                  start_envoy: Callable[..., Envoy],
+                                                                  backends: dict[int, Backend]) -> None:
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all((ROOT / "examples/demo.yaml").read_text()) if d]
+    ports = {"classifier-v1": backends[1].port, "classifier-v2": backends[2].port}
+    for doc in docs:
+        if doc["kind"] == "Backend" and doc["name"] in ports:
+            doc["spec"]["endpoints"] = [{"address": "127.0.0.1", "port": ports[doc["name"]]}]
+    assert controlplane.apply(*docs)[0] == 200
+    envoy = start_envoy(controlplane)
+    controlplane.wait_converged(envoy.node_id)
+    example = yaml.safe_load((ROOT / "examples/shadow-canary.yaml").read_text())
+    url = f"{controlplane.url}/api/v1/canaries/{example['name']}/status"
+    with Load(envoy.listen_port) as load:  # the README's single request, over and over
+        assert controlplane.apply(example)[0] == 200
+        final = wait_until(lambda: (s := get_json(url)["status"])["state"] in ("rolled_back", "succeeded") and s,
+                           15, interval=0.1, what="a verdict")
+    assert final["state"] == "rolled_back" and final["events"][-1]["gate"] == "shadow.min_agreement"
+    assert {o.version for o in load.outcomes} == {"1"}
+    backends_left = {b["name"] for b in get_json(f"{controlplane.url}/api/v1/backends")["items"]}
+    assert "classifier-v1" in backends_left and "classifier-v2-shadow-shadow" not in backends_left
+
+
+def test_deleting_a_shadowing_canary_removes_its_mirror(controlplane: ControlPlane, edge: Callable[[int, int], Envoy],
+                                                        candidates: dict[str, Backend]) -> None:
+    edge(candidates["v1"].port, candidates["v4"].port)
+    assert controlplane.apply(canary(shadow=SHADOW))[0] == 200
+    wait_until(lambda: status(controlplane)["status"]["stage"] == "shadow", 10, what="the shadow stage")
+    route = lambda: get_json(f"{controlplane.url}/api/v1/services/classifier")["spec"]["routes"][0]  # noqa: E731
+    assert route()["mirrors"] == [{"backend": "next-shadow", "percent": 100.0}]
+    assert http("DELETE", f"{controlplane.url}/api/v1/canaries/next")[0] == 200
+    wait_until(lambda: route()["mirrors"] == [], 10, what="the mirror to go")
+    assert http("GET", f"{controlplane.url}/api/v1/backends/next-shadow")[0] == 404

@@ -18,7 +18,13 @@ import aiohttp
 
 from controlplane.canary import generation, metrics, webhooks
 from controlplane.canary.analysis import Judgement, Verdict, combined, judge, judge_generation, judge_shadow
-from controlplane.canary.transitions import apply_stage, released, with_event, with_status
+from controlplane.canary.transitions import (
+    apply_stage,
+    released,
+    with_event,
+    with_status,
+    without_orphan_mirrors,
+)
 from controlplane.policy import Canary, CanaryStatus, Policy
 from controlplane.policy.canary import FINAL, Stage, spec_key
 from controlplane.shadow import Comparator, Target
@@ -107,6 +113,9 @@ class CanaryController:
         self._outbox = []
         for name, canary in sorted(policy.canaries.items()):
             changed = await self._advance(session, changed, name, canary)
+        address = self._shadow_address()
+        if address is not None:
+            changed = without_orphan_mirrors(changed, address)
         self._set_shadow_targets(changed)
         if changed != policy:
             await self._store.commit(changed, expected=current.number, actor="canary-controller",

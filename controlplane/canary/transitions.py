@@ -81,6 +81,22 @@ def apply_shadow(policy: Policy, name: str, canary: Canary, comparator: tuple[st
     return policy.model_copy(update={"services": services, "backends": backends})
 
 
+def without_orphan_mirrors(policy: Policy, comparator: tuple[str, int]) -> Policy:
+    """Drop the comparator's Backends (and the mirrors naming them) that no shadowing canary owns:
+    what a canary deleted in its shadow stage leaves behind."""
+    owned = {shadow_backend_name(n) for n, s in policy.canary_status.items()
+             if n in policy.canaries and s.stage == "shadow" and s.state in ("progressing", "paused")}
+    orphans = {name for name, b in policy.backends.items() if name.endswith("-shadow") and name not in owned
+               and [(e.address, e.port) for e in b.endpoints] == [comparator]}
+    if not orphans:
+        return policy
+    services = {name: service.model_copy(update={"routes": [
+        r.model_copy(update={"mirrors": [m for m in r.mirrors if m.backend not in orphans]}) for r in service.routes]})
+        for name, service in policy.services.items()}
+    backends = {k: v for k, v in policy.backends.items() if k not in orphans}
+    return policy.model_copy(update={"services": services, "backends": backends})
+
+
 def apply_stage(policy: Policy, name: str, canary: Canary, stage: Stage | None, weight: int,
                 comparator: tuple[str, int] | None) -> Policy:
     """The route as a stage wants it: shadow mirrors (no A/B route, weight 0); A/B and the
