@@ -9,9 +9,10 @@ plus N simulated proxies: real grpc.aio ADS streams, one connection each, that s
 ACK as Envoy does (tests/xds_client.py), half state of the world and half delta, spread over
 worker processes. All are in one proxy group, as a fleet of identical edges would be.
 
-Each write changes one route's split (one RouteConfiguration, so every proxy gets one RDS
-push). Convergence is the time from just before the admin PUT until the last proxy ACKed the
-new routes (for the real Envoy: until its RDS update_success counter moved), over the writes.
+Each write changes one route's split (one service's RouteConfiguration, so every proxy gets
+one RDS push); after them, one write changes every route (all 100 services in one apply).
+Convergence is the time from just before the admin write until the last proxy ACKed the new
+routes (for the real Envoy: until its RDS update_success counters moved), over the writes.
 The control plane's own histogram (sluice_convergence_seconds: committed until the last ACK
 arrived) is shown beside it. Costs come from /proc/PID: CPU seconds (utime + stime) of the
 control plane and of the simulated fleet (which shares the same cores), and the control
@@ -176,8 +177,9 @@ class Fleet:
 
 
 def rds_updates(envoy: Envoy) -> int:
-    text = http("GET", f"{envoy.admin}/stats?filter=^http.edge.rds.edge.update_success$")[2].decode()
-    return int(text.split(":")[1])
+    """Route configurations Envoy applied: the one table's, or (scoped routes) every service's."""
+    text = http("GET", f"{envoy.admin}/stats?filter=^http.edge.rds.*update_success$")[2].decode()
+    return sum(int(line.rsplit(":", 1)[1]) for line in text.splitlines())
 
 
 # --- one fleet size ----------------------------------------------------------------------------
@@ -194,7 +196,10 @@ class Result:
     rss_mib: float
     encodes_per_write: float
     pushes_per_write: float
+    bytes_per_write: float  # xDS responses, all proxies together
     cp_histogram_mean: float  # sluice_convergence_seconds: committed until the last ACK arrived
+    whole_s: float  # one write changing every route: until the last proxy ACKed it
+    whole_bytes: float
 
     @property
     def rss_per_proxy_kib(self) -> float:
@@ -221,6 +226,9 @@ COLUMNS: list[tuple[str, int, Callable[[Result], str]]] = [
     ("RSS KiB/proxy", 13, lambda r: f"{r.rss_per_proxy_kib:.1f}"),
     ("encodes/write", 13, lambda r: f"{r.encodes_per_write:.1f}"),
     ("pushes/write", 12, lambda r: f"{r.pushes_per_write:.0f}"),
+    ("KB/write", 10, lambda r: f"{r.bytes_per_write / 1e3:.0f}"),
+    ("all-routes write ms", 19, lambda r: f"{r.whole_s * 1e3:.0f}"),
+    ("all-routes KB", 13, lambda r: f"{r.whole_bytes / 1e3:.0f}"),
 ]
 
 
@@ -232,6 +240,7 @@ class Counters:
     fleet_cpu: float
     encodes: float
     pushes: float
+    sent_bytes: float
     converged_sum: float
     converged_count: float
 
@@ -239,24 +248,36 @@ class Counters:
     def read(cls, cp: ControlPlane, fleet: Fleet) -> Counters:
         return cls(cpu_seconds(cp.proc.pid), sum(cpu_seconds(p.pid) for p in fleet.procs if p.pid is not None),
                    metric_sum(cp, "sluice_xds_encodes_total"), metric_sum(cp, "sluice_xds_pushes_total"),
+                   metric_sum(cp, "sluice_xds_sent_bytes_total"),
                    metric_sum(cp, "sluice_convergence_seconds_sum"),
                    metric_sum(cp, "sluice_convergence_seconds_count"))
 
 
-def write(cp: ControlPlane, envoy: Envoy, fleet: Fleet, variant: int) -> tuple[float, float]:
-    """One admin write: (seconds the PUT took, seconds until the last proxy ACKed it)."""
+def write(cp: ControlPlane, envoy: Envoy, fleet: Fleet, variant: int, whole: bool = False) -> tuple[float, float]:
+    """One admin write: (seconds the PUT took, seconds until the last proxy ACKed it).
+    `whole`: every service changes (all 1,000 routes), in one apply."""
     before = rds_updates(envoy)
     time.sleep(0.3)  # the previous write is settled everywhere
     written = time.monotonic()
-    status, _, body = http("PUT", f"{cp.url}/api/v1/services/svc-0", service(0, variant), timeout=30)
+    if whole:
+        status, body = cp.apply(*(service(s, variant) for s in range(SERVICES)))
+    else:
+        status, _, body = http("PUT", f"{cp.url}/api/v1/services/svc-0", service(0, variant), timeout=30)
     assert status == 200, body
     answered = time.monotonic()
-    envoy_at = wait_until(lambda: rds_updates(envoy) > before and time.monotonic(), 60, 0.005,
+    # Envoy applies each changed route configuration: one, or (scoped routes) one per service.
+    changed = len(route_configs(envoy)) if whole else 1
+    envoy_at = wait_until(lambda: rds_updates(envoy) >= before + changed and time.monotonic(), 120, 0.005,
                           what="the real Envoy's RDS update")
     return answered - written, max(fleet.acked_after(written), envoy_at) - written
 
 
-def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy) -> Result:
+def route_configs(envoy: Envoy) -> list[str]:
+    return [c["route_config"]["name"] for c in envoy.config_dump("dynamic_route_configs")["configs"]]
+
+
+def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy, first: int) -> Result:
+    """`first`: the variant of the first write; each run's writes differ from the last run's."""
     cp.proc.stop()  # a fresh process per fleet size: nothing left over from the last one
     cp.proc.start()
     cp.wait_ready()
@@ -271,17 +292,21 @@ def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy) -> Re
         connect_s = time.monotonic() - started
         time.sleep(1.0)
         rss = rss_kib(cp.proc.pid)
-        write(cp, envoy, fleet, 1)  # warms up, not counted
+        write(cp, envoy, fleet, first)  # warms up, not counted
         before = Counters.read(cp, fleet)
-        puts, latencies = zip(*(write(cp, envoy, fleet, variant) for variant in range(2, writes + 2)), strict=True)
+        puts, latencies = zip(*(write(cp, envoy, fleet, variant) for variant in range(first + 1, first + writes + 1)), strict=True)
         after = Counters.read(cp, fleet)
+        _, whole_s = write(cp, envoy, fleet, first + writes + 1, whole=True)
+        whole_bytes = Counters.read(cp, fleet).sent_bytes - after.sent_bytes
     finally:
         fleet.close()
     converged = after.converged_count - before.converged_count
     return Result(n, connect_s, list(latencies), statistics.median(puts), (after.cpu - before.cpu) / writes,
                   (after.fleet_cpu - before.fleet_cpu) / writes, rss_base / 1024, rss / 1024,
                   (after.encodes - before.encodes) / writes, (after.pushes - before.pushes) / writes,
-                  (after.converged_sum - before.converged_sum) / converged if converged else float("nan"))
+                  (after.sent_bytes - before.sent_bytes) / writes,
+                  (after.converged_sum - before.converged_sum) / converged if converged else float("nan"),
+                  whole_s, whole_bytes)
 
 
 def main() -> int:
@@ -310,7 +335,7 @@ def main() -> int:
                 if args.profile and i == len(sizes) - 1:
                     # python -m cProfile -o FILE -m sluice controlplane ...; written when it stops
                     cp.proc.argv[1:1] = ["-m", "cProfile", "-o", str(args.profile.resolve())]
-                r = run(n, args.writes, args.workers, cp, envoy)
+                r = run(n, args.writes, args.workers, cp, envoy, first=1 + i * (args.writes + 2))
                 print(" ".join(f"{value(r):>{w}}" for _, w, value in COLUMNS), flush=True)
         finally:
             if envoy is not None:

@@ -13,6 +13,7 @@ import ssl
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import datetime
 from pathlib import Path
@@ -285,16 +286,38 @@ def delete(client: Client, args: argparse.Namespace) -> int:
     return status
 
 
-def status(client: Client, _: argparse.Namespace) -> int:
+PAGE = 1000  # proxies per admin API request
+
+
+def _proxies(client: Client, state: str | None, limit: int | None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The fleet's summary and its proxies (of `state`), at most `limit` (None: all, page by page)."""
+    chosen: list[dict[str, Any]] = []
+    while True:
+        page = min(PAGE, limit - len(chosen)) if limit is not None else PAGE
+        query = urllib.parse.urlencode({"offset": len(chosen), "limit": max(page, 1), **({"state": state} if state else {})})
+        fleet = client.call("GET", f"/api/v1/proxies?{query}")
+        chosen += fleet["proxies"][:page]
+        if len(chosen) >= fleet["matching"] or (limit is not None and len(chosen) >= limit) or not fleet["proxies"]:
+            return fleet["summary"], chosen
+
+
+def status(client: Client, args: argparse.Namespace) -> int:
+    """A line on the whole fleet, then the proxies a person should look at first: those that
+    refused config, then those behind; the whole table only for a small fleet or with --all."""
     health = client.call("GET", "/healthz")
-    fleet = client.call("GET", "/api/v1/proxies")
-    proxies = fleet["proxies"]
-    converged = sum(1 for p in proxies if p["revision"] == health["revision"])
+    listing_all = args.all or args.state is not None
+    summary, proxies = _proxies(client, args.state, None if listing_all else args.limit)
+    if not listing_all and summary["total"] > args.limit:  # a fleet: those to look at first
+        proxies = _proxies(client, "nacked", args.limit)[1]
+        if len(proxies) < args.limit:
+            proxies += _proxies(client, "behind", args.limit - len(proxies))[1]
+    protocols = ", ".join(f"{n} {p}" for p, n in sorted(summary["protocols"].items()))
     print(f"control plane {client.server}: revision {health['revision']}, "
-          f"{len(proxies)} proxies connected, {converged} converged")
+          f"{summary['total']} proxies connected{f' ({protocols})' if protocols else ''}, "
+          f"{summary['current']} converged, {summary['behind']} behind, {summary['nacked']} rejecting config")
     if not proxies:
         return 0
-    types = ["cds", "eds", "ecds", "lds", "rds"]
+    types = ["cds", "eds", "ecds", "lds", "srds", "rds"]
     print(f"{'NODE':<28} {'CLUSTER':<10} {'REVISION':<9} " + " ".join(f"{t.upper():<17}" for t in types))
     for p in proxies:
         cells = []
@@ -307,6 +330,8 @@ def status(client: Client, _: argparse.Namespace) -> int:
         for t, s in p["types"].items():
             if s["last_nack"]:
                 print(f"{p['node_id']} rejected {t} {s['last_nack']['version']}: {s['last_nack']['message']}")
+    if (left := (summary["total"] if not args.state else summary[args.state]) - len(proxies)) > 0:
+        print(f"... {left} more not shown (--all lists every proxy, --state current|behind|nacked one state)")
     return 0
 
 
@@ -340,7 +365,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("name", nargs="?")
     p.add_argument("-f", "--filename", help="delete the objects named in this YAML file")
     p.set_defaults(client_command=delete)
-    p = with_server(sub.add_parser("status", help="control plane revision and every proxy's sync state"))
+    p = with_server(sub.add_parser("status", help="control plane revision and the proxies' sync state"))
+    p.add_argument("--limit", type=int, default=20,
+                   help="proxies listed when the fleet is larger, those refusing config or behind first "
+                        "(default %(default)s)")
+    p.add_argument("--all", action="store_true", help="list every proxy")
+    p.add_argument("--state", choices=["current", "behind", "nacked"], help="list every proxy in this state")
     p.set_defaults(client_command=status)
     p = with_server(sub.add_parser("history", help="policy revisions, newest first"))
     p.add_argument("--limit", type=int, default=20, help="how many (default %(default)s)")

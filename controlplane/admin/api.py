@@ -23,12 +23,14 @@ from controlplane.policy.documents import KIND_BY_PLURAL, Document
 from controlplane.store import Conflict, Store, StoreUnavailable
 from controlplane.translate import Options
 from controlplane.web.errors import error
-from controlplane.web.writes import commit_change, etag, expected_revision, json_body
+from controlplane.web.writes import commit_change, etag, expected_revision, int_param, json_body
 from controlplane.xds import Fleet
+from controlplane.xds.status import STATES, fleet_page
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 4 * 1024 * 1024
+PROXIES_PAGE, PROXIES_PAGE_MAX = 1000, 5000  # proxies per /api/v1/proxies answer: default, most
 
 
 class AdminApi:
@@ -105,9 +107,15 @@ class AdminApi:
             headers={"ETag": etag(current.number)},
         )
 
-    async def proxies(self, _: web.Request) -> web.Response:
+    async def proxies(self, request: web.Request) -> web.Response:
+        """Counts over the whole fleet, and a page of proxies (`state`, `offset`, `limit`)."""
+        state = request.query.get("state")
+        if state is not None and state not in STATES:
+            return error(400, f"state must be one of {', '.join(STATES)}, not {state!r}")
+        offset = max(0, int_param(request, "offset", request.query.get("offset", "0")))
+        limit = max(1, min(int_param(request, "limit", request.query.get("limit", str(PROXIES_PAGE))), PROXIES_PAGE_MAX))
         current = await self._store.current()
-        return web.json_response({"revision": current.number, "proxies": [p.view() for p in self._fleet.connected.proxies()]})
+        return web.json_response(fleet_page(self._fleet.connected.proxies(), current.number, state, offset, limit))
 
     async def replica(self, _: web.Request) -> web.Response:
         current = await self._store.current()

@@ -109,8 +109,17 @@ def openapi_document() -> dict[str, Any]:
             "summary": "revoke a token; admin role",
             "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": _responses("revoked", 401, 403, 404, 409, 503)}},
-        "/api/v1/proxies": {"get": {"summary": "connected proxies: ACKed, in-flight and NACKed versions",
-                                    "responses": _responses("ok", 401, 403)}},
+        "/api/v1/proxies": {"get": {
+            "summary": "connected proxies: counts by state over the whole fleet, and a page of proxies with their "
+                       "ACKed, in-flight and NACKed versions",
+            "parameters": [
+                {"name": "state", "in": "query", "required": False,
+                 "schema": {"type": "string", "enum": ["current", "behind", "nacked"]}},
+                {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+                {"name": "limit", "in": "query", "required": False,
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 5000, "default": 1000}},
+            ],
+            "responses": _responses("ok", 400, 401, 403)}},
         "/api/v1/replica": {"get": {"summary": "this replica: its id, its store, the leases it holds",
                                     "responses": _responses("ok", 401, 403)}},
         "/api/v1/canaries/{name}/status": {"get": {

@@ -151,14 +151,11 @@ class ConsoleViews:
         counts = {"total": len(proxies), "current": 0, "behind": 0, "nacked": 0}
         rows = []
         for p in proxies:
-            view = p.view()
-            nacked = any(t["last_nack"] is not None and t["last_nack"]["version"] != t["acked_version"]
-                         for t in view["types"].values())
-            state = "nacked" if nacked else "current" if view["revision"] == current.number else "behind"
+            state = p.state(current.number)
             counts[state] += 1
             if query and query not in p.node_id.lower() and query not in p.cluster.lower() and query != state:
                 continue
-            rows.append({**view, "state": state})
+            rows.append({**p.view(), "state": state})
         health = await self._health()
         mesh = self._mesh(current.policy, health, page=request.query.get("mesh_page", "0"))
         return web.json_response({"revision": current.number, "proxies": {**counts, **_paged(rows, page, size)},

@@ -41,10 +41,11 @@ class Fleet:
             status.acked, status.acked_revision = version, revision
             self.convergence.moved(proxy)
 
-    def sent(self, proxy: ProxyStatus, type_url: str, version: str, revision: int) -> None:
+    def sent(self, proxy: ProxyStatus, type_url: str, version: str, revision: int, size: int) -> None:
+        """A response of `size` bytes went to the proxy."""
         status = proxy.of(type_url)
         status.in_flight, status.in_flight_revision = version, revision
-        self._metrics.sent(type_url)
+        self._metrics.sent(type_url, size)
         self.convergence.moved(proxy)  # a type sent for the first time: not converged until ACKed
 
     def answered(self, proxy: ProxyStatus, type_url: str, error: str | None) -> None:

@@ -121,7 +121,7 @@ class Session(ABC, Generic[Request]):
             response = self.push(type_url, view)
             if type_url in ROUTING:
                 self._sending[type_url] = view.types[type_url].used(self.held(type_url))
-            self._fleet.sent(self.proxy, type_url, view.version(type_url), view.revision)
+            self._fleet.sent(self.proxy, type_url, view.version(type_url), view.revision, len(response))
             return response
         return None
 

@@ -44,6 +44,13 @@ class ProxyStatus:
         revisions = {t.acked_revision for t in self.types.values()}
         return revisions.pop() if len(revisions) == 1 else None
 
+    def state(self, revision: int) -> str:
+        """`nacked` while it runs an older version of a type than the one it refused last,
+        else `current` when it runs `revision`, else `behind`."""
+        if any(t.last_nack is not None and t.last_nack.version != t.acked for t in self.types.values()):
+            return "nacked"
+        return "current" if self.revision() == revision else "behind"
+
     def view(self) -> dict[str, Any]:
         return {
             "node_id": self.node_id,
@@ -65,3 +72,26 @@ class ProxyStatus:
                 for t in PUSH_ORDER if (s := self.types.get(t)) is not None
             },
         }
+
+
+STATES = ("current", "behind", "nacked")
+
+
+def fleet_page(proxies: list[ProxyStatus], revision: int, state: str | None, offset: int, limit: int) -> dict[str, Any]:
+    """Counts over every proxy, and the views of one page of them (of one state, if given):
+    what a status request answers without writing out thousands of proxies."""
+    counts = dict.fromkeys(STATES, 0)
+    protocols: dict[str, int] = {}
+    chosen = []
+    for p in proxies:
+        s = p.state(revision)
+        counts[s] += 1
+        protocols[p.protocol] = protocols.get(p.protocol, 0) + 1
+        if state is None or s == state:
+            chosen.append(p)
+    return {
+        "revision": revision,
+        "summary": {"total": len(proxies), **counts, "protocols": protocols},
+        "matching": len(chosen), "offset": offset, "limit": limit,
+        "proxies": [p.view() for p in chosen[offset:offset + limit]],
+    }
