@@ -14,6 +14,7 @@ from controlplane.translate.endpoints import load_assignments
 from controlplane.translate.filters import edge_filters
 from controlplane.translate.geo import TableLookup, failover_assignments, failover_clusters, with_geo_routes
 from controlplane.translate.listeners import edge_listener
+from controlplane.translate.llm import fallback_assignments, fallback_clusters, with_model_routes
 from controlplane.translate.routes import (
     route_configuration,
     route_name,
@@ -43,11 +44,12 @@ def translate(policy: Policy, group: ProxyGroup, options: Options = Options()) -
     http_filters, filter_configs = edge_filters(policy, options.filters_dir, geo_tables=options.geo_tables)
     scoped = scopable(policy)
     listener = edge_listener(group.listen_address, group.listen_port, http_filters, scoped=scoped)
-    routes = [with_geo_routes(r, policy)
+    routes = [with_model_routes(with_geo_routes(r, policy), policy)
               for r in (service_route_configurations(policy) if scoped else [route_configuration(policy)])]
     return with_tracing({
-        CLUSTER: {c.name: c for c in [*clusters(policy), *failover_clusters(policy)]},
-        ENDPOINT: {a.cluster_name: a for a in [*load_assignments(policy), *failover_assignments(policy)]},
+        CLUSTER: {c.name: c for c in [*clusters(policy), *failover_clusters(policy), *fallback_clusters(policy)]},
+        ENDPOINT: {a.cluster_name: a for a in [*load_assignments(policy), *failover_assignments(policy),
+                                               *fallback_assignments(policy)]},
         EXTENSION_CONFIG: {c.name: c for c in filter_configs},
         LISTENER: {listener.name: listener},
         SCOPED_ROUTE: {s.name: s for s in (scopes(policy) if scoped else [])},

@@ -17,7 +17,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3.http_connection
 from envoy.extensions.wasm.v3.wasm_pb2 import PluginConfig, VmConfig
 from google.protobuf.any_pb2 import Any
 from google.protobuf.message import Message
-from google.protobuf.wrappers_pb2 import BytesValue, StringValue
+from google.protobuf.wrappers_pb2 import BoolValue, BytesValue, StringValue
 
 from controlplane.policy import Policy
 from controlplane.policy.filter_limits import RATE_MIN
@@ -45,9 +45,11 @@ def discovered(name: str) -> HttpFilter:
 
 
 def wasm_filter(name: str, module: Path, plugin: str,
-                configuration: dict[str, object] | bytes) -> TypedExtensionConfig:
+                configuration: dict[str, object] | bytes, reads_request_body: bool = False) -> TypedExtensionConfig:
     """`configuration`: JSON for the filter, or bytes it reads as they are (Envoy hands a
-    BytesValue's bytes to the VM unchanged)."""
+    BytesValue's bytes to the VM unchanged). `reads_request_body`: the filter holds the headers
+    until it has read the body (without it Envoy turns the filter's pause into "stop all",
+    which holds the body back from the filter itself)."""
     packed_configuration = _packed(BytesValue(value=configuration) if isinstance(configuration, bytes) else
                                    StringValue(value=json.dumps(configuration, sort_keys=True, separators=(",", ":"))))
     config = Wasm(config=PluginConfig(
@@ -59,6 +61,7 @@ def wasm_filter(name: str, module: Path, plugin: str,
                            code=AsyncDataSource(local=DataSource(filename=str(module)))),
         configuration=packed_configuration,
         fail_open=False,
+        allow_on_headers_stop_iteration=BoolValue(value=True) if reads_request_body else None,
     ))
     return TypedExtensionConfig(name=name, typed_config=_packed(config))
 
@@ -132,5 +135,6 @@ def edge_filters(policy: Policy, filters_dir: Path, shares: Mapping[str, float] 
         configs.append(wasm_filter(SHED, filters_dir.resolve() / "shed.wasm", "shed", shedding))
     if policy.models:
         chain.append(discovered(LLM))
-        configs.append(wasm_filter(LLM, filters_dir.resolve() / "llm.wasm", "llm", llm_config(policy)))
+        configs.append(wasm_filter(LLM, filters_dir.resolve() / "llm.wasm", "llm", llm_config(policy),
+                                   reads_request_body=True))
     return chain, configs
