@@ -170,18 +170,30 @@ fn draw(total: u32) u32 {
 }
 
 /// Replaces the model's JSON string, which ends at `end` and starts at the first quote after
-/// `start_hint`, with `"<rewrite>"`, and fixes Content-Length.
+/// `start_hint`, with `"<rewrite>"`, and fixes Content-Length. Envoy replaces body bytes only at
+/// the front (it drains a prefix and prepends), so the bytes before the model are copied into
+/// the new prefix: a heap buffer, freed before returning (rewrites only; clients often send
+/// `messages` before `model`, so that prefix can be most of the body).
 fn rewriteModel(start_hint: u64, end: u64, rewrite: []const u8, length: u32) bool {
     assert(end > start_hint and end <= length);
     if (end - start_hint > model_window_max) return false;
     const window = host.getBuffer(.http_request_body, @intCast(start_hint), @intCast(end - start_hint)) orelse return false;
-    const start = start_hint + (body.modelStart(window) orelse return false);
-    var quoted: [config.name_len_max + 2]u8 = undefined;
-    const value = std.fmt.bufPrint(&quoted, "\"{s}\"", .{rewrite}) catch unreachable;
-    if (host.setBuffer(.http_request_body, @intCast(start), @intCast(end - start), value) != .ok) return false;
+    const start: usize = @intCast(start_hint + (body.modelStart(window) orelse return false));
+    const prefix = std.heap.wasm_allocator.alloc(u8, start + rewrite.len + 2) catch return false;
+    defer std.heap.wasm_allocator.free(prefix);
+    var offset: usize = 0;
+    while (offset < start) {
+        host.beginCallback();
+        const piece = host.getBuffer(.http_request_body, offset, @min(piece_bytes, start - offset)) orelse return false;
+        if (piece.len == 0) return false;
+        @memcpy(prefix[offset..][0..piece.len], piece);
+        offset += piece.len;
+    }
+    _ = std.fmt.bufPrint(prefix[start..], "\"{s}\"", .{rewrite}) catch unreachable;
+    if (host.setBuffer(.http_request_body, 0, @intCast(end), prefix) != .ok) return false;
     if (host.getHeader(.request_headers, "content-length") != null) {
         var digits: [20]u8 = undefined;
-        const new_length = length - (end - start) + value.len;
+        const new_length = length - end + prefix.len;
         _ = host.replaceHeader(.request_headers, "content-length", std.fmt.bufPrint(&digits, "{d}", .{new_length}) catch unreachable);
     }
     return true;
