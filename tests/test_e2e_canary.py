@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from canaries import canary_status, edge_on, wait_canary, webhook_receiver
 from harness import PYTHON, ROOT, Backend, ControlPlane, Envoy, get_json, http, wait_until
 from load import BODY, Load
 from policies import demo_policy
@@ -23,24 +24,16 @@ def canary(interval_s: float, steps: list[int], **spec: Any) -> dict[str, Any]:
 
 
 def status(cp: ControlPlane) -> dict[str, Any]:
-    return get_json(f"{cp.url}/api/v1/canaries/v2/status")
+    return canary_status(cp, "v2")
 
 
 def wait_state(cp: ControlPlane, states: set[str], timeout: float) -> dict[str, Any]:
-    return wait_until(lambda: (s := status(cp))["status"]["state"] in states and s, timeout, interval=0.1,
-                      what=f"canary to reach {states}")["status"]
+    return wait_canary(cp, "v2", states, timeout)
 
 
 @pytest.fixture
 def edge(controlplane: ControlPlane, start_envoy: Callable[..., Envoy]) -> Callable[[int, int], Envoy]:
-    def start(v1_port: int, v2_port: int) -> Envoy:
-        status_code, body = controlplane.apply(*demo_policy(v1_port, v2_port))
-        assert status_code == 200, body
-        envoy = start_envoy(controlplane)
-        controlplane.wait_converged(envoy.node_id)
-        return envoy
-
-    return start
+    return lambda v1_port, v2_port: edge_on(controlplane, start_envoy, demo_policy(v1_port, v2_port))
 
 
 @pytest.fixture
@@ -191,46 +184,22 @@ def test_sticky_canary_keeps_each_user_on_one_version(controlplane: ControlPlane
 def test_webhooks_gate_promotion_and_hear_the_outcome(controlplane: ControlPlane,
                                                       edge: Callable[[int, int], Envoy],
                                                       backends: dict[int, Backend]) -> None:
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    calls: list[tuple[str, dict[str, Any]]] = []
-    gate_open = threading.Event()
-
-    class Hooks(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            calls.append((self.path, body))
-            closed = self.path == "/pre-promotion" and not gate_open.is_set()
-            self.send_response(403 if closed else 200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with webhook_receiver() as hooks:
         envoy = edge(backends[1].port, backends[2].port)
-        hooks = {"pre_rollout": f"{base}/pre-rollout", "pre_promotion": f"{base}/pre-promotion",
-                 "on_success": f"{base}/success", "on_rollback": f"{base}/rollback"}
+        urls = {"pre_rollout": f"{hooks.base}/pre-rollout", "pre_promotion": f"{hooks.base}/pre-promotion",
+                "on_success": f"{hooks.base}/success", "on_rollback": f"{hooks.base}/rollback"}
         with Load(envoy.listen_port):
-            assert controlplane.apply(canary(1.0, [50], webhooks=hooks))[0] == 200
+            assert controlplane.apply(canary(1.0, [50], webhooks=urls))[0] == 200
             held = wait_until(lambda: (s := status(controlplane)["status"])["state"] == "promoting" and s, 15,
                               what="the closed pre-promotion gate to hold the canary")
             time.sleep(1.0)
             assert status(controlplane)["status"]["state"] == "promoting"  # still held
             assert "pre-promotion gate" in held["events"][-1]["message"]
-            gate_open.set()
+            hooks.gate_open.set()
             assert wait_state(controlplane, {"succeeded"}, 10)["weight"] == 100
-        paths = [path for path, _ in calls]
+        paths = [path for path, _ in hooks.calls]
         assert paths[0] == "/pre-rollout" and paths[-1] == "/success" and "/rollback" not in paths
-        assert calls[-1][1]["canary"] == "v2" and calls[-1][1]["phase"] == "success"
-    finally:
-        server.shutdown()
+        assert hooks.calls[-1][1]["canary"] == "v2" and hooks.calls[-1][1]["phase"] == "success"
 
 
 def test_example_canary_starts_on_the_demo_policy(controlplane: ControlPlane) -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from canaries import Hooks, canary_status, edge_on, wait_canary, webhook_receiver
 from harness import PYTHON, ROOT, Backend, ControlPlane, Envoy, free_port, get_json, http, wait_until
 from load import Load
 
@@ -64,48 +63,22 @@ def canary(**spec: Any) -> dict[str, Any]:
 
 
 def status(cp: ControlPlane) -> dict[str, Any]:
-    return get_json(f"{cp.url}/api/v1/canaries/next/status")
+    return canary_status(cp, "next")
 
 
 def wait_state(cp: ControlPlane, states: set[str], timeout: float) -> dict[str, Any]:
-    return wait_until(lambda: (s := status(cp))["status"]["state"] in states and s, timeout, interval=0.1,
-                      what=f"canary to reach {states}")["status"]
+    return wait_canary(cp, "next", states, timeout)
 
 
 @pytest.fixture
 def edge(controlplane: ControlPlane, start_envoy: Callable[..., Envoy]) -> Callable[[int, int], Envoy]:
-    def start(stable_port: int, candidate_port: int) -> Envoy:
-        code, body = controlplane.apply(*policy(stable_port, candidate_port))
-        assert code == 200, body
-        envoy = start_envoy(controlplane)
-        controlplane.wait_converged(envoy.node_id)
-        return envoy
-
-    return start
+    return lambda stable_port, candidate_port: edge_on(controlplane, start_envoy, policy(stable_port, candidate_port))
 
 
 @pytest.fixture
-def hooks() -> Iterator[tuple[str, list[tuple[str, dict[str, Any]]], threading.Event]]:
-    """A webhook receiver: (base URL, calls, an event that opens the /pre-promotion gate)."""
-    calls: list[tuple[str, dict[str, Any]]] = []
-    gate_open = threading.Event()
-
-    class Hooks(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
-            calls.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-            self.send_response(403 if self.path == "/pre-promotion" and not gate_open.is_set() else 200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hooks)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", calls, gate_open
-    finally:
-        server.shutdown()
+def hooks() -> Iterator[Hooks]:
+    with webhook_receiver() as receiver:
+        yield receiver
 
 
 SHADOW = {"percent": 100, "windows": 2, "min_comparisons": 40, "min_agreement": 0.995}
@@ -180,9 +153,8 @@ def test_slower_candidate_fails_the_p99_ratio_in_the_weighted_stage(controlplane
 
 def test_candidate_never_ready_is_rolled_back_loudly(controlplane: ControlPlane, edge: Callable[[int, int], Envoy],
                                                      candidates: dict[str, Backend],
-                                                     hooks: tuple[str, list[tuple[str, dict[str, Any]]],
-                                                                  threading.Event]) -> None:
-    base, calls, _ = hooks
+                                                     hooks: Hooks) -> None:
+    base, calls = hooks.base, hooks.calls
     edge(candidates["v1"].port, free_port())  # nothing listens there
     assert controlplane.apply(canary(shadow=SHADOW, ready_timeout_s=1.5,
                                      webhooks={"on_rollback": f"{base}/rollback"}))[0] == 200
@@ -196,10 +168,8 @@ def test_candidate_never_ready_is_rolled_back_loudly(controlplane: ControlPlane,
 def test_waiting_manual_gate_does_not_block_a_rollback(controlplane: ControlPlane,
                                                        edge: Callable[[int, int], Envoy],
                                                        candidates: dict[str, Backend], candidate_models: Path,
-                                                       tmp_path: Path,
-                                                       hooks: tuple[str, list[tuple[str, dict[str, Any]]],
-                                                                    threading.Event]) -> None:
-    base, calls, _ = hooks
+                                                       tmp_path: Path, hooks: Hooks) -> None:
+    base, calls = hooks.base, hooks.calls
     candidate = Backend.start(tmp_path, candidate_models, "classifier:4")
     try:
         envoy = edge(candidates["v1"].port, candidate.port)
@@ -262,9 +232,7 @@ def test_generative_candidate_that_changes_outputs_is_stopped_in_shadow(
                    check=True, cwd=ROOT, capture_output=True)
     candidate = Backend.start(tmp_path, repository, "tiny-llama")
     try:
-        assert controlplane.apply(*llm_policy(llm_stable.port, candidate.port))[0] == 200
-        envoy = start_envoy(controlplane)
-        controlplane.wait_converged(envoy.node_id)
+        envoy = edge_on(controlplane, start_envoy, llm_policy(llm_stable.port, candidate.port))
         spec = canary(interval_s=1.5, shadow={"percent": 100, "windows": 2, "min_comparisons": 20,
                                                   "min_agreement": 0.99})
         prompts = prompts_one_in_twenty_differing(llm_stable, candidate)
@@ -286,9 +254,7 @@ def test_generative_candidate_with_slower_first_token_is_rolled_back(
     # 3 ms more per engine step: about 1.5-3x stable's TTFT of 2-6 ms here (measured, loaded machine).
     slow = Backend.start(tmp_path, model_repository, "tiny-llama", "--fault-step-delay-ms", "3")
     try:
-        assert controlplane.apply(*llm_policy(llm_stable.port, slow.port))[0] == 200
-        envoy = start_envoy(controlplane)
-        controlplane.wait_converged(envoy.node_id)
+        envoy = edge_on(controlplane, start_envoy, llm_policy(llm_stable.port, slow.port))
         spec = canary(interval_s=1.5, thresholds={"min_requests": 5, "max_p99_ms": None,
                                                       "max_ttft_ratio": 1.3, "min_generations": 5})
         with Load(envoy.listen_port, bodies=tuple(chat(i, False) for i in range(40)), path="/v1/chat/completions", threads=4):
@@ -311,15 +277,11 @@ def test_example_shadow_canary_stops_version_2_on_the_demo_policy(controlplane: 
     for doc in docs:
         if doc["kind"] == "Backend" and doc["name"] in ports:
             doc["spec"]["endpoints"] = [{"address": "127.0.0.1", "port": ports[doc["name"]]}]
-    assert controlplane.apply(*docs)[0] == 200
-    envoy = start_envoy(controlplane)
-    controlplane.wait_converged(envoy.node_id)
+    envoy = edge_on(controlplane, start_envoy, docs)
     example = yaml.safe_load((ROOT / "examples/shadow-canary.yaml").read_text())
-    url = f"{controlplane.url}/api/v1/canaries/{example['name']}/status"
     with Load(envoy.listen_port) as load:  # the README's single request, over and over
         assert controlplane.apply(example)[0] == 200
-        final = wait_until(lambda: (s := get_json(url)["status"])["state"] in ("rolled_back", "succeeded") and s,
-                           15, interval=0.1, what="a verdict")
+        final = wait_canary(controlplane, example["name"], {"rolled_back", "succeeded"}, 15)
     assert final["state"] == "rolled_back" and final["events"][-1]["gate"] == "shadow.min_agreement"
     assert {o.version for o in load.outcomes} == {"1"}
     backends_left = {b["name"] for b in get_json(f"{controlplane.url}/api/v1/backends")["items"]}
