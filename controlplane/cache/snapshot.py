@@ -37,6 +37,16 @@ class Encoded:
     data: bytes
 
 
+@dataclass(frozen=True)
+class Step:
+    """What changed from the type's previous version: the diff every stream that was up to
+    date with it needs, made once per change rather than once per stream."""
+
+    since: str  # the previous version
+    changed: tuple[str, ...]  # added or changed, sorted
+    removed: tuple[str, ...]  # sorted
+
+
 @dataclass
 class TypeSnapshot:
     type_url: str
@@ -44,6 +54,7 @@ class TypeSnapshot:
     resources: dict[str, Any]
     versions: dict[str, str]  # per resource (delta xDS)
     uses: dict[str, frozenset[str]]  # clusters each listener or route configuration routes to
+    step: Step | None = None  # from the version the cache held before (SnapshotCache.set)
     _bodies: dict[frozenset[str] | None, bytes] = field(default_factory=dict, repr=False)
     _delta: dict[str, bytes] = field(default_factory=dict, repr=False)
     _with: dict[frozenset[tuple[str, str]], TypeSnapshot] = field(default_factory=dict, repr=False)
@@ -73,6 +84,13 @@ class TypeSnapshot:
             digest.update(b"\0")
             digest.update(versions[name].encode())
         return cls(type_url, digest.hexdigest()[:16], dict(sorted(packed.items())), versions, uses)
+
+    def follow(self, previous: TypeSnapshot) -> None:
+        """Record the step from `previous`, the version this one replaces."""
+        if previous is not self and previous.version != self.version:
+            self.step = Step(previous.version,
+                             tuple(sorted(n for n, v in self.versions.items() if previous.versions.get(n) != v)),
+                             tuple(sorted(previous.versions.keys() - self.versions.keys())))
 
     def used(self, names: frozenset[str] | None) -> frozenset[str]:
         """Clusters the named resources (None: all) route to; asked on every ACK, so kept."""

@@ -10,7 +10,8 @@ from. A group's snapshot is dropped when its last watcher leaves, so groups that
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from controlplane.cache.snapshot import Snapshot, TypeSnapshot
 from controlplane.groups import ProxyGroup
@@ -39,6 +40,11 @@ class SnapshotCache:
         return Snapshot(snapshot.revision, {**snapshot.types, **override})
 
     def set(self, group: str, snapshot: Snapshot) -> None:
+        previous = self._snapshots.get(group)
+        if previous is not None:
+            for type_url, types in snapshot.types.items():
+                if type_url in previous.types:
+                    types.follow(previous.types[type_url])
         self._snapshots[group] = snapshot
         self._notify(("group", group))
 
@@ -54,11 +60,13 @@ class SnapshotCache:
         for changed in self._waiting.get(key, ()):
             changed.set()
 
-    async def watch(self, proxy_group: ProxyGroup, node: str | None = None) -> AsyncIterator[Snapshot]:
-        """Yields the proxy's snapshot now (once there is one) and after every change to it."""
-        changed = asyncio.Event()
+    @contextmanager
+    def watching(self, proxy_group: ProxyGroup, node: str, changed: asyncio.Event) -> Iterator[Callable[[], Snapshot | None]]:
+        """Set `changed` on every change to the proxy's snapshot, until the block ends; the
+        block gets a function answering the snapshot now (None until there is one). The
+        watcher's own event, not a task of the cache's: a push wakes each stream once."""
         group = proxy_group.key
-        keys = [("group", group)] + ([("node", node)] if node is not None else [])
+        keys = [("group", group), ("node", node)]
         new = ("group", group) not in self._waiting
         for key in keys:
             self._waiting.setdefault(key, set()).add(changed)
@@ -66,17 +74,7 @@ class SnapshotCache:
             for joined in self._joined:
                 joined(proxy_group)
         try:
-            last: tuple[object, object] = (None, None)
-            while True:
-                changed.clear()
-                current = (self._snapshots.get(group), self._overrides.get(node) if node is not None else None)
-                if current[0] is not None and (current[0] is not last[0] or current[1] is not last[1]):
-                    last = current
-                    snapshot = self.get(group, node)
-                    assert snapshot is not None
-                    yield snapshot
-                    continue
-                await changed.wait()
+            yield lambda: self.get(group, node)
         finally:
             for key in keys:
                 watchers = self._waiting[key]

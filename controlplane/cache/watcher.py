@@ -3,7 +3,9 @@ ConfigWatcher): a proxy's snapshot, now and after every change."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from controlplane.cache.snapshot import Snapshot
@@ -11,6 +13,8 @@ from controlplane.groups import ProxyGroup
 
 
 class ConfigWatcher(Protocol):
-    def watch(self, group: ProxyGroup, node: str) -> AsyncIterator[Snapshot]:
-        """The snapshot of `node` (a proxy of `group`) once there is one, then after every change."""
+    def watching(self, group: ProxyGroup, node: str,
+                 changed: asyncio.Event) -> AbstractContextManager[Callable[[], Snapshot | None]]:
+        """While the block runs, `changed` is set on every change to the snapshot of `node` (a
+        proxy of `group`); the block gets a function answering that snapshot (None until there is one)."""
         ...

@@ -68,6 +68,10 @@ class DeltaSession(Session[DeltaDiscoveryRequest]):
 
     def _diff(self, sub: _Subscription, type_url: str, snapshot: Snapshot) -> tuple[list[str], list[str]]:
         current = snapshot.types[type_url]
+        step = current.step
+        if step is not None and sub.synced == step.since:  # the proxy has the previous version
+            return ([n for n in step.changed if sub.wildcard or n in sub.names],
+                    [n for n in step.removed if n in sub.known])
         wanted = current.versions.keys() if sub.wildcard else sub.names & current.versions.keys()
         changed = sorted(n for n in wanted if sub.known.get(n) != current.versions[n])
         removed = sorted(n for n in sub.known if n not in current.versions)

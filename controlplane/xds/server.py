@@ -16,7 +16,7 @@ import grpc
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
-from controlplane.cache import ConfigWatcher, Snapshot
+from controlplane.cache import ConfigWatcher
 from controlplane.groups import ProxyGroup
 from controlplane.xds.delta import DeltaSession
 from controlplane.xds.fleet import Fleet
@@ -95,37 +95,28 @@ class AdsServer:
         session.receive(first)
         # One event wakes the stream: a request arrived, the snapshot changed, or reading ended.
         wake = asyncio.Event()
-        latest: Snapshot | None = None
 
         async def read() -> None:
             async for request in requests:
                 session.receive(request)
                 wake.set()
 
-        async def follow() -> None:
-            nonlocal latest
-            async for snapshot in self._cache.watch(group, proxy.node_id):
-                latest = snapshot
-                wake.set()
-
-        reader, follower = asyncio.create_task(read()), asyncio.create_task(follow())
-        for task in (reader, follower):
-            task.add_done_callback(lambda _: wake.set())
+        reader = asyncio.create_task(read())
+        reader.add_done_callback(lambda _: wake.set())
         try:
-            while True:
-                await wake.wait()
-                wake.clear()
-                if follower.done():
-                    follower.result()  # the snapshot feed ends only by failing: raise why
-                if reader.done():
-                    reader.result()  # raises what ended the stream, if anything
-                    return
-                # Usually one response, then the proxy's answer; endpoints may follow clusters at once.
-                while latest is not None and (response := session.response(latest)) is not None:
-                    yield response
-                    del response
+            with self._cache.watching(group, proxy.node_id, wake) as snapshot:
+                wake.set()  # the snapshot there is now, if any
+                while True:
+                    await wake.wait()
+                    wake.clear()
+                    if reader.done():
+                        reader.result()  # raises what ended the stream, if anything
+                        return
+                    # Usually one response, then the proxy's answer; endpoints may follow clusters at once.
+                    while (latest := snapshot()) is not None and (response := session.response(latest)) is not None:
+                        yield response
+                        del response
         finally:
             reader.cancel()
-            follower.cancel()
             self._fleet.disconnect(proxy)
             log.info("proxy %s disconnected", proxy.node_id)

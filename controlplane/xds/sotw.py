@@ -37,6 +37,7 @@ class _Subscription:
     known: dict[str, str] = field(default_factory=dict)
     sending: frozenset[str] = frozenset()
     refused: dict[str, str] = field(default_factory=dict)
+    synced: str | None = None  # the type version `known` has every asked-for resource of
 
 
 class SotwSession(Session[DiscoveryRequest]):
@@ -63,8 +64,9 @@ class SotwSession(Session[DiscoveryRequest]):
                 else:
                     sub.refused.pop(name, None)
         # else: the answered response's nonce again, with new names (EDS after a CDS change)
-        if names is not None and request.type_url in PER_RESOURCE:
-            for name in sub.known.keys() - names:  # unsubscribed: gone from the proxy
+        if names != sub.names and request.type_url in PER_RESOURCE:
+            sub.synced = None
+            for name in sub.known.keys() - (names or sub.known.keys()):  # unsubscribed: gone from the proxy
                 del sub.known[name]
                 sub.refused.pop(name, None)
         sub.names = names
@@ -76,6 +78,9 @@ class SotwSession(Session[DiscoveryRequest]):
             if sub.sent_version == current.version:  # reconnected with what it runs now
                 sub.known = {n: v for n, v in current.versions.items() if sub.names is None or n in sub.names}
             sub.sent_version = None
+        step = current.step
+        if step is not None and sub.synced == step.since:  # the proxy has the previous version
+            return [n for n in step.changed if sub.names is None or n in sub.names]
         wanted = current.versions.keys() if sub.names is None else sub.names & current.versions.keys()
         return sorted(n for n in wanted if sub.known.get(n) != current.versions[n])
 
@@ -87,8 +92,10 @@ class SotwSession(Session[DiscoveryRequest]):
         if type_url in PER_RESOURCE:
             if not sub.answered:
                 return Settled.IN_FLIGHT
-            if self._changed(sub, current):
-                return Settled.NEEDS_PUSH
+            if sub.synced != current.version:
+                if self._changed(sub, current):
+                    return Settled.NEEDS_PUSH
+                sub.synced = current.version
             refused = any(current.versions.get(n) == v for n, v in sub.refused.items())
             return Settled.REJECTED if refused else Settled.YES
         if sub.sent_version == current.version and sub.sent_names == sub.names:
@@ -107,6 +114,7 @@ class SotwSession(Session[DiscoveryRequest]):
         if type_url in PER_RESOURCE:
             sub.sending = frozenset(self._changed(sub, current))
             sub.known.update((n, current.versions[n]) for n in sub.sending)
+            sub.synced = current.version
             response = current.sotw(sub.sending)
         else:
             response = current.sotw(sub.names)
