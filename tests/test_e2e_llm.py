@@ -1,0 +1,155 @@
+"""Model routing from the request body at the edge (filters/llm): a real Envoy, two real
+generative backends, the `openai` client. Public model names map to backends and are rewritten
+to the name each backend serves; bad input is answered at the edge, in OpenAI's error shape,
+and never reaches a backend."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPResponse
+from pathlib import Path
+
+import openai
+import pytest
+from harness import Backend, ControlPlane, Envoy, http
+
+SERVED = "tiny-llama"
+MAX_BODY = 8 * 1024 * 1024
+
+
+def served_requests(backend: Backend) -> int:
+    """Requests the backend finished, from its own metrics (vllm:request_success_total)."""
+    text = http("GET", f"{backend.url}/metrics")[2].decode()
+    return sum(int(float(v)) for v in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", text, re.M))
+
+
+@pytest.fixture
+def two_models(tmp_path: Path, model_repository: Path, controlplane: ControlPlane,
+               start_envoy: Callable[..., Envoy]) -> Iterator[tuple[Envoy, Backend, Backend]]:
+    """`fast` served by backend a, `smart` by backend b (both really serve tiny-llama)."""
+    a = Backend.start(tmp_path, model_repository, SERVED)
+    try:
+        # Room for a body of the edge's limit once the edge has written a longer name into it.
+        b = Backend.start(tmp_path, model_repository, SERVED, "--max-generate-request-bytes", str(2 * MAX_BODY))
+        try:
+            status, body = controlplane.apply(
+                *({"kind": "Backend", "name": n, "spec": {"endpoints": [{"address": "127.0.0.1", "port": x.port}]}}
+                  for n, x in (("a", a), ("b", b))),
+                {"kind": "Service", "name": "llm", "spec": {"routes": [
+                    {"name": "openai", "match": {"prefix": "/v1/"}, "split": [{"backend": "a"}]}]}},
+                {"kind": "Model", "name": "fast", "spec": {"service": "llm", "model": "fast", "routes": ["openai"],
+                                                          "backends": [{"backend": "a", "model": SERVED}]}},
+                {"kind": "Model", "name": "smart", "spec": {"service": "llm", "model": "smart", "routes": ["openai"],
+                                                           "backends": [{"backend": "b", "model": SERVED}]}},
+            )
+            assert status == 200, body
+            envoy = start_envoy(controlplane)
+            controlplane.wait_converged(envoy.node_id)
+            yield envoy, a, b
+        finally:
+            b.proc.stop()
+    finally:
+        a.proc.stop()
+
+
+def chat(model: object, **extra: object) -> dict[str, object]:
+    return {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1, **extra}
+
+
+def test_alternating_models_each_reach_their_backend(two_models: tuple[Envoy, Backend, Backend]) -> None:
+    envoy, a, b = two_models
+    api = openai.OpenAI(base_url=f"{envoy.url}/v1", api_key="unused", max_retries=0)
+    # Answered by the edge from policy: the public names, not what the backends serve.
+    assert sorted(m.id for m in api.models.list().data) == ["fast", "smart"]
+    reply = api.chat.completions.create(model="smart", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    assert reply.model == SERVED  # the backend got the rewritten name
+
+    before = served_requests(a), served_requests(b)
+
+    def send(i: int) -> int:
+        return http("POST", f"{envoy.url}/v1/chat/completions", chat("fast" if i % 2 == 0 else "smart"),
+                    timeout=30)[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(send, range(1000)))
+    assert statuses == [200] * 1000
+    assert (served_requests(a) - before[0], served_requests(b) - before[1]) == (500, 500)
+
+
+def openai_error(status: int, body: bytes) -> dict[str, object]:
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error", body
+    return dict(error)
+
+
+def post_raw(envoy: Envoy, body: bytes, chunked: bool) -> tuple[int, bytes]:
+    """POST with Content-Length, or chunked in 1 MiB pieces. The body is sent from a thread while
+    the answer is read: an edge that refuses early answers before the client has sent it all
+    (and may reset the connection once it has answered)."""
+    if chunked:
+        framed = b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + (1 << 20)]), body[i:i + (1 << 20)])
+                          for i in range(0, len(body), 1 << 20)) + b"0\r\n\r\n"
+        head = b"Transfer-Encoding: chunked\r\n"
+    else:
+        framed, head = body, b"Content-Length: %d\r\n" % len(body)
+    with socket.create_connection(("127.0.0.1", envoy.listen_port), timeout=60) as sock:
+        def send() -> None:
+            with contextlib.suppress(OSError):
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+                             + head + b"\r\n" + framed)
+        sender = threading.Thread(target=send)
+        sender.start()
+        try:
+            response = HTTPResponse(sock)
+            response.begin()
+            return response.status, response.read()
+        finally:
+            sender.join()
+
+
+def padded(model: str, size: int) -> bytes:
+    """A request of exactly `size` bytes: padding in `user`, a field the backend ignores."""
+    empty = json.dumps(chat(model, user="")).encode()
+    body = json.dumps(chat(model, user="x" * (size - len(empty)))).encode()
+    assert len(body) == size
+    return body
+
+
+def test_bad_input_answered_at_the_edge(two_models: tuple[Envoy, Backend, Backend]) -> None:
+    envoy, a, b = two_models
+    before = served_requests(a), served_requests(b)
+    cases: list[tuple[bytes, int, object, object]] = [
+        (b"model=fast", 400, None, None),
+        (b"[\"fast\"]", 400, None, None),
+        (json.dumps({"messages": []}).encode(), 400, "model", None),
+        (json.dumps(chat(5)).encode(), 400, "model", "invalid_type"),
+        (json.dumps(chat(["fast"])).encode(), 400, "model", "invalid_type"),
+        (json.dumps(chat("gpt-9")).encode(), 404, None, "model_not_found"),
+        (json.dumps(chat("fast", max_tokens=0)).encode(), 400, "max_tokens", "invalid_value"),
+        (json.dumps(chat("fast", max_tokens="16")).encode(), 400, "max_tokens", "invalid_value"),
+        (json.dumps(chat("fast", max_tokens=1.5)).encode(), 400, "max_tokens", "invalid_value"),
+    ]
+    for body, status, param, code in cases:
+        got, _, answer = http("POST", f"{envoy.url}/v1/chat/completions", body)
+        assert got == status, (body, answer)
+        error = openai_error(got, answer)
+        assert (error["param"], error["code"]) == (param, code), (body, error)
+    assert "`gpt-9`" in str(openai_error(404, http("POST", f"{envoy.url}/v1/chat/completions", chat("gpt-9"))[2])["message"])
+
+    for chunked in (False, True):
+        status, answer = post_raw(envoy, padded("fast", MAX_BODY + 1), chunked)
+        assert status == 413, answer[:200]
+        assert openai_error(status, answer)["code"] == "request_too_large"
+    assert (served_requests(a), served_requests(b)) == before  # nothing was forwarded
+
+    for chunked in (False, True):
+        status, answer = post_raw(envoy, padded("smart", MAX_BODY), chunked)
+        assert status == 200, answer[:300]
+        assert json.loads(answer)["model"] == SERVED
+    assert (served_requests(a), served_requests(b)) == (before[0], before[1] + 2)
