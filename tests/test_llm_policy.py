@@ -1,0 +1,108 @@
+"""Model objects: field rules, cross-object rules, and what the translator makes of them (model
+routes before the entry route, GET /v1/models from policy, fallback clusters by priority, the
+llm filter's configuration)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from controlplane import resources as types
+from controlplane.cache.consistency import problems as snapshot_problems
+from controlplane.policy import InvalidPolicy, Policy, parse_document, with_document
+from controlplane.translate import ProxyGroup, translate
+from controlplane.translate.filters import LLM
+from controlplane.translate.llm import llm_config
+
+GROUP = ProxyGroup("edge", "127.0.0.1", 10000)
+
+
+def backend(name: str, port: int) -> dict[str, Any]:
+    return {"kind": "Backend", "name": name, "spec": {"endpoints": [{"address": "127.0.0.1", "port": port}]}}
+
+
+def model(name: str, **spec: Any) -> dict[str, Any]:
+    return {"kind": "Model", "name": name, "spec": {"service": "llm", "routes": ["openai"], **spec}}
+
+
+BASE = [backend("a", 8001), backend("b", 8002), backend("c", 8003),
+        {"kind": "Service", "name": "llm", "spec": {"routes": [
+            {"name": "health", "match": {"path": "/health"}, "split": [{"backend": "a"}]},
+            {"name": "openai", "match": {"prefix": "/v1/"}, "split": [{"backend": "a"}]}]}}]
+CHAT = model("chat", model="gpt-4o", backends=[{"backend": "a", "weight": 90}, {"backend": "b", "weight": 10,
+                                                                                "model": "llama-3.1-8b"}],
+             fallback=["c"])
+EMBED = model("embed", model="text-embedding-3-small", backends=[{"backend": "c"}])
+
+
+def build(*documents: dict[str, Any]) -> Policy:
+    policy = Policy()
+    for raw in [*BASE, *documents]:
+        policy = with_document(policy, parse_document(raw))
+    return policy
+
+
+def field_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    with pytest.raises(InvalidPolicy) as caught:
+        parse_document(raw)
+    return [(p.loc, p.msg) for p in caught.value.problems]
+
+
+def test_field_rules() -> None:
+    assert field_problems(model("m", model='a"b', backends=[{"backend": "a"}]))[0][0] == "spec.model"
+    assert "add up to 0" in field_problems(model("m", model="m", backends=[{"backend": "a", "weight": 0}]))[0][1]
+    assert "more than once" in field_problems(model("m", model="m", backends=[{"backend": "a"}, {"backend": "a"}]))[0][1]
+    assert "fallback names" in field_problems(model("m", model="m", backends=[{"backend": "a"}], fallback=["a"]))[0][1]
+    assert field_problems(model("m", model="m", backends=[]))[0][0] == "spec.backends"
+
+
+def test_cross_object_rules_name_the_field() -> None:
+    policy = build(CHAT, model("again", model="gpt-4o", backends=[{"backend": "a"}]),
+                   model("lost", model="x", routes=["nope"], backends=[{"backend": "zz"}], fallback=["yy"]))
+    assert [(p.loc, p.msg) for p in policy.problems()] == [
+        ("models.chat.model", "Model 'again' already serves 'gpt-4o' in service 'llm'"),
+        ("models.lost.routes.0", "service 'llm' has no route 'nope'"),
+        ("models.lost.backends.0.backend", "unknown backend 'zz'"),
+        ("models.lost.fallback.0", "unknown backend 'yy'"),
+    ]
+    assert build(CHAT).users_of_backend("c") == ["models.chat"]
+
+
+def test_translation() -> None:
+    policy = build(CHAT, EMBED)
+    assert policy.problems() == []
+    out = translate(policy, GROUP)
+    assert snapshot_problems(out) == []
+    (routes,) = out[types.ROUTE].values()
+    (vhost,) = routes.virtual_hosts
+    models_route, health, *model_routes, entry = vhost.routes
+    # GET /v1/models from policy, first in the service.
+    assert models_route.match.path == "/v1/models" and models_route.direct_response.status == 200
+    assert json.loads(models_route.direct_response.body.inline_string) == {"object": "list", "data": [
+        {"id": "gpt-4o", "object": "model", "created": 0, "owned_by": "sluice"},
+        {"id": "text-embedding-3-small", "object": "model", "created": 0, "owned_by": "sluice"}]}
+    # One copy of the entry route per (Model, backend), before it, under its name.
+    assert [(r.name, r.match.prefix, r.match.headers[-1].string_match.exact, r.route.cluster) for r in model_routes] == [
+        ("llm/openai", "/v1/", "chat/a", "model.chat.a"), ("llm/openai", "/v1/", "chat/b", "model.chat.b"),
+        ("llm/openai", "/v1/", "embed/c", "c")]
+    assert all(r.request_headers_to_remove == ["x-sluice-model"] for r in model_routes)
+    assert {r.request_body_buffer_limit.value for r in [*model_routes, entry]} == {9 * 1024 * 1024}
+    assert health.name == "llm/health" and not health.HasField("request_body_buffer_limit")
+    # Fallback: the chosen backend at priority 0, the fallback at 1.
+    assignment = out[types.ENDPOINT]["model.chat.b"]
+    assert [(level.priority, level.lb_endpoints[0].endpoint.address.socket_address.port_value)
+            for level in assignment.endpoints] == [(0, 8002), (1, 8003)]
+    assert LLM in out[types.EXTENSION_CONFIG]
+    assert llm_config(policy) == {"max_body_bytes": 8 * 1024 * 1024, "routes": ["llm/openai"], "models": [
+        {"service": "llm", "name": "gpt-4o", "targets": [
+            {"header": "chat/a", "weight": 90}, {"header": "chat/b", "weight": 10, "rewrite": "llama-3.1-8b"}]},
+        {"service": "llm", "name": "text-embedding-3-small", "targets": [{"header": "embed/c", "weight": 100}]}]}
+
+
+def test_no_models_no_filter_and_routes_unchanged() -> None:
+    out = translate(build(), GROUP)
+    assert LLM not in out[types.EXTENSION_CONFIG]
+    (routes,) = out[types.ROUTE].values()
+    assert [r.name for r in routes.virtual_hosts[0].routes] == ["llm/health", "llm/openai"]
