@@ -1,4 +1,5 @@
-"""Generative-AI policy: public model names routed from the request body (`Model`).
+"""Generative-AI policy: public model names routed from the request body (`Model`), and the
+tenants whose API keys the edge checks (`Tenant`).
 
 The edge reads `"model"` from an OpenAI request body and sends the request to one of the
 backends serving it (filters/llm). The bounds here are the filter's (filters/llm/config.zig).
@@ -6,7 +7,8 @@ backends serving it (filters/llm). The bounds here are the filter's (filters/llm
 
 from __future__ import annotations
 
-from typing import Annotated
+import hashlib
+from typing import Annotated, Any
 
 from pydantic import Field, StringConstraints, model_validator
 
@@ -21,6 +23,9 @@ MODEL_ROUTES_MAX = 16
 MODELS_MAX = 64  # the filter's model table
 ENTRY_ROUTES_MAX = 64  # the filter's entry routes
 MAX_BODY_BYTES = 8 * 1024 * 1024  # the largest request body the edge reads for its model
+KEYS_MAX = 1024  # the filter's key table, all tenants together
+KEYS_PER_TENANT_MAX = 64
+API_KEY_MIN_LEN = 16
 
 
 class ModelBackend(Strict):
@@ -56,4 +61,47 @@ class Model(Strict):
             raise ValueError("routes names a route more than once")
         if len(set(self.fallback)) != len(self.fallback) or set(self.fallback) & set(names):
             raise ValueError("fallback names a backend twice, or one of backends")
+        return self
+
+
+def key_digest(key: str) -> str:
+    """How an API key is stored and sent to the edge: its SHA-256, in hex. Keys are random
+    (`sluice apikey create` draws 192 bits), so an unsalted hash is enough to keep them secret."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKey(Strict):
+    """One API key of a tenant, as stored: its id and its SHA-256 (never the key itself).
+
+    A document may carry the key in clear instead (`key`, for demos written in a file): it is
+    hashed when the document is read, and only the hash is stored."""
+
+    id: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hash_clear_key(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "key" in data:
+            key = data["key"]
+            if "sha256" in data:
+                raise ValueError("set key or sha256, not both")
+            if not isinstance(key, str) or len(key) < API_KEY_MIN_LEN or not key.isprintable() or " " in key:
+                raise ValueError(f"key must be at least {API_KEY_MIN_LEN} printable characters without spaces")
+            data = {**{k: v for k, v in data.items() if k != "key"}, "sha256": key_digest(key)}
+        return data
+
+
+class Tenant(Strict):
+    """Who calls the models: the identity for limits, budgets and metrics. Once any tenant
+    exists, every request to a service with models needs one of the tenants' API keys
+    (`Authorization: Bearer <key>`)."""
+
+    keys: Annotated[list[ApiKey], Field(max_length=KEYS_PER_TENANT_MAX)] = []
+
+    @model_validator(mode="after")
+    def _unique(self) -> Tenant:
+        ids = [k.id for k in self.keys]
+        if len(set(ids)) != len(ids):
+            raise ValueError("keys names an id more than once")
         return self

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError, field_validator
 
-from controlplane.policy.ai import Model
+from controlplane.policy.ai import Model, Tenant
 from controlplane.policy.canary import Canary
 from controlplane.policy.geo import Geo, GeoRoute
 from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
@@ -34,6 +34,7 @@ KINDS: dict[str, Kind] = {
         Kind("GeoRoute", "georoutes", GeoRoute),
         Kind("Telemetry", "telemetry", Telemetry),
         Kind("Model", "models", Model),
+        Kind("Tenant", "tenants", Tenant),
     )
 }
 KIND_BY_PLURAL: dict[str, Kind] = {k.plural: k for k in KINDS.values()}

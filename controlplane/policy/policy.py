@@ -7,7 +7,7 @@ field that caused it.
 from __future__ import annotations
 
 from controlplane.policy import filter_limits as limits
-from controlplane.policy.ai import ENTRY_ROUTES_MAX, MODELS_MAX, Model
+from controlplane.policy.ai import ENTRY_ROUTES_MAX, KEYS_MAX, MODELS_MAX, Model, Tenant
 from controlplane.policy.canary import Canary, CanaryStatus, finished
 from controlplane.policy.geo import Geo, GeoRoute
 from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
@@ -36,6 +36,7 @@ class Policy(Strict):
     georoutes: dict[Name, GeoRoute] = {}
     telemetry: dict[Name, Telemetry] = {}
     models: dict[Name, Model] = {}
+    tenants: dict[Name, Tenant] = {}
 
     @property
     def edge(self) -> Edge:
@@ -122,6 +123,14 @@ class Policy(Strict):
                 found.append(Problem(loc=f"{where}.fallback", msg="the backends and fallbacks mix http1 and http2"))
         if len(entries) > ENTRY_ROUTES_MAX:
             found.append(Problem(loc="models", msg=f"at most {ENTRY_ROUTES_MAX} routes carry models (the llm filter's table)"))
+        holder: dict[str, str] = {}
+        for name, tenant in sorted(self.tenants.items()):
+            for i, key in enumerate(tenant.keys):
+                other = holder.setdefault(key.sha256, f"{name}/{key.id}")
+                if other != f"{name}/{key.id}":
+                    found.append(Problem(loc=f"tenants.{name}.keys.{i}", msg=f"the same key is already {other}"))
+        if len(holder) > KEYS_MAX:
+            found.append(Problem(loc="tenants", msg=f"at most {KEYS_MAX} API keys in all (the llm filter's table)"))
         return found
 
     def _geo_problems(self) -> list[Problem]:
