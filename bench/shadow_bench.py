@@ -2,7 +2,7 @@
 canary's shadow stage mirroring 100% of the route to the comparator, against the same run
 without shadowing, in interleaved rounds.
 
-  .venv/bin/python bench/shadow_bench.py [--rate 100] [--duration 8] [--rounds 3]
+  .venv/bin/python bench/shadow_bench.py [--rate 100] [--duration 8] [--rounds 3] [--percent 100] [--split]
 
 The load is open loop at `--rate` requests/s (each request starts on schedule, whether or not
 earlier ones finished), so both configurations see the same offered load; latencies are
@@ -68,6 +68,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second (open loop)")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per round and configuration")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--percent", type=float, default=100.0, help="share of the route mirrored")
     parser.add_argument("--split", action="store_true", help="this client, Envoy and the stable backend on core 0; "
                         "the control plane (comparator) and the candidate on core 1, as when they run elsewhere")
     args = parser.parse_args()
@@ -79,7 +80,7 @@ def main() -> int:
     candidate = Backend.start(work, models, "classifier:4")
     cp = ControlPlane.start(work)
     envoy = Envoy.start(work, cp)
-    results: dict[str, list[tuple[float, float, int, int]]] = {"plain": [], "shadow 100%": []}
+    results: dict[str, list[tuple[float, float, int, int]]] = {"plain": [], f"shadow {args.percent:g}%": []}
     if args.split:
         for core, procs in (("0", (envoy.proc, stable.proc)), ("1", (cp.proc, candidate.proc))):
             for proc in procs:
@@ -97,7 +98,7 @@ def main() -> int:
                     code, body = cp.apply({"kind": "Canary", "name": name, "spec": {
                         "service": "classifier", "route": "infer", "stable": "stable", "canary": "candidate",
                         "steps": [100], "interval_s": 3600,
-                        "shadow": {"percent": 100, "windows": 1, "min_comparisons": 1}}})
+                        "shadow": {"percent": args.percent, "windows": 1, "min_comparisons": 1}}})
                     assert code == 200, body
                     status_url = f"{cp.url}/api/v1/canaries/{name}/status"
                     wait_until(lambda url=status_url: get_json(url)["status"]["stage"] == "shadow", 10,

@@ -107,3 +107,49 @@ def test_sticky_canary_hashes_the_split_while_it_runs() -> None:
     assert envoy_route.route.hash_policy[0].header.header_name == "x-user"
     done = apply_weight(running, canary, 100, ab=False).services["classifier"].routes[0]
     assert not done.sticky_split and done.hash_on == []
+
+
+def test_relative_gates_judge_the_canary_against_stable_in_the_same_window() -> None:
+    from controlplane.canary.metrics import Window
+
+    gates = Thresholds(min_requests=10, max_p99_ms=None, max_success_rate_drop=0.01, max_p99_ratio=1.2)
+    stable = Window(200, 1.0, 5.0)
+    assert judge(Window(100, 1.0, 5.0), gates, stable).verdict is Verdict.PASS
+    slow = judge(Window(100, 1.0, 50.0), gates, stable)
+    assert (slow.verdict, slow.gate) == (Verdict.FAIL, "thresholds.max_p99_ratio") and "10.00x" in slow.reason
+    assert judge(Window(100, 1.0, 10.0), gates, stable).verdict is Verdict.PASS  # within p99_tolerance_ms
+    worse = judge(Window(100, 0.995, 5.0), gates.model_copy(update={"min_success_rate": 0.9}), Window(200, 1.0, 5))
+    assert worse.verdict is Verdict.PASS  # 0.5 points below: within the allowed drop
+    failing = judge(Window(100, 0.95, 5.0), gates.model_copy(update={"min_success_rate": 0.9}), stable)
+    assert failing.gate == "thresholds.max_success_rate_drop"
+    assert judge(Window(100, 1.0, 50.0), gates, Window(3, 1.0, 1.0)).verdict is Verdict.PASS  # stable idle: skipped
+
+
+def test_shadow_and_generation_verdicts() -> None:
+    from controlplane.canary.analysis import combined, judge_generation, judge_shadow
+    from controlplane.canary.generation import GenWindow, between, parse
+    from controlplane.policy.canary import Shadow
+    from controlplane.shadow.compare import Comparison
+    from controlplane.shadow.server import Tally
+
+    shadow = Shadow(min_comparisons=10, min_agreement=0.995, max_abs_diff=0.1)
+    few = judge_shadow(Tally(compared=3), shadow)
+    assert (few.verdict, few.gate) == (Verdict.INCONCLUSIVE, "shadow.min_comparisons")
+    flipped = Tally(compared=100, comparison=Comparison(rows=400, argmax_rows=400, agreed_rows=388))
+    assert judge_shadow(flipped, shadow).gate == "shadow.min_agreement"
+    same = Tally(compared=100, comparison=Comparison(rows=400, argmax_rows=400, agreed_rows=400, max_abs_diff=0.2))
+    assert judge_shadow(same, shadow).gate == "shadow.max_abs_diff"
+    broken = Tally(compared=90, candidate_errors=10)
+    assert judge_shadow(broken, shadow).gate == "shadow.max_error_rate"
+
+    text = ('vllm:time_to_first_token_seconds_sum{model_name="m"} 0.5\n'
+            'vllm:time_to_first_token_seconds_count{model_name="m"} 10\n'
+            'vllm:inter_token_latency_seconds_sum{model_name="m"} 1.0\n'
+            'vllm:inter_token_latency_seconds_count{model_name="m"} 100\n')
+    window = between({}, {"a:1": parse(text)})
+    assert window == GenWindow(10, 50.0, 10.0)
+    gates = Thresholds(max_ttft_ratio=1.3, min_generations=5)
+    slow = judge_generation(GenWindow(10, 20.0, 10.0), window, gates)
+    assert (slow.verdict, slow.gate) == (Verdict.FAIL, "thresholds.max_ttft_ratio")
+    assert judge_generation(GenWindow(2, 20.0, 10.0), window, gates).verdict is Verdict.INCONCLUSIVE
+    assert combined([judge_generation(window, window, gates), slow]).gate == "thresholds.max_ttft_ratio"
