@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from sluice import canary_cli, client, geo_cli
+from sluice import apikey_cli, canary_cli, client, geo_cli
 
 # Components parse their own flags; importing one does not import the others, so the
 # backend and the control plane stay independent programs.
@@ -27,6 +27,7 @@ def policy_parser() -> argparse.ArgumentParser:
     client.add_commands(sub)
     canary_cli.add_commands(sub)
     geo_cli.add_commands(sub)
+    apikey_cli.add_commands(sub)
     return parser
 
 

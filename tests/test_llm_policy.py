@@ -4,6 +4,7 @@ llm filter's configuration)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
@@ -95,7 +96,7 @@ def test_translation() -> None:
     assert [(level.priority, level.lb_endpoints[0].endpoint.address.socket_address.port_value)
             for level in assignment.endpoints] == [(0, 8002), (1, 8003)]
     assert LLM in out[types.EXTENSION_CONFIG]
-    assert llm_config(policy) == {"max_body_bytes": 8 * 1024 * 1024, "routes": ["llm/openai"], "models": [
+    assert llm_config(policy) == {"auth_routes": [], "keys": [], "max_body_bytes": 8 * 1024 * 1024, "routes": ["llm/openai"], "models": [
         {"service": "llm", "name": "gpt-4o", "targets": [
             {"header": "chat/a", "weight": 90}, {"header": "chat/b", "weight": 10, "rewrite": "llama-3.1-8b"}]},
         {"service": "llm", "name": "text-embedding-3-small", "targets": [{"header": "embed/c", "weight": 100}]}]}
@@ -106,3 +107,15 @@ def test_no_models_no_filter_and_routes_unchanged() -> None:
     assert LLM not in out[types.EXTENSION_CONFIG]
     (routes,) = out[types.ROUTE].values()
     assert [r.name for r in routes.virtual_hosts[0].routes] == ["llm/health", "llm/openai"]
+
+
+def test_tenants_keys_reach_the_filter_hashed() -> None:
+    key = "sk-test-" + "k" * 24
+    policy = build(CHAT, {"kind": "Tenant", "name": "acme", "spec": {"keys": [{"id": "one", "key": key}]}})
+    config = llm_config(policy)
+    assert config["auth_routes"] == ["llm/models", "llm/openai"]
+    assert config["keys"] == [{"sha256": hashlib.sha256(key.encode()).hexdigest(), "tenant": "acme"}]
+    assert key not in str(translate(policy, GROUP)) and key not in str(policy.model_dump())
+    assert build(CHAT, {"kind": "Tenant", "name": "other", "spec": {"keys": [{"id": "a", "key": key}]}},
+                 {"kind": "Tenant", "name": "acme", "spec": {"keys": [{"id": "b", "key": key}]}}).problems()[0].loc \
+        == "tenants.other.keys.0"

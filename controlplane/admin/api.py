@@ -13,6 +13,7 @@ from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from controlplane.admin.apikeys import ApiKeysApi
 from controlplane.admin.auth import auth_middleware
 from controlplane.admin.history import HistoryApi, preview
 from controlplane.admin.openapi import openapi_document
@@ -58,6 +59,7 @@ class AdminApi:
         app.router.add_get("/api/v1/replica", self.replica)
         app.router.add_routes(HistoryApi(self._store, self._fleet).routes())
         app.router.add_routes(TokensApi(self._store, self._authenticator).routes())
+        app.router.add_routes(ApiKeysApi(self._store, self._fleet.convergence.revision_written).routes())
         app.router.add_get("/api/v1/{plural}", self.list_objects)
         app.router.add_get("/api/v1/{plural}/{name}", self.get_object)
         app.router.add_put("/api/v1/{plural}/{name}", self.put_object)

@@ -10,6 +10,9 @@
 - One fallback cluster per (Model, backend) with fallbacks, `model.<Model>.<backend>`: the
   backend's endpoints at priority 0, each fallback's at the next priority (as geo routing does).
 - `GET /v1/models` on each service with models: answered by Envoy from the policy.
+- API keys: once any Tenant exists, the entry routes and `/v1/models` need a key; the filter
+  gets each key's SHA-256 and tenant (never a key), and the model routes drop the
+  Authorization header, so keys go no further than the edge.
 """
 
 from __future__ import annotations
@@ -52,10 +55,18 @@ def fallback_cluster_name(model: str, backend: str) -> str:
     return f"model.{model}.{backend}"
 
 
+def _models_route_name(service: str) -> str:
+    return route_name(service, "models")
+
+
 def llm_config(policy: Policy) -> dict[str, object]:
     """The filter's plugin configuration."""
     entries = sorted({route_name(m.service, r) for m in policy.models.values() for r in m.routes})
+    keyed = sorted({*entries, *(_models_route_name(m.service) for m in policy.models.values())}) if policy.tenants else []
     return {
+        "auth_routes": keyed,
+        "keys": [{"sha256": key.sha256, "tenant": name}
+                 for name, tenant in sorted(policy.tenants.items()) for key in tenant.keys],
         "max_body_bytes": MAX_BODY_BYTES,
         "routes": entries,
         "models": [
@@ -99,7 +110,7 @@ def _models_route(service: str, models: list[Model]) -> Route:
         {"id": m.model, "object": "model", "created": 0, "owned_by": m.owned_by}
         for m in sorted(models, key=lambda m: m.model)]}
     return Route(
-        name=route_name(service, "models"),
+        name=_models_route_name(service),
         match=RouteMatch(path=MODELS_PATH, headers=[
             HeaderMatcher(name=":method", string_match=StringMatcher(exact="GET"))]),
         direct_response=DirectResponseAction(
@@ -110,7 +121,7 @@ def _models_route(service: str, models: list[Model]) -> Route:
     )
 
 
-def _target_route(entry: Route, name: str, model: Model, backend: str) -> Route:
+def _target_route(entry: Route, name: str, model: Model, backend: str, keyed: bool) -> Route:
     route = Route()
     route.CopyFrom(entry)
     route.match.headers.append(HeaderMatcher(
@@ -119,6 +130,8 @@ def _target_route(entry: Route, name: str, model: Model, backend: str) -> Route:
     route.route.cluster = fallback_cluster_name(name, backend) if model.fallback else backend
     route.route.ClearField("hash_policy")
     route.request_headers_to_remove.append(MODEL_HEADER)
+    if keyed:
+        route.request_headers_to_remove.append("authorization")
     return route
 
 
@@ -132,7 +145,7 @@ def _with_models(vhost: VirtualHost, policy: Policy) -> None:
         # The route as the policy wrote it is the last of its name; copies before it (geo
         # routing's per region) would catch a request before the model routes otherwise.
         base = routes[named[-1]]
-        copies = [_target_route(base, n, m, b.backend)
+        copies = [_target_route(base, n, m, b.backend, bool(policy.tenants))
                   for n, m in models if route_short in m.routes for b in m.backends]
         for i in named:
             routes[i].request_body_buffer_limit.CopyFrom(UInt64Value(value=BUFFER_LIMIT_BYTES))

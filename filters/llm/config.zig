@@ -11,7 +11,10 @@
 //!      "targets": [                          // 1..8
 //!        {"header": "chat/tiny-llama",       // x-sluice-model value the model routes match
 //!         "weight": 100,                     // 0..10000, at least one above 0
-//!         "rewrite": "tiny-llama-v2"}]}]     // optional: the name forwarded in the body
+//!         "rewrite": "tiny-llama-v2"}]}],    // optional: the name forwarded in the body
+//!   "auth_routes": ["demo/llm", "demo/models"], // 0..128 routes that need an API key
+//!   "keys": [{"sha256": "<64 hex>",          // 0..1024: SHA-256 of a key, distinct
+//!             "tenant": "acme"}]             //   the tenant it identifies
 //! }
 const std = @import("std");
 const assert = std.debug.assert;
@@ -28,6 +31,12 @@ pub const name_len_max = 128;
 pub const header_len_max = 128;
 pub const weight_max = 10_000;
 pub const body_bytes_max = 64 * 1024 * 1024;
+pub const auth_routes_max = 128;
+pub const keys_max = 1024;
+pub const Digest = [std.crypto.hash.sha2.Sha256.digest_length]u8;
+pub const Tenant = abi.BoundedString(service_len_max);
+
+pub const Key = struct { digest: Digest, tenant: Tenant };
 
 pub const RouteName = abi.BoundedString(route_len_max);
 pub const Name = abi.BoundedString(name_len_max);
@@ -68,12 +77,27 @@ pub const Config = struct {
     routes_len: u8 = 0,
     models: [models_max]Model = undefined,
     models_len: u8 = 0,
+    auth_routes: [auth_routes_max]RouteName = undefined,
+    auth_routes_len: u8 = 0,
+    keys: [keys_max]Key = undefined,
+    keys_len: u16 = 0,
 
     pub fn isEntry(self: *const Config, route: []const u8) bool {
-        for (self.routes[0..self.routes_len]) |*r| {
-            if (std.mem.eql(u8, r.slice(), route)) return true;
+        return contains(self.routes[0..self.routes_len], route);
+    }
+
+    pub fn needsKey(self: *const Config, route: []const u8) bool {
+        return contains(self.auth_routes[0..self.auth_routes_len], route);
+    }
+
+    /// The tenant holding the key with this digest. Every key is compared in full, so the time
+    /// taken does not tell how much of a guessed key matched.
+    pub fn tenantOf(self: *const Config, digest: *const Digest) ?*const Tenant {
+        var found: ?*const Tenant = null;
+        for (self.keys[0..self.keys_len]) |*key| {
+            if (std.crypto.timing_safe.eql(Digest, key.digest, digest.*)) found = &key.tenant;
         }
-        return false;
+        return found;
     }
 
     pub fn find(self: *const Config, service: []const u8, name: []const u8) ?*const Model {
@@ -88,11 +112,37 @@ pub const Message = abi.Message;
 
 const JsonTarget = struct { header: []const u8, weight: u32, rewrite: ?[]const u8 = null };
 const JsonModel = struct { service: []const u8, name: []const u8, targets: []const JsonTarget };
+const JsonKey = struct { sha256: []const u8, tenant: []const u8 };
 const JsonConfig = struct {
     max_body_bytes: u32,
     routes: []const []const u8 = &.{},
     models: []const JsonModel = &.{},
+    auth_routes: []const []const u8 = &.{},
+    keys: []const JsonKey = &.{},
 };
+
+fn contains(routes: []const RouteName, route: []const u8) bool {
+    for (routes) |*r| {
+        if (std.mem.eql(u8, r.slice(), route)) return true;
+    }
+    return false;
+}
+
+fn copyRoutes(json: []const []const u8, out: []RouteName, what: []const u8, message: *Message) ?u8 {
+    if (json.len > out.len) {
+        message.print("at most {d} {s}", .{ out.len, what });
+        return null;
+    }
+    for (json, 0..) |route, i| {
+        if (route.len == 0 or route.len > route_len_max or std.mem.indexOfScalar(u8, route, '/') == null) {
+            message.print("{s}[{d}] must be service/route, 1..{d} bytes", .{ what, i, route_len_max });
+            return null;
+        }
+        out[i] = .{};
+        out[i].set(route);
+    }
+    return @intCast(json.len);
+}
 
 pub fn parse(json: []const u8, out: *Config, work: *[work_bytes]u8, message: *Message) bool {
     message.len = 0;
@@ -118,18 +168,33 @@ fn validate(json: *const JsonConfig, out: *Config, message: *Message) bool {
         return false;
     }
     out.max_body_bytes = json.max_body_bytes;
-    if (json.routes.len > routes_max or json.models.len > models_max) {
-        message.print("at most {d} routes and {d} models", .{ routes_max, models_max });
+    if (json.models.len > models_max) {
+        message.print("at most {d} models", .{models_max});
         return false;
     }
-    for (json.routes, 0..) |route, i| {
-        if (route.len == 0 or route.len > route_len_max or std.mem.indexOfScalar(u8, route, '/') == null) {
-            message.print("routes[{d}] must be service/route, 1..{d} bytes", .{ i, route_len_max });
+    out.routes_len = copyRoutes(json.routes, &out.routes, "routes", message) orelse return false;
+    out.auth_routes_len = copyRoutes(json.auth_routes, &out.auth_routes, "auth_routes", message) orelse return false;
+    if (json.keys.len > keys_max) {
+        message.print("at most {d} keys", .{keys_max});
+        return false;
+    }
+    for (json.keys, 0..) |jk, i| {
+        const key = &out.keys[i];
+        if (jk.sha256.len != 2 * key.digest.len or jk.tenant.len == 0 or jk.tenant.len > service_len_max) {
+            message.print("keys[{d}]: sha256 is 64 hex digits, tenant 1..{d} bytes", .{ i, service_len_max });
             return false;
         }
-        out.routes[i] = .{};
-        out.routes[i].set(route);
-        out.routes_len += 1;
+        _ = std.fmt.hexToBytes(&key.digest, jk.sha256) catch {
+            message.print("keys[{d}]: sha256 is not hex", .{i});
+            return false;
+        };
+        if (out.tenantOf(&key.digest) != null) {
+            message.print("keys[{d}]: the same key twice", .{i});
+            return false;
+        }
+        key.tenant = .{};
+        key.tenant.set(jk.tenant);
+        out.keys_len += 1;
     }
     for (json.models, 0..) |*jm, i| {
         if (!validateModel(jm, i, &out.models[i], message)) return false;
@@ -203,6 +268,23 @@ test "parse, find, pick by weight" {
     try testing.expectEqualStrings("chat/a", model.pick(0).header.slice());
     try testing.expectEqualStrings("chat/b", model.pick(1).header.slice());
     try testing.expectEqualStrings("b-v2", model.pick(3).rewrite.slice());
+}
+
+test "keys: the tenant of a digest" {
+    var work: [work_bytes]u8 = undefined;
+    var cfg: Config = undefined;
+    var message: Message = .{};
+    var digest: Digest = undefined;
+    std.crypto.hash.sha2.Sha256.hash("sk-demo-0123456789abcdef", &digest, .{});
+    const json =
+        \\{"max_body_bytes": 1, "auth_routes": ["demo/llm", "demo/models"], "keys": [
+        \\  {"sha256": "639d00d1a103366f4544c1479747fb37bf39927908dc7db5ea65635cec29b82c", "tenant": "acme"}]}
+    ;
+    try testing.expect(parse(json, &cfg, &work, &message));
+    try testing.expect(cfg.needsKey("demo/models") and !cfg.needsKey("demo/other"));
+    try testing.expectEqualStrings("acme", cfg.tenantOf(&digest).?.slice());
+    digest[0] +%= 1;
+    try testing.expect(cfg.tenantOf(&digest) == null);
 }
 
 test "refused: duplicate model, zero weights, rewrite needing escapes, unknown field" {

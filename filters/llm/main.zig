@@ -11,6 +11,10 @@
 //! the model routes match that header), and the model name is rewritten in the body if the
 //! target says so (Content-Length follows).
 //!
+//! API keys: on routes that need one (`auth_routes`), the SHA-256 of the Bearer key must be
+//! one of the configured keys' (else 401, in OpenAI's shape); its tenant goes upstream in
+//! `x-sluice-tenant` (replacing anything the client sent).
+//!
 //! Exports only what it needs: configure, request headers, request body.
 const std = @import("std");
 const assert = std.debug.assert;
@@ -30,6 +34,8 @@ export fn proxy_on_memory_allocate(size: usize) ?[*]u8 {
 
 const route_name_property = "xds\x00route_name";
 const model_header = "x-sluice-model";
+/// The tenant of the request's API key, for the backend and the limits.
+const tenant_header = "x-sluice-tenant";
 /// Bytes of body read per host call: well within the scratch arena, which is reset between pieces.
 const piece_bytes = 64 * 1024;
 /// The most bytes between a `"model"` key and its value's closing quote that a rewrite reads.
@@ -74,18 +80,11 @@ export fn proxy_on_configure(root_context_id: u32, plugin_configuration_size: u3
 const continue_ = @intFromEnum(host.Action.@"continue");
 const pause = @intFromEnum(host.Action.pause);
 
-/// The entry route of a POST this filter routes, or null for any other request.
-fn entryRoute(cfg: *const config.Config) ?[]const u8 {
-    if (cfg.routes_len == 0) return null;
-    const route = host.getProperty(route_name_property) orelse return null;
-    if (!cfg.isEntry(route)) return null;
-    const method = host.getHeader(.request_headers, ":method") orelse return null;
-    if (!std.mem.eql(u8, method, "POST")) {
-        // Only this filter may choose a model route.
-        _ = host.removeHeader(.request_headers, model_header);
-        return null;
-    }
-    return route;
+/// Whether the request is a POST to an entry route: one this filter routes.
+fn isEntryPost(cfg: *const config.Config, route: []const u8) bool {
+    if (!cfg.isEntry(route)) return false;
+    const method = host.getHeader(.request_headers, ":method") orelse return false;
+    return std.mem.eql(u8, method, "POST");
 }
 
 export fn proxy_on_request_headers(context_id: u32, num_headers: u32, end_of_stream: u32) u32 {
@@ -93,7 +92,17 @@ export fn proxy_on_request_headers(context_id: u32, num_headers: u32, end_of_str
     _ = num_headers;
     host.beginCallback();
     const cfg = activeConfig() orelse return continue_;
-    _ = entryRoute(cfg) orelse return continue_;
+    if (cfg.routes_len == 0 and cfg.auth_routes_len == 0) return continue_;
+    const route = host.getProperty(route_name_property) orelse return continue_;
+    if (cfg.needsKey(route)) {
+        const tenant = authenticate(cfg) orelse return pause;
+        _ = host.replaceHeader(.request_headers, tenant_header, tenant);
+    }
+    if (!isEntryPost(cfg, route)) {
+        // Only this filter may choose a model route.
+        if (cfg.isEntry(route)) _ = host.removeHeader(.request_headers, model_header);
+        return continue_;
+    }
     if (end_of_stream != 0) {
         return reply(.{ .status = 400, .message = "The request has no body: a JSON object naming a model is required." });
     }
@@ -104,11 +113,32 @@ export fn proxy_on_request_headers(context_id: u32, num_headers: u32, end_of_str
     return pause;
 }
 
+/// The tenant whose key the request carries (`Authorization: Bearer <key>`); null when it
+/// carries none or an unknown one, after answering 401. The key is never logged or echoed.
+fn authenticate(cfg: *const config.Config) ?[]const u8 {
+    const scheme = "bearer ";
+    const value = host.getHeader(.request_headers, "authorization") orelse "";
+    if (value.len <= scheme.len or !std.ascii.startsWithIgnoreCase(value, scheme)) {
+        _ = reply(.{ .status = 401, .type = "invalid_request_error", .message = "You didn't provide an API key. " ++
+            "You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)." });
+        return null;
+    }
+    var digest: config.Digest = undefined;
+    std.crypto.hash.sha2.Sha256.hash(std.mem.trim(u8, value[scheme.len..], " "), &digest, .{});
+    const tenant = cfg.tenantOf(&digest) orelse {
+        _ = reply(.{ .status = 401, .message = "Incorrect API key provided.", .code = "invalid_api_key" });
+        return null;
+    };
+    return tenant.slice();
+}
+
 export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of_stream: u32) u32 {
     _ = context_id;
     host.beginCallback();
     const cfg = activeConfig() orelse return continue_;
-    const route = entryRoute(cfg) orelse return continue_;
+    if (cfg.routes_len == 0) return continue_;
+    const route = host.getProperty(route_name_property) orelse return continue_;
+    if (!isEntryPost(cfg, route)) return continue_;
     if (body_buffer_length > cfg.max_body_bytes) return tooLarge(cfg, body_buffer_length);
     if (end_of_stream == 0) return pause;
 
