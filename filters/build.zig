@@ -6,7 +6,7 @@
 const std = @import("std");
 
 /// Every filter lives in `<name>/main.zig` and imports the shared ABI layer as `abi`.
-const filters = [_][]const u8{ "ratelimit", "georoute", "llm", "shed" };
+const filters = [_][]const u8{ "ratelimit", "georoute", "llm", "picker" };
 
 pub fn build(b: *std.Build) void {
     const optimize = b.standardOptimizeOption(.{});

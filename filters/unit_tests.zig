@@ -15,6 +15,7 @@ test {
     _ = @import("llm/body.zig");
     _ = @import("llm/config.zig");
     _ = @import("llm/openai.zig");
-    _ = @import("shed/config.zig");
-    _ = @import("shed/report.zig");
+    _ = @import("picker/config.zig");
+    _ = @import("picker/report.zig");
+    _ = @import("picker/pick.zig");
 }

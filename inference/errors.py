@@ -19,6 +19,14 @@ class Unavailable(InferenceError):
     """Not ready, draining, or the queue is full: try again, maybe elsewhere (HTTP 503, gRPC UNAVAILABLE)."""
 
 
+class Throttled(InferenceError):
+    """Too many requests: come back after `retry_after_s` (HTTP 429 with Retry-After, gRPC RESOURCE_EXHAUSTED)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class DeadlineExceeded(InferenceError):
     """The request's timeout expired before it ran (HTTP 504, gRPC DEADLINE_EXCEEDED)."""
 

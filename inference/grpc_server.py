@@ -26,6 +26,7 @@ from inference.errors import (
     InternalError,
     InvalidInput,
     NotFound,
+    Throttled,
     Unauthenticated,
     Unavailable,
 )
@@ -51,6 +52,7 @@ _CODES = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Throttled: grpc.StatusCode.RESOURCE_EXHAUSTED,
     InternalError: grpc.StatusCode.INTERNAL,
     Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     Forbidden: grpc.StatusCode.PERMISSION_DENIED,

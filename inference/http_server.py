@@ -18,6 +18,7 @@ from inference.errors import (
     InternalError,
     InvalidInput,
     NotFound,
+    Throttled,
     Unauthenticated,
     Unavailable,
 )
@@ -49,6 +50,7 @@ TOO_DEEP = "request body is not valid JSON: it nests too deeply"
 
 _STATUS = {
     NotFound: 404, InvalidInput: 400, Unauthenticated: 401, Forbidden: 403, Unavailable: 503, DeadlineExceeded: 504, InternalError: 500,
+    Throttled: 429,
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -71,7 +73,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except InferenceError as error:
-        return error_response(status_of(error), str(error))
+        response = error_response(status_of(error), str(error))
+        if isinstance(error, Throttled):
+            response.headers["Retry-After"] = str(error.retry_after_s)
+        return response
     except web.HTTPException as error:
         if error.status < 400:
             raise

@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     option("load", "MODEL[:VERSIONS]", action="append")
     option("fault_error_rate", "FLOAT", type=float)
     option("fault_delay_ms", "FLOAT", type=float)
+    option("fault_throttle_s", "SECONDS", type=int)
     option("fault_batch_delay_ms", "FLOAT", type=float)
     option("fault_step_delay_ms", "FLOAT", type=float)
     option("fault_seed", "INT", type=int)
@@ -101,11 +102,12 @@ async def serve(settings: BackendSettings) -> int:
     runtime = RuntimeOptions(providers=providers, intra_op_threads=settings.intra_op_threads, engine_cache_dir=settings.engine_cache_dir)
     repository = ModelRepository(settings.model_repository, runtime, settings.max_queue_size,
                                  batch_delay_s=settings.fault_batch_delay_ms / 1000)
-    faults = Faults(error_rate=settings.fault_error_rate, delay_s=settings.fault_delay_ms / 1000)
+    faults = Faults(error_rate=settings.fault_error_rate, delay_s=settings.fault_delay_ms / 1000,
+                    throttle_s=settings.fault_throttle_s)
     if faults.active:
         log.warning(
-            "FAULT INJECTION ON: failing %.1f%% of infer requests and delaying each by %.1f ms",
-            faults.error_rate * 100, settings.fault_delay_ms,
+            "FAULT INJECTION ON: failing %.1f%% of infer requests, delaying each by %.1f ms, throttling (429) for %d s",
+            faults.error_rate * 100, settings.fault_delay_ms, faults.throttle_s,
         )
     if settings.fault_batch_delay_ms:
         log.warning("FAULT INJECTION ON: delaying every model run by %.1f ms", settings.fault_batch_delay_ms)

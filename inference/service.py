@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from inference.cache import cache_key
-from inference.errors import DeadlineExceeded, InferenceError, InternalError, InvalidInput, NotFound, Unavailable
+from inference.errors import DeadlineExceeded, InferenceError, InternalError, InvalidInput, NotFound, Throttled, Unavailable
 from inference.generate.registry import GenerativeModels
 from inference.load import LoadMeter, LoadReport
 from inference.protocol import InferRequest, InferResponse
@@ -30,10 +30,11 @@ class Faults:
 
     error_rate: float = 0.0
     delay_s: float = 0.0
+    throttle_s: int = 0  # answer every infer request 429 with this Retry-After
 
     @property
     def active(self) -> bool:
-        return self.error_rate > 0 or self.delay_s > 0
+        return self.error_rate > 0 or self.delay_s > 0 or self.throttle_s > 0
 
 
 class InFlight:
@@ -174,6 +175,8 @@ class InferenceService:
         if len(set(wanted)) != len(wanted):
             raise InvalidInput(f"outputs {wanted} name an output more than once")
         mv.check_outputs(wanted)
+        if self.faults.throttle_s > 0:
+            raise Throttled("injected fault (--fault-throttle-s): too many requests", self.faults.throttle_s)
         if self.faults.delay_s > 0:
             await asyncio.sleep(self.faults.delay_s)
         if self.faults.error_rate > 0 and self._random.random() < self.faults.error_rate:

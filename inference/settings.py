@@ -41,6 +41,8 @@ class BackendSettings(BaseSettings):
     )
     fault_error_rate: Annotated[float, Field(ge=0, le=1, description="fraction of infer requests failed with HTTP 500 on purpose")] = 0.0
     fault_delay_ms: Annotated[float, Field(ge=0, description="delay added to every infer request on purpose, in ms")] = 0.0
+    fault_throttle_s: Annotated[int, Field(
+        ge=0, le=3600, description="answer every infer request 429 with this Retry-After on purpose, in s; 0: off")] = 0
     fault_batch_delay_ms: Annotated[float, Field(
         ge=0, description="delay added to every model run (batch) on purpose, in ms: the model instance is held, so capacity drops")] = 0.0
     fault_step_delay_ms: Annotated[float, Field(ge=0, description="delay added to every generation engine step on purpose, in ms")] = 0.0

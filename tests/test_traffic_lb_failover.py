@@ -9,9 +9,12 @@ from envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v
     ClientSideWeightedRoundRobin,
 )
 from envoy.extensions.load_balancing_policies.least_request.v3.least_request_pb2 import LeastRequest
+from envoy.extensions.load_balancing_policies.override_host.v3.override_host_pb2 import OverrideHost
+from envoy.extensions.upstreams.http.v3.http_protocol_options_pb2 import HttpProtocolOptions
 from test_traffic_policy import backend, cluster, policy, problems, route, seconds, service, unpack
 
-from controlplane.translate.shed import shed_config
+from controlplane.translate.clusters import HTTP_PROTOCOL_OPTIONS
+from controlplane.translate.picker import picker_config, picker_upstream_config
 
 
 def test_load_aware_is_client_side_weighted_round_robin_on_orca_reports() -> None:
@@ -93,14 +96,14 @@ def test_shedding_covers_routes_whose_every_backend_sheds() -> None:
             {"name": "mixed", "match": {"prefix": "/b"}, "split": [{"backend": "model"}, {"backend": "plain"}]},
             {"name": "idle", "match": {"prefix": "/c"}, "split": [{"backend": "model"}, {"backend": "plain", "weight": 0}]},
         ]}})
-    config = shed_config(both)
+    config = picker_config(both)
     assert config is not None and config["priority_header"] == "x-sluice-priority"
     assert [r["route"] for r in config["routes"]] == ["svc/shed", "svc/idle"]  # type: ignore[index]
     shed = config["routes"][0]  # type: ignore[index]
-    assert (shed["retry_after_s"], shed["max_age_ms"]) == (2, 1500)
+    assert (shed["shed_retry_after_s"], shed["max_age_ms"], shed["pick"]) == (2, 1500, False)
     assert shed["endpoints"] == [{"address": "10.0.0.1:8001", "threshold": 8}, {"address": "10.0.0.2:8001", "threshold": 3},
                                  {"address": "[::1]:8002", "threshold": 8}]
-    assert shed_config(policy(backend(), service())) is None
+    assert picker_config(policy(backend(), service())) is None
 
 
 BAD_SHEDDING: list[tuple[dict[str, Any], str, str]] = [
@@ -115,3 +118,28 @@ BAD_SHEDDING: list[tuple[dict[str, Any], str, str]] = [
 def test_bad_shedding_names_the_field(spec: dict[str, Any], loc: str, msg: str) -> None:
     ((where, why),) = problems(backend(**spec))
     assert where == loc and msg in why, why
+
+
+def test_least_loaded_is_override_host_led_by_the_picker() -> None:
+    c = cluster(lb_policy="least_loaded", prefix_affinity={"prefix_bytes": 128, "load_bound": 1.5})
+    (lb,) = c.load_balancing_policy.policies
+    assert lb.typed_extension_config.name == "envoy.load_balancing_policies.override_host"
+    override = unpack(lb.typed_extension_config.typed_config, OverrideHost)
+    assert [s.header for s in override.override_host_sources] == ["x-sluice-endpoint"]
+    (fallback,) = override.fallback_policy.policies
+    assert fallback.typed_extension_config.name == "envoy.load_balancing_policies.least_request"
+    options = unpack(c.typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS], HttpProtocolOptions)
+    assert [f.name for f in options.http_filters] == ["sluice.picker.upstream", "envoy.filters.http.upstream_codec"]
+    assert list(unpack(cluster().typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS], HttpProtocolOptions).http_filters) == []
+
+    picked = policy(backend(lb_policy="least_loaded", prefix_affinity={"prefix_bytes": 128, "load_bound": 1.5}), service())
+    config = picker_config(picked)
+    assert config is not None and config["endpoint_header"] == "x-sluice-endpoint"
+    (entry,) = config["routes"]  # type: ignore[misc]
+    assert (entry["pick"], entry["prefix_bytes"], entry["load_bound_pct"], entry["shed_retry_after_s"]) == (True, 128, 150, 0)
+    assert entry["endpoints"] == [{"address": "10.0.0.1:8001", "threshold": 0}]
+    assert picker_upstream_config(picked) == {"upstream": True, "priority_header": "x-sluice-priority",
+                                              "endpoint_header": "x-sluice-endpoint"}
+    assert picker_upstream_config(policy(backend(), service())) is None
+    ((where, why),) = problems(backend(prefix_affinity={}))
+    assert where == "spec" and "prefix_affinity is set but lb_policy is least_request" in why

@@ -149,7 +149,7 @@ class SlowStart(Strict):
     min_weight_percent: Percent = 10
 
 
-LbPolicy = Literal["round_robin", "least_request", "ring_hash", "maglev", "load_aware"]
+LbPolicy = Literal["round_robin", "least_request", "ring_hash", "maglev", "load_aware", "least_loaded"]
 
 
 class LeastRequest(Strict):
@@ -182,6 +182,16 @@ class LoadAware(Strict):
         return self
 
 
+class PrefixAffinity(Strict):
+    """least_loaded only: requests whose prompts start alike go to the replica that holds that
+    prefix in its KV cache (a rendezvous hash of the first `prefix_bytes` of the body's messages
+    or prompt), unless its load exceeds `load_bound` times the mean: then to the next replica in
+    that prompt's order."""
+
+    prefix_bytes: Annotated[int, Field(ge=16, le=65536, description="bytes of the prompt that make its key")] = 256
+    load_bound: Annotated[float, Field(ge=1, le=10, description="a replica above this multiple of the mean load is passed over")] = 1.25
+
+
 class Shedding(Strict):
     """Refuse requests of priority below 0 at the edge (429 and Retry-After, at once) while every
     replica that could serve them reports at least `queue_threshold` waiting requests (ORCA
@@ -205,6 +215,7 @@ class Backend(Strict):
     least_request: Annotated[LeastRequest | None, Field(description="lb_policy least_request only")] = None
     load_aware: Annotated[LoadAware | None, Field(
         description="lb_policy load_aware only; null: the defaults")] = None
+    prefix_affinity: Annotated[PrefixAffinity | None, Field(description="lb_policy least_loaded only")] = None
     slow_start: Annotated[SlowStart | None, Field(description="round_robin, least_request and load_aware only")] = None
     shedding: Annotated[Shedding | None, Field(
         description="refuse low-priority requests at the edge while every replica's queue is full; "
@@ -219,9 +230,10 @@ class Backend(Strict):
     def _slow_start_needs_weights(self) -> Backend:
         if self.slow_start is not None and self.lb_policy not in ("round_robin", "least_request", "load_aware"):
             raise ValueError(f"slow_start works with round_robin, least_request or load_aware, not {self.lb_policy}")
-        for tuning in ("least_request", "load_aware"):
-            if getattr(self, tuning) is not None and self.lb_policy != tuning:
-                raise ValueError(f"{tuning} is set but lb_policy is {self.lb_policy}: set lb_policy {tuning}")
+        for tuning, policy in (("least_request", "least_request"), ("load_aware", "load_aware"),
+                               ("prefix_affinity", "least_loaded")):
+            if getattr(self, tuning) is not None and self.lb_policy != policy:
+                raise ValueError(f"{tuning} is set but lb_policy is {self.lb_policy}: set lb_policy {policy}")
         return self
 
 

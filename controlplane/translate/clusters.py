@@ -2,15 +2,19 @@ from envoy.config.cluster.v3.circuit_breaker_pb2 import CircuitBreakers
 from envoy.config.cluster.v3.cluster_pb2 import Cluster, LoadBalancingPolicy
 from envoy.config.cluster.v3.outlier_detection_pb2 import OutlierDetection
 from envoy.config.core.v3.base_pb2 import RoutingPriority, RuntimeDouble
+from envoy.config.core.v3.config_source_pb2 import ExtensionConfigSource
 from envoy.config.core.v3.extension_pb2 import TypedExtensionConfig
 from envoy.config.core.v3.health_check_pb2 import HealthCheck
 from envoy.config.core.v3.protocol_pb2 import Http1ProtocolOptions, Http2ProtocolOptions, HttpProtocolOptions
+from envoy.extensions.filters.http.upstream_codec.v3.upstream_codec_pb2 import UpstreamCodec
+from envoy.extensions.filters.network.http_connection_manager.v3.http_connection_manager_pb2 import HttpFilter
 from envoy.extensions.load_balancing_policies.client_side_weighted_round_robin.v3.client_side_weighted_round_robin_pb2 import (
     ClientSideWeightedRoundRobin,
 )
 from envoy.extensions.load_balancing_policies.common.v3.common_pb2 import SlowStartConfig
 from envoy.extensions.load_balancing_policies.least_request.v3.least_request_pb2 import LeastRequest
 from envoy.extensions.load_balancing_policies.maglev.v3.maglev_pb2 import Maglev
+from envoy.extensions.load_balancing_policies.override_host.v3.override_host_pb2 import OverrideHost
 from envoy.extensions.load_balancing_policies.ring_hash.v3.ring_hash_pb2 import RingHash
 from envoy.extensions.load_balancing_policies.round_robin.v3.round_robin_pb2 import RoundRobin
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2 as upstream_http
@@ -26,6 +30,11 @@ from controlplane.policy.policy import Policy
 from controlplane.translate.sources import ads
 
 HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+# least_loaded: the picker filter names the endpoint in this header; the cluster follows it.
+ENDPOINT_HEADER = "x-sluice-endpoint"
+# The picker's instance among a least_loaded cluster's upstream filters (its config by ECDS).
+PICKER_UPSTREAM = "sluice.picker.upstream"
+WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 
 
 def seconds(value: float) -> Duration:
@@ -145,7 +154,16 @@ LB_EXTENSIONS = {
     "ring_hash": "envoy.load_balancing_policies.ring_hash",
     "maglev": "envoy.load_balancing_policies.maglev",
     "load_aware": "envoy.load_balancing_policies.client_side_weighted_round_robin",
+    "least_loaded": "envoy.load_balancing_policies.override_host",
 }
+
+
+def _least_loaded() -> OverrideHost:
+    # Without the header (nothing known, every endpoint cooling) and on retries, least_request picks.
+    fallback = LoadBalancingPolicy(policies=[LoadBalancingPolicy.Policy(typed_extension_config=TypedExtensionConfig(
+        name=LB_EXTENSIONS["least_request"], typed_config=packed(LeastRequest())))])
+    return OverrideHost(override_host_sources=[OverrideHost.OverrideHostSource(header=ENDPOINT_HEADER)],
+                        fallback_policy=fallback)
 
 
 def _load_balancing(backend: p.Backend) -> LoadBalancingPolicy:
@@ -156,6 +174,7 @@ def _load_balancing(backend: p.Backend) -> LoadBalancingPolicy:
         "ring_hash": RingHash(),
         "maglev": Maglev(),
         "load_aware": _load_aware(backend, slow_start),
+        "least_loaded": _least_loaded(),
     }
     return LoadBalancingPolicy(policies=[LoadBalancingPolicy.Policy(typed_extension_config=TypedExtensionConfig(
         name=LB_EXTENSIONS[backend.lb_policy], typed_config=packed(configs[backend.lb_policy]),
@@ -171,7 +190,17 @@ def _http_options(backend: p.Backend) -> upstream_http.HttpProtocolOptions:
     return upstream_http.HttpProtocolOptions(
         common_http_protocol_options=HttpProtocolOptions(idle_timeout=seconds(backend.idle_timeout_s)),
         explicit_http_config=explicit,
+        http_filters=_picker_upstream_filters() if backend.lb_policy == "least_loaded" else [],
     )
+
+
+def _picker_upstream_filters() -> list[HttpFilter]:
+    """The picker as an upstream filter sees every try, a 429 that Envoy retries elsewhere
+    included, so that replica still gets its cooldown."""
+    return [
+        HttpFilter(name=PICKER_UPSTREAM, config_discovery=ExtensionConfigSource(config_source=ads(), type_urls=[WASM_TYPE])),
+        HttpFilter(name="envoy.filters.http.upstream_codec", typed_config=packed(UpstreamCodec())),
+    ]
 
 
 def cluster(name: str, backend: p.Backend) -> Cluster:

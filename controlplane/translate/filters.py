@@ -21,16 +21,16 @@ from google.protobuf.wrappers_pb2 import BoolValue, BytesValue, StringValue
 
 from controlplane.policy import Policy
 from controlplane.policy.filter_limits import RATE_MIN
+from controlplane.translate.clusters import PICKER_UPSTREAM, WASM_TYPE
 from controlplane.translate.geo import TableLookup, georoute_configuration
 from controlplane.translate.llm import llm_config
-from controlplane.translate.shed import shed_config
+from controlplane.translate.picker import picker_config, picker_upstream_config, reads_prompts
 from controlplane.translate.sources import ads
 
 GEOROUTE = "sluice.georoute"
 LLM = "sluice.llm"
 RATELIMIT = "sluice.ratelimit"
-SHED = "sluice.shed"
-WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+PICKER = "sluice.picker"
 
 
 def _packed(message: Message) -> Any:
@@ -130,9 +130,13 @@ def edge_filters(policy: Policy, filters_dir: Path, shares: Mapping[str, float] 
         configs.append(wasm_filter(RATELIMIT, module, "ratelimit", ratelimit_config(policy, shares)))
     # After rate limits (a shed request has spent its tokens, as any refused one), before llm
     # (a shed request's body is never read).
-    if (shedding := shed_config(policy)) is not None:
-        chain.append(discovered(SHED))
-        configs.append(wasm_filter(SHED, filters_dir.resolve() / "shed.wasm", "shed", shedding))
+    picker = filters_dir.resolve() / "picker.wasm"
+    if (picking := picker_config(policy)) is not None:
+        chain.append(discovered(PICKER))
+        configs.append(wasm_filter(PICKER, picker, "picker", picking, reads_request_body=reads_prompts(picking)))
+    if (recording := picker_upstream_config(policy)) is not None:
+        # Named by the least_loaded clusters' upstream filters (translate/clusters.py), not the chain.
+        configs.append(wasm_filter(PICKER_UPSTREAM, picker, "picker", recording))
     if policy.models:
         chain.append(discovered(LLM))
         configs.append(wasm_filter(LLM, filters_dir.resolve() / "llm.wasm", "llm", llm_config(policy),
