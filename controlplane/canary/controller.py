@@ -143,7 +143,9 @@ class CanaryController:
         self._comparator.set_targets(targets)
 
     def _route(self, policy: Policy, name: str, canary: Canary, status: CanaryStatus) -> Policy:
-        return apply_stage(policy, name, canary, status.stage, status.weight, self._shadow_address())
+        # A status written before stages existed has none: a step means the weighted stage.
+        stage = status.stage if status.stage is not None or status.step < 0 else "weighted"
+        return apply_stage(policy, name, canary, stage, status.weight, self._shadow_address())
 
     async def _advance(self, session: aiohttp.ClientSession, policy: Policy, name: str, canary: Canary) -> Policy:
         now = self._clock()
@@ -173,10 +175,11 @@ class CanaryController:
         status = status.model_copy(update={"inconclusive": 0})
         if judgement.verdict is Verdict.FAIL:
             return self._fail(policy, name, canary, status, now, judgement, payload)
+        needed = {"shadow": canary.shadow.windows if canary.shadow else 1, "ab": canary.ab_windows,
+                  "weighted": canary.step_windows}[status.stage or "weighted"]
+        if status.passed_windows + 1 < needed:
+            return with_status(policy, name, status.model_copy(update={"passed_windows": status.passed_windows + 1}))
         if status.stage in ("shadow", "ab"):
-            needed = canary.shadow.windows if status.stage == "shadow" and canary.shadow else canary.ab_windows
-            if status.passed_windows + 1 < needed:
-                return with_status(policy, name, status.model_copy(update={"passed_windows": status.passed_windows + 1}))
             stage: Stage = "ab" if status.stage == "shadow" and canary.ab_windows else "weighted"
             return await self._enter(session, policy, name, canary, status, stage, -1 if stage == "ab" else 0, now,
                                      f"{status.stage} passed: {judgement.reason}")

@@ -7,7 +7,7 @@ The canary's weight lives where traffic reads it, in the route's split, and its 
 from __future__ import annotations
 
 from controlplane.policy import Canary, CanaryEvent, CanaryStatus, Policy, Route, RouteMatch, WeightedBackend
-from controlplane.policy.canary import Stage, State
+from controlplane.policy.canary import Stage, State, shadow_backend_name
 from controlplane.policy.model import Backend, Endpoint, Mirror
 
 MAX_EVENTS = 200
@@ -16,11 +16,6 @@ ACTIONS = ("pause", "resume", "promote", "abort")
 
 def ab_route_name(route: str) -> str:
     return f"{route[:57]}-ab"
-
-
-def shadow_backend_name(canary_name: str) -> str:
-    """The Backend (Envoy cluster) a shadowing canary's route mirrors to: the comparator."""
-    return f"{canary_name[:56]}-shadow"
 
 
 def with_event(status: CanaryStatus, now: float, state: State, weight: int, message: str,

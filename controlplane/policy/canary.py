@@ -73,6 +73,7 @@ class Canary(Strict):
     step_weight: Percent | None = None
     max_weight: Percent = 100
     interval_s: Annotated[float, Field(ge=0.5, le=86400, description="analysis window per step")] = 60.0
+    step_windows: Annotated[int, Field(ge=1, le=1000, description="passing windows at each weighted step")] = 1
     thresholds: Thresholds = Thresholds()
     failure_limit: Annotated[int, Field(ge=1, le=100, description="failed windows before rollback")] = 1
     match: Annotated[list[HeaderMatch], Field(
@@ -138,6 +139,11 @@ class CanaryStatus(Strict):
     step_started_at: float = 0.0
     paused_state: State | None = None  # what resume returns to
     events: Annotated[list[CanaryEvent], Field(max_length=200)] = []
+
+
+def shadow_backend_name(canary_name: str) -> str:
+    """The Backend (Envoy cluster) a shadowing canary's route mirrors to: the comparator."""
+    return f"{canary_name[:56]}-shadow"
 
 
 def spec_key(canary: Canary) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from controlplane.policy import filter_limits as limits
 from controlplane.policy.ai import ENTRY_ROUTES_MAX, KEYS_MAX, MODELS_MAX, Model, Tenant
-from controlplane.policy.canary import Canary, CanaryStatus, finished
+from controlplane.policy.canary import Canary, CanaryStatus, finished, shadow_backend_name
 from controlplane.policy.geo import Geo, GeoRoute
 from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
 from controlplane.policy.telemetry import TELEMETRY_NAME, Telemetry
@@ -183,6 +183,9 @@ class Policy(Strict):
                  if backend not in self.backends]
         if finished(canary, self.canary_status.get(name)):
             return found  # it released the route: the route may change and another canary may take it
+        if canary.shadow is not None and sum(m.backend != shadow_backend_name(name) for m in route.mirrors) >= 4:
+            found.append(Problem(loc=f"{where}.shadow", msg=f"route {canary.route!r} already mirrors to 4 backends, "
+                                 "the most a route takes: the shadow stage needs one more"))
         others = {w.backend for w in route.split} - {canary.stable, canary.canary}
         if others:
             found.append(Problem(loc=f"{where}.route", msg=f"route {canary.route!r} also splits to "
