@@ -90,12 +90,8 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
     comparator = Comparator(max_inflight=settings.shadow_max_inflight, max_body_bytes=settings.shadow_max_body_bytes,
                             timeout_s=settings.shadow_timeout_s)
     await comparator.start(settings.shadow_host, settings.shadow_port)
-    advertised = None
-    if settings.shadow_advertise is not None:
-        host, _, port = settings.shadow_advertise.rpartition(":")
-        advertised = (host, int(port))
     canaries = CanaryController(store, everyone.edge_admin_addresses, comparator=comparator,
-                                comparator_address=advertised)
+                                comparator_address=settings.shadow_advertised())
     canary_lease = coordination.lease(CANARY_LEASE)  # canaries advance on one replica at a time
     supervisor = Supervisor(registry)
     admin = AdminApi(store, fleet, registry, authenticator=authenticator, options=options,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from pathlib import Path
@@ -47,6 +48,26 @@ class ControlPlaneSettings(BaseSettings):
     tls_cert: Path | None = Field(None, description="PEM certificate: HTTPS admin API and TLS xDS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     client_ca: Path | None = Field(None, description="PEM CA: xDS clients (Envoys) must present a certificate it signed")
+
+    def shadow_advertised(self) -> tuple[str, int] | None:
+        """shadow_advertise as (IP, port); None when unset."""
+        if self.shadow_advertise is None:
+            return None
+        host, _, port = self.shadow_advertise.rpartition(":")
+        return host.strip("[]"), int(port)
+
+    @model_validator(mode="after")
+    def _shadow_advertise_is_ip_port(self) -> ControlPlaneSettings:
+        if self.shadow_advertise is not None:
+            try:
+                host, port = self.shadow_advertised() or ("", 0)
+                ipaddress.ip_address(host)
+                if not 1 <= port <= 65535:
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"shadow_advertise {self.shadow_advertise!r} is not IP:PORT "
+                                 "(Envoy takes only IP addresses in EDS endpoints)") from None
+        return self
 
     @model_validator(mode="after")
     def _tls_complete(self) -> ControlPlaneSettings:
