@@ -25,6 +25,7 @@ class Load:
     pause_s: float = 0.01
     bodies: tuple[str, ...] = (BODY,)  # sent in turn
     path: str = "/v2/models/classifier/infer"
+    headers: dict[str, str] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -49,7 +50,7 @@ class Load:
             turn += 1
             try:
                 conn.request("POST", self.path, self.bodies[turn % len(self.bodies)],
-                             {"Content-Type": "application/json"})
+                             {"Content-Type": "application/json", **self.headers})
                 response = conn.getresponse()
                 response.read()
                 outcome = Outcome(time.time(), response.status, response.getheader("x-model-version", ""))

@@ -298,3 +298,21 @@ def test_deleting_a_shadowing_canary_removes_its_mirror(controlplane: ControlPla
     assert http("DELETE", f"{controlplane.url}/api/v1/canaries/next")[0] == 200
     wait_until(lambda: route()["mirrors"] == [], 10, what="the mirror to go")
     assert http("GET", f"{controlplane.url}/api/v1/backends/next-shadow")[0] == 404
+
+
+def test_stages_shadow_then_ab_then_weighted(controlplane: ControlPlane, edge: Callable[[int, int], Envoy],
+                                             candidates: dict[str, Backend]) -> None:
+    envoy = edge(candidates["v1"].port, candidates["v4"].port)
+    spec = canary(steps=[100], shadow={**SHADOW, "windows": 1}, match=[{"name": "x-tenant", "exact": "beta"}],
+                  ab_windows=1, thresholds={"min_requests": 10})
+    with Load(envoy.listen_port, bodies=BODIES) as everyone, \
+            Load(envoy.listen_port, bodies=BODIES, headers={"x-tenant": "beta"}, threads=2) as beta:
+        assert controlplane.apply(spec)[0] == 200
+        final = wait_state(controlplane, {"succeeded", "rolled_back", "paused"}, timeout=20)
+    assert final["state"] == "succeeded", [(e["message"], e["gate"]) for e in final["events"]]
+    entered = {e["message"].split(":")[0]: e["at"] for e in final["events"] if e["state"] == "progressing"}
+    assert list(entered) == ["shadow", "A/B", "step 1"]
+    settle = 0.5  # the revision reaching Envoy
+    in_ab = lambda load: {o.version for o in load.between(entered["A/B"] + settle, entered["step 1"])}  # noqa: E731
+    assert in_ab(beta) == {"4"} and in_ab(everyone) == {"1"}  # only the tenant's requests reach the candidate
+    assert {o.version for o in everyone.between(entered["A/B"] - 1, entered["A/B"])} == {"1"}  # shadow: no one
