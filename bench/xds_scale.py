@@ -28,7 +28,9 @@ import asyncio
 import multiprocessing
 import os
 import re
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -276,8 +278,10 @@ def route_configs(envoy: Envoy) -> list[str]:
     return [c["route_config"]["name"] for c in envoy.config_dump("dynamic_route_configs")["configs"]]
 
 
-def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy, first: int) -> Result:
-    """`first`: the variant of the first write; each run's writes differ from the last run's."""
+def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy, first: int,
+        spy: Path | None = None) -> Result:
+    """`first`: the variant of the first write; each run's writes differ from the last run's.
+    `spy`: sample the control plane with py-spy (native frames too) during the measured writes."""
     cp.proc.stop()  # a fresh process per fleet size: nothing left over from the last one
     cp.proc.start()
     cp.wait_ready()
@@ -294,8 +298,14 @@ def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy, first
         rss = rss_kib(cp.proc.pid)
         write(cp, envoy, fleet, first)  # warms up, not counted
         before = Counters.read(cp, fleet)
+        sampler = None if spy is None else subprocess.Popen(
+            ["py-spy", "record", "--native", "--format", "raw", "--output", str(spy), "--pid", str(cp.proc.pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         puts, latencies = zip(*(write(cp, envoy, fleet, variant) for variant in range(first + 1, first + writes + 1)), strict=True)
         after = Counters.read(cp, fleet)
+        if sampler is not None:
+            sampler.send_signal(signal.SIGINT)  # py-spy writes its file as it stops
+            sampler.wait(60)
         _, whole_s = write(cp, envoy, fleet, first + writes + 1, whole=True)
         whole_bytes = Counters.read(cp, fleet).sent_bytes - after.sent_bytes
     finally:
@@ -315,6 +325,9 @@ def main() -> int:
     p.add_argument("--writes", type=int, default=10, help="measured writes per fleet size (default 10)")
     p.add_argument("--workers", type=int, default=2, help="processes running the simulated proxies (default 2)")
     p.add_argument("--profile", type=Path, help="cProfile the control plane into this file (last fleet size)")
+    p.add_argument("--py-spy", type=Path, dest="spy",
+                   help="sample the control plane with py-spy during the measured writes of the last fleet size, "
+                        "into this file (collapsed stacks; py-spy on PATH)")
     args = p.parse_args()
     sizes = [int(n) for n in args.fleet.split(",")]
 
@@ -335,7 +348,8 @@ def main() -> int:
                 if args.profile and i == len(sizes) - 1:
                     # python -m cProfile -o FILE -m sluice controlplane ...; written when it stops
                     cp.proc.argv[1:1] = ["-m", "cProfile", "-o", str(args.profile.resolve())]
-                r = run(n, args.writes, args.workers, cp, envoy, first=1 + i * (args.writes + 2))
+                r = run(n, args.writes, args.workers, cp, envoy, first=1 + i * (args.writes + 2),
+                        spy=args.spy if i == len(sizes) - 1 else None)
                 print(" ".join(f"{value(r):>{w}}" for _, w, value in COLUMNS), flush=True)
         finally:
             if envoy is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse, DiscoveryResponse, Resource
 from google.protobuf.any_pb2 import Any
@@ -84,6 +85,10 @@ class TypeSnapshot:
             digest.update(b"\0")
             digest.update(versions[name].encode())
         return cls(type_url, digest.hexdigest()[:16], dict(sorted(packed.items())), versions, uses)
+
+    @cached_property
+    def names(self) -> frozenset[str]:
+        return frozenset(self.resources)
 
     def follow(self, previous: TypeSnapshot) -> None:
         """Record the step from `previous`, the version this one replaces."""

@@ -35,7 +35,7 @@ class DeltaSession(Session[DeltaDiscoveryRequest]):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._subs: dict[str, _Subscription] = {}
 
-    def receive(self, request: DeltaDiscoveryRequest) -> None:
+    def _receive(self, request: DeltaDiscoveryRequest) -> None:
         sub = self._subs.get(request.type_url)
         if sub is None:
             sub = self._subs[request.type_url] = _Subscription(known=dict(request.initial_resource_versions))

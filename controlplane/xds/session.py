@@ -16,7 +16,7 @@ import logging
 from abc import ABC, abstractmethod
 from typing import Generic, TypeVar
 
-from controlplane.cache import Snapshot
+from controlplane.cache import Snapshot, TypeSnapshot
 from controlplane.resources import CLUSTER, DEPENDENT, ENDPOINT, LISTENER, PUSH_ORDER, ROUTE
 from controlplane.xds.fleet import Fleet
 from controlplane.xds.status import ProxyStatus
@@ -44,9 +44,18 @@ class Session(ABC, Generic[Request]):
         self._running: dict[str, frozenset[str]] = {}
         self._sending: dict[str, frozenset[str]] = {}
         self._view: Snapshot | None = None  # what this proxy was last offered, kept clusters included
+        # Per type found settled: for which version object and revision, and whether the proxy
+        # asked for all of it. Until the proxy's next request of that type or a new version,
+        # a wake-up (the ACK of another type, a change elsewhere) re-checks nothing of it.
+        self._noted: dict[str, tuple[TypeSnapshot, int, bool]] = {}
+
+    def receive(self, request: Request) -> None:
+        """Take a request: an ACK, a NACK, or a change of subscription."""
+        self._noted.pop(request.type_url, None)  # type: ignore[attr-defined]
+        self._receive(request)
 
     @abstractmethod
-    def receive(self, request: Request) -> None: ...
+    def _receive(self, request: Request) -> None: ...
 
     @abstractmethod
     def settled(self, type_url: str, snapshot: Snapshot) -> Settled: ...
@@ -102,11 +111,15 @@ class Session(ABC, Generic[Request]):
                     return None
                 continue
             if state in (Settled.YES, Settled.REJECTED):
-                if state is Settled.YES:
-                    self._fleet.has(self.proxy, type_url, view.version(type_url), view.revision)
-                    if type_url in ROUTING:
-                        self._running[type_url] = view.types[type_url].used(self.held(type_url))
-                if self._complete(type_url, view):
+                current = view.types[type_url]
+                noted = self._noted.get(type_url)
+                if noted is None or noted[0] is not current or noted[1] != view.revision:
+                    if state is Settled.YES:
+                        self._fleet.has(self.proxy, type_url, current.version, view.revision)
+                        if type_url in ROUTING:
+                            self._running[type_url] = current.used(self.held(type_url))
+                    noted = self._noted[type_url] = (current, view.revision, self._complete(type_url, view))
+                if noted[2]:
                     continue
                 return None  # the proxy has yet to ask for resources the next types depend on
             if state is Settled.IN_FLIGHT:
@@ -129,4 +142,4 @@ class Session(ABC, Generic[Request]):
         names = self.requested(type_url)
         if type_url not in (ENDPOINT, ROUTE) or names is None:
             return True
-        return set(snapshot.types[type_url].resources) <= names
+        return snapshot.types[type_url].names <= names

@@ -45,7 +45,7 @@ class SotwSession(Session[DiscoveryRequest]):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._subs: dict[str, _Subscription] = {}
 
-    def receive(self, request: DiscoveryRequest) -> None:
+    def _receive(self, request: DiscoveryRequest) -> None:
         names = frozenset(request.resource_names) if request.resource_names else None
         sub = self._subs.get(request.type_url)
         if sub is None:
