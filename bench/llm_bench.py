@@ -264,7 +264,7 @@ def streams(args: argparse.Namespace, workdir: Path) -> None:
         ports = {"direct": backend_port, **{n: e.port for n, e in envoys.items()}}
         with envoy_wrk.running(envoys, 60):
             samples: dict[str, list[tuple[float, float]]] = {n: [] for n in ports}
-            for name, port in ports.items():
+            for port in ports.values():
                 stream_once(port, "tiny-llama", 8)  # warm-up
             for _ in range(args.streams):
                 for name, port in ports.items():
