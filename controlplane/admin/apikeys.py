@@ -7,9 +7,11 @@ from __future__ import annotations
 import secrets
 
 from aiohttp import web
+from pydantic import TypeAdapter, ValidationError
 
 from controlplane.policy import InvalidPolicy, Policy, Problem
 from controlplane.policy.ai import ApiKey, Tenant, key_digest
+from controlplane.policy.model import Name
 from controlplane.store import Store
 from controlplane.web.errors import error
 from controlplane.web.writes import Written, commit_change, json_body
@@ -43,6 +45,11 @@ class ApiKeysApi:
     async def create(self, request: web.Request) -> web.Response:
         """Adds a key to the tenant, creating the tenant if it does not exist."""
         name = request.match_info["name"]
+        try:
+            TypeAdapter(Name).validate_python(name)
+        except ValidationError:
+            raise InvalidPolicy([Problem(loc="name", msg="a tenant's name is lower-case letters, digits and '-', "
+                                                         "1-63 characters")]) from None
         body = await json_body(request) if request.can_read_body else {}
         if not isinstance(body, dict) or not isinstance(body.get("id", ""), str):
             return error(422, "expected an object {id}: the key's id, optional")

@@ -141,6 +141,20 @@ def openapi_document() -> dict[str, Any]:
             "responses": _responses("applied", 401, 403, 409, 413, 415, 422, 503)}},
         "/api/v1/geo/table/info": {"get": {"summary": "the geo table in force: size, source, regions",
                                            "responses": _responses("ok", 401, 403, 404, 503)}},
+        "/api/v1/tenants/{name}/keys": {
+            "get": {"summary": "a tenant's API key ids (never the keys)", "parameters": [text_param("name")],
+                    "responses": _responses("ok", 401, 403, 404)},
+            "post": {"summary": "create an API key (and the tenant if new); the answer holds the key, shown only "
+                                "this once: only its SHA-256 is stored",
+                     "parameters": [text_param("name")],
+                     "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                         "type": "object", "properties": {"id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,31}$"}}}}}},
+                     "responses": {"201": {"description": "created"}, **_responses("", 400, 401, 403, 409, 422, 503)}},
+        },
+        "/api/v1/tenants/{name}/keys/{id}": {"delete": {
+            "summary": "revoke an API key: the edge refuses it as soon as the revision reaches it",
+            "parameters": [text_param("name"), text_param("id")],
+            "responses": _responses("revoked", 400, 401, 403, 404, 409, 503)}},
     }
     for kind in KINDS.values():
         name_param = text_param("name")
