@@ -527,7 +527,8 @@ def test_workloads_match_the_code() -> None:
     assert cp["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert cp["livenessProbe"]["httpGet"]["path"] == "/healthz"
     ports = {p["name"]: p["containerPort"] for p in cp["ports"]}
-    assert ports == {"grpc-xds": ControlPlaneSettings().xds_port, "http-admin": ControlPlaneSettings().admin_port}
+    assert ports == {"grpc-xds": ControlPlaneSettings().xds_port, "http-admin": ControlPlaneSettings().admin_port,
+                     "http-shadow": int(env_of(cp)["SLUICE_SHADOW_PORT"])}
     assert env_of(cp)["SLUICE_STORE"] == services()["controlplane-1"]["environment"]["SLUICE_STORE"]
     # The control plane names the filters where the edge mounts them, and the init container
     # copies them from where the control-plane image has them.
@@ -644,6 +645,7 @@ def test_network_policies_admit_only_the_picture() -> None:
         (OUTSIDE, "edge", 10000), ("monitoring", "edge", 10000),  # the public listener: anyone's
         ("edge", "controlplane", 18000), ("backend-v1", "controlplane", 18000),
         ("edge", "backend-v1", 15006),
+        ("edge", "controlplane", 18081), ("controlplane", "backend-v1", 15006),  # canaries' shadow stage
         ("controlplane", "redis", 6379), ("controlplane", "edge", 9902),
         ("monitoring", "edge", 9902), ("monitoring", "backend-v1", 8001), ("monitoring", "controlplane", 8080),
     }

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
+# The control plane's image has no numpy: tensors are flat lists of floats here, which is
+# cheap for what a comparison reads (a few rows of outputs).
 BINARY_HEADER = "inference-header-content-length"
 
-_DTYPES: dict[str, str] = {
-    "BOOL": "?", "UINT8": "<u1", "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "INT8": "<i1",
-    "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
+_FORMATS: dict[str, str] = {
+    "BOOL": "?", "UINT8": "B", "UINT16": "H", "UINT32": "I", "UINT64": "Q", "INT8": "b",
+    "INT16": "h", "INT32": "i", "INT64": "q", "FP16": "e", "FP32": "f", "FP64": "d",
 }
 
 
@@ -42,36 +43,79 @@ class Comparison:
     prefix_tokens: float = 0.0  # common-prefix tokens, summed over generations
 
 
-def tensors(body: bytes, content_length_header: str | None) -> dict[str, np.ndarray]:
+@dataclass(frozen=True)
+class Tensor:
+    shape: tuple[int, ...]
+    values: list[float]  # row-major
+
+    def rows(self) -> list[list[float]]:
+        """The first dimension's rows, each flattened (a scalar or a vector is one row)."""
+        count = self.shape[0] if len(self.shape) > 1 else 1
+        width = len(self.values) // count if count else 0
+        return [self.values[i * width:(i + 1) * width] for i in range(count)]
+
+
+def _flat(data: Any) -> list[float]:
+    if isinstance(data, list):
+        return [v for item in data for v in _flat(item)]
+    return [float(data)]
+
+
+def tensors(body: bytes, content_length_header: str | None) -> dict[str, Tensor]:
     """The outputs of a KServe v2 response, JSON or binary, by name."""
     if content_length_header is None:
         header, raw = json.loads(body), b""
     else:
         size = int(content_length_header)
         header, raw = json.loads(body[:size]), body[size:]
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, Tensor] = {}
     offset = 0
     for output in header.get("outputs") or []:
-        shape = [int(d) for d in output.get("shape", [])]
+        shape = tuple(int(d) for d in output.get("shape", []))
         binary_size = (output.get("parameters") or {}).get("binary_data_size")
+        fmt = _FORMATS.get(output.get("datatype", ""))
+        if fmt is None:
+            raise Incomparable(f"output {output.get('name')!r}: datatype {output.get('datatype')} is not compared")
         if binary_size is not None:
-            dtype = _DTYPES.get(output["datatype"])
-            if dtype is None:
-                raise Incomparable(f"output {output['name']!r}: datatype {output['datatype']} is not compared")
             chunk = raw[offset:offset + int(binary_size)]
             offset += int(binary_size)
-            array = np.frombuffer(chunk, dtype=dtype)
+            values = [float(v) for v in struct.unpack(f"<{len(chunk) // struct.calcsize(fmt)}{fmt}", chunk)]
         else:
-            if output.get("datatype") == "BYTES":
-                raise Incomparable(f"output {output['name']!r}: BYTES outputs are not compared")
-            array = np.asarray(output.get("data", []), dtype=np.float64)
-        out[str(output["name"])] = array.astype(np.float64).reshape(shape)
+            values = _flat(output.get("data", []))
+        if math.prod(shape) != len(values):
+            raise Incomparable(f"output {output.get('name')!r}: shape {list(shape)} holds {len(values)} values")
+        out[str(output["name"])] = Tensor(shape, values)
     if not out:
         raise Incomparable("no outputs in the answer")
     return out
 
 
-def compare_tensors(stable: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> Comparison:
+def _argmax(row: list[float]) -> int:
+    return max(range(len(row)), key=row.__getitem__)
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    norms = math.sqrt(math.fsum(x * x for x in a)) * math.sqrt(math.fsum(y * y for y in b))
+    if norms == 0:
+        return 1.0 if a == b else 0.0  # two zero vectors are the same vector
+    return math.fsum(x * y for x, y in zip(a, b, strict=True)) / norms
+
+
+def _compare_rows(a: list[list[float]], b: list[list[float]], argmax: bool, result: Comparison) -> None:
+    for row_a, row_b in zip(a, b, strict=True):
+        if not row_a:
+            continue
+        result.rows += 1
+        if argmax:
+            result.argmax_rows += 1
+            result.agreed_rows += _argmax(row_a) == _argmax(row_b)
+        result.max_abs_diff = max(result.max_abs_diff, max(abs(x - y) for x, y in zip(row_a, row_b, strict=True)))
+        cosine = _cosine(row_a, row_b)
+        result.min_cosine = min(result.min_cosine, cosine)
+        result.cosine_sum += cosine
+
+
+def compare_tensors(stable: dict[str, Tensor], candidate: dict[str, Tensor]) -> Comparison:
     if stable.keys() != candidate.keys():
         raise Incomparable(f"outputs differ: {sorted(stable)} vs {sorted(candidate)}")
     result = Comparison()
@@ -79,37 +123,18 @@ def compare_tensors(stable: dict[str, np.ndarray], candidate: dict[str, np.ndarr
         b = candidate[name]
         if a.shape != b.shape:
             raise Incomparable(f"output {name!r}: shape {list(a.shape)} vs {list(b.shape)}")
-        rows_a = a.reshape(a.shape[0] if a.ndim > 1 else 1, -1)
-        rows_b = b.reshape(rows_a.shape)
-        if rows_a.size == 0:
-            continue
-        result.rows += rows_a.shape[0]
-        result.argmax_rows += rows_a.shape[0]
-        result.agreed_rows += int(np.sum(rows_a.argmax(axis=1) == rows_b.argmax(axis=1)))
-        result.max_abs_diff = max(result.max_abs_diff, float(np.max(np.abs(rows_a - rows_b))))
-        cosines = _cosines(rows_a, rows_b)
-        result.min_cosine = min(result.min_cosine, float(cosines.min()))
-        result.cosine_sum += float(cosines.sum())
+        _compare_rows(a.rows(), b.rows(), True, result)
     return result
 
 
-def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    dots = np.sum(a * b, axis=1)
-    # Two zero vectors are the same vector: similarity 1, not a division by zero.
-    cosines: np.ndarray = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0),
-                                   np.where(np.all(a == b, axis=1), 1.0, 0.0))
-    return cosines
-
-
 def compare_embeddings(stable: dict[str, Any], candidate: dict[str, Any]) -> Comparison:
-    a = np.asarray([d["embedding"] for d in stable["data"]], dtype=np.float64)
-    b = np.asarray([d["embedding"] for d in candidate["data"]], dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 2:
-        raise Incomparable(f"embeddings shape {list(a.shape)} vs {list(b.shape)}")
-    cosines = _cosines(a, b)
-    return Comparison(rows=a.shape[0], max_abs_diff=float(np.max(np.abs(a - b), initial=0.0)),
-                      min_cosine=float(cosines.min(initial=1.0)), cosine_sum=float(cosines.sum()))
+    a = [_flat(d["embedding"]) for d in stable["data"]]
+    b = [_flat(d["embedding"]) for d in candidate["data"]]
+    if [len(v) for v in a] != [len(v) for v in b]:
+        raise Incomparable(f"embeddings of sizes {[len(v) for v in a]} vs {[len(v) for v in b]}")
+    result = Comparison()
+    _compare_rows(a, b, False, result)
+    return result
 
 
 def _texts(answer: dict[str, Any]) -> list[tuple[str, int]]:
