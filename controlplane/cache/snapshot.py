@@ -90,6 +90,16 @@ class TypeSnapshot:
     def names(self) -> frozenset[str]:
         return frozenset(self.resources)
 
+    def shared(self, names: frozenset[str]) -> frozenset[str]:
+        """`names`, or this type's own equal set: a thousand streams asking for every resource
+        then hold one set of names between them, not one each."""
+        return self.names if names == self.names else names
+
+    def held(self, known: dict[str, str]) -> dict[str, str]:
+        """`known` (a stream's name -> version), or this type's own equal mapping, shared likewise.
+        Streams never change a mapping in place: they replace it."""
+        return self.versions if known == self.versions else known
+
     def follow(self, previous: TypeSnapshot) -> None:
         """Record the step from `previous`, the version this one replaces."""
         if previous is not self and previous.version != self.version:

@@ -19,8 +19,10 @@ WILDCARD = "*"
 @dataclass
 class _Subscription:
     wildcard: bool = False
-    names: set[str] = field(default_factory=set)
-    known: dict[str, str] = field(default_factory=dict)  # what the proxy has (or was last sent): name -> version
+    names: frozenset[str] = frozenset()
+    # What the proxy has (or was last sent): name -> version. Replaced, never changed in place:
+    # it may be the snapshot's own mapping, shared by every stream that has all of the type.
+    known: dict[str, str] = field(default_factory=dict)
     answered: bool = True
     sending: tuple[str, ...] = ()  # what the last response carried
     refused: dict[str, str] = field(default_factory=dict)  # versions the proxy refused, by name
@@ -50,21 +52,17 @@ class DeltaSession(Session[DeltaDiscoveryRequest]):
                     sub.refused[name] = sub.known[name]
                 else:
                     sub.refused.pop(name, None)
-            sub.answered = True
-        if request.resource_names_subscribe or request.resource_names_unsubscribe:
-            sub.synced = None
-        for name in request.resource_names_subscribe:
-            if name == WILDCARD:
-                sub.wildcard = True
-            else:
-                sub.names.add(name)
-        for name in request.resource_names_unsubscribe:
-            if name == WILDCARD:
-                sub.wildcard = False
-            else:
-                sub.names.discard(name)
-                sub.known.pop(name, None)
-                sub.refused.pop(name, None)
+            sub.answered, sub.sending = True, ()
+        if not (request.resource_names_subscribe or request.resource_names_unsubscribe):
+            return
+        sub.synced = None
+        subscribe = frozenset(request.resource_names_subscribe)
+        unsubscribe = frozenset(request.resource_names_unsubscribe)
+        sub.wildcard = (sub.wildcard or WILDCARD in subscribe) and WILDCARD not in unsubscribe
+        sub.names = (sub.names | (subscribe - {WILDCARD})) - unsubscribe
+        if unsubscribe:
+            sub.known = {n: v for n, v in sub.known.items() if n not in unsubscribe}
+            sub.refused = {n: v for n, v in sub.refused.items() if n not in unsubscribe}
 
     def _diff(self, sub: _Subscription, type_url: str, snapshot: Snapshot) -> tuple[list[str], list[str]]:
         current = snapshot.types[type_url]
@@ -90,24 +88,26 @@ class DeltaSession(Session[DeltaDiscoveryRequest]):
             if changed or removed:
                 return Settled.NEEDS_PUSH
             sub.synced = version
+            sub.known, sub.names = current.held(sub.known), current.shared(sub.names)
         # One resource refused leaves the others updating; the proxy runs an older version of it.
         refused = any(current.versions.get(n) == v for n, v in sub.refused.items())
         return Settled.REJECTED if refused else Settled.YES
 
     def requested(self, type_url: str) -> frozenset[str] | None:
         sub = self._subs.get(type_url)
-        return None if sub is None or sub.wildcard else frozenset(sub.names)
+        return None if sub is None or sub.wildcard else sub.names
 
     def push(self, type_url: str, snapshot: Snapshot) -> bytes:
         sub = self._subs[type_url]
         current = snapshot.types[type_url]
         changed, removed = self._diff(sub, type_url, snapshot)
         response = current.delta(tuple(changed), tuple(removed))
-        for name in changed:
-            sub.known[name] = current.versions[name]
+        known = {**sub.known, **{n: current.versions[n] for n in changed}}
         for name in removed:
-            del sub.known[name]
+            del known[name]
             sub.refused.pop(name, None)
+        sub.known = current.held(known)
+        sub.names = current.shared(sub.names)
         sub.sending = tuple(changed)
         sub.nonce, sub.answered, sub.synced = response.nonce, False, current.version
         return response.data

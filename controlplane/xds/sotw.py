@@ -32,8 +32,9 @@ class _Subscription:
     sent_version: str | None = None
     sent_names: frozenset[str] | None = None
     nonce: str = ""
-    # PER_RESOURCE types: what the proxy has (or was last sent), name -> version; what the last
-    # response carried; the versions it refused.
+    # PER_RESOURCE types: what the proxy has (or was last sent), name -> version (replaced,
+    # never changed in place: it may be the snapshot's own mapping); what the last response
+    # carried; the versions it refused.
     known: dict[str, str] = field(default_factory=dict)
     sending: frozenset[str] = frozenset()
     refused: dict[str, str] = field(default_factory=dict)
@@ -48,6 +49,8 @@ class SotwSession(Session[DiscoveryRequest]):
     def _receive(self, request: DiscoveryRequest) -> None:
         names = frozenset(request.resource_names) if request.resource_names else None
         sub = self._subs.get(request.type_url)
+        if sub is not None and names == sub.names:
+            names = sub.names  # the same names again (every ACK repeats them): keep the shared set
         if sub is None:
             # A proxy reconnecting says which version it already runs (of the names it asks
             # for): nothing is re-sent for it.
@@ -63,12 +66,13 @@ class SotwSession(Session[DiscoveryRequest]):
                     sub.refused[name] = sub.known[name]
                 else:
                     sub.refused.pop(name, None)
+            sub.sending = frozenset()
         # else: the answered response's nonce again, with new names (EDS after a CDS change)
         if names != sub.names and request.type_url in PER_RESOURCE:
             sub.synced = None
-            for name in sub.known.keys() - (names or sub.known.keys()):  # unsubscribed: gone from the proxy
-                del sub.known[name]
-                sub.refused.pop(name, None)
+            if names is not None:  # unsubscribed: gone from the proxy
+                sub.known = {n: v for n, v in sub.known.items() if n in names}
+                sub.refused = {n: v for n, v in sub.refused.items() if n in names}
         sub.names = names
         sub.answered = True
 
@@ -96,6 +100,9 @@ class SotwSession(Session[DiscoveryRequest]):
                 if self._changed(sub, current):
                     return Settled.NEEDS_PUSH
                 sub.synced = current.version
+                sub.known = current.held(sub.known)
+                if sub.names is not None:
+                    sub.names = current.shared(sub.names)
             refused = any(current.versions.get(n) == v for n, v in sub.refused.items())
             return Settled.REJECTED if refused else Settled.YES
         if sub.sent_version == current.version and sub.sent_names == sub.names:
@@ -113,12 +120,14 @@ class SotwSession(Session[DiscoveryRequest]):
         current = snapshot.types[type_url]
         if type_url in PER_RESOURCE:
             sub.sending = frozenset(self._changed(sub, current))
-            sub.known.update((n, current.versions[n]) for n in sub.sending)
+            sub.known = current.held({**sub.known, **{n: current.versions[n] for n in sub.sending}})
             sub.synced = current.version
             response = current.sotw(sub.sending)
         else:
             response = current.sotw(sub.names)
             sub.sent_version, sub.sent_names = current.version, sub.names
+        if sub.names is not None:
+            sub.names = sub.sent_names = current.shared(sub.names)
         sub.nonce, sub.answered = response.nonce, False
         return response.data
 
