@@ -96,3 +96,16 @@ def test_generation_requests_are_made_comparable() -> None:
     greedy = json.loads(for_comparison(json.dumps({"prompt": "x", "temperature": 0}).encode()))
     assert greedy == {"prompt": "x", "temperature": 0, "stream": False}
     assert for_comparison(JSON_BODY) == JSON_BODY  # tensors go as they came
+
+
+async def test_large_requests_and_answers_are_dropped_and_counted(backends: dict[int, Backend]) -> None:
+    small = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32",
+                                    "data": [1, 2, 3, 4]}]}).encode()
+    comparator = await started(backends, candidate=1, max_body_bytes=len(small) + 10)
+    try:
+        assert await mirror(comparator, JSON_BODY) == 503  # the request is too large
+        assert await mirror(comparator, small) == 503  # the request fits, the answers do not
+        tally = comparator.take("next")
+    finally:
+        await comparator.close()
+    assert (tally.dropped, tally.compared) == (2, 0)

@@ -5,7 +5,7 @@ backends at once and their answers compared.
 Users' latency is untouched, and the stable version's extra load is exactly the mirrored
 share. Memory and work are bounded: at most `max_inflight` comparisons at a time and
 request bodies up to `max_body_bytes`; anything beyond is dropped, answered 503 (Envoy
-ignores a mirror's answer) and counted.
+ignores a mirror's answer) and counted, as are answers larger than `max_body_bytes`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 # Headers a backend may need to answer as it would the user (content, auth, the model's own).
 _FORWARDED = re.compile(r"^(content-type|authorization|inference-header-content-length|x-(?!envoy-|forwarded-).*)$",
                         re.IGNORECASE)
+
+
+Answer = tuple[bytes, str | None]  # the body, and the binary-tensor header length if any
+
+
+class _TooLarge(Exception):
+    """An answer longer than the comparator holds (max_body_bytes)."""
 
 
 @dataclass(frozen=True)
@@ -165,12 +172,10 @@ class Comparator:
             body = for_comparison(await request.read())
             headers = {k: v for k, v in request.headers.items() if _FORWARDED.match(k)}
             turn = next(self._turn)
-            stable, candidate = await asyncio.gather(
-                self._send(request.method, target.stable, turn, request.path_qs, headers, body),
-                self._send(request.method, target.candidate, turn, request.path_qs, headers, body))
-        except web.HTTPRequestEntityTooLarge:
-            tally.dropped += 1
-            return web.Response(status=503, text="request too large to compare: dropped")
+            stable, candidate = await self._both(request.method, target, turn, request.path_qs, headers, body)
+        except (web.HTTPRequestEntityTooLarge, _TooLarge):
+            self._tallies.get(name, Tally()).dropped += 1
+            return web.Response(status=503, text="request or answer too large to compare: dropped")
         finally:
             self._inflight -= 1
         tally = self._tallies.get(name, Tally())  # the window may have turned meanwhile
@@ -187,16 +192,32 @@ class Comparator:
                 tally.incomparable += 1
         return web.Response(status=204)
 
+    async def _both(self, method: str, target: Target, turn: int, path: str, headers: dict[str, str], body: bytes
+                    ) -> tuple[Answer | None, Answer | None]:
+        """Both versions' answers; each runs to its end even when the other fails."""
+        stable, candidate = await asyncio.gather(self._send(method, target.stable, turn, path, headers, body),
+                                                 self._send(method, target.candidate, turn, path, headers, body),
+                                                 return_exceptions=True)
+        if isinstance(stable, BaseException):
+            raise stable
+        if isinstance(candidate, BaseException):
+            raise candidate
+        return stable, candidate
+
     async def _send(self, method: str, endpoints: tuple[str, ...], turn: int, path: str, headers: dict[str, str],
-                    body: bytes) -> tuple[bytes, str | None] | None:
+                    body: bytes) -> Answer | None:
         """The answer (body, binary-tensor header length), or None when it failed."""
         assert self._session is not None
         endpoint = endpoints[turn % len(endpoints)]
         try:
             async with self._session.request(method, f"http://{endpoint}{path}", data=body, headers=headers) as r:
-                answer = await r.read()
                 if not 200 <= r.status < 300:
                     return None
-                return answer, r.headers.get(BINARY_HEADER)
+                answer = bytearray()
+                async for chunk in r.content.iter_chunked(64 << 10):
+                    answer += chunk
+                    if len(answer) > self._max_body_bytes:
+                        raise _TooLarge
+                return bytes(answer), r.headers.get(BINARY_HEADER)
         except (aiohttp.ClientError, TimeoutError):
             return None
