@@ -7,6 +7,8 @@ too), every candidate balancer measured on the same replicas in the same run.
   least_request_3  least_request sampling all three (choice_count 3)
   load_aware       Envoy's client_side_weighted_round_robin on the ORCA reports every answer
                    carries (weight = rps / utilization; blackout 1 s, update 1 s)
+  least_loaded     the in-proxy picker (filters/picker): power of two choices on the reported
+                   waiting + running, through Envoy's override_host policy
 
 One Backend per candidate, all with the same three endpoints; a route per candidate, chosen by
 an `x-candidate` header. Capacity is measured first (closed loop, `--concurrency` callers, no
@@ -41,7 +43,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from harness import Backend, ControlPlane, Envoy, http  # noqa: E402 - needs tests/ on sys.path
+from harness import Backend, ControlPlane, Envoy  # noqa: E402 - needs tests/ on sys.path
+from test_e2e_load_balancing import _sent  # noqa: E402
 
 BODY = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
 # Backend names (lower case and '-' only), each a candidate.
@@ -50,6 +53,7 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "least-request": {"lb_policy": "least_request"},
     "least-request-3": {"lb_policy": "least_request", "least_request": {"choice_count": 3}},
     "load-aware": {"lb_policy": "load_aware", "load_aware": {"blackout_period_s": 1, "weight_update_period_s": 1}},
+    "least-loaded": {"lb_policy": "least_loaded"},
 }
 
 
@@ -103,23 +107,12 @@ async def drive(url: str, candidate: str, callers: int, seconds: float, rate: fl
     return run
 
 
-def host_counts(envoy: Envoy, cluster: str) -> dict[int, int]:
-    """Requests Envoy sent to each endpoint of `cluster` so far, by port."""
-    text = http("GET", f"{envoy.admin}/clusters")[2].decode()
-    out: dict[int, int] = {}
-    for line in text.splitlines():
-        parts = line.split("::")
-        if len(parts) == 4 and parts[0] == cluster and parts[2] == "rq_total":
-            out[int(parts[1].rsplit(":", 1)[1])] = int(parts[3])
-    return out
-
-
 async def measure(envoy: Envoy, candidate: str, slow_port: int, args: argparse.Namespace, rate: float) -> Run:
     url = f"{envoy.url}/v2/models/classifier/infer"
     await drive(url, candidate, args.concurrency, args.warmup, rate)
-    before = host_counts(envoy, candidate)
+    before = _sent(envoy, candidate)
     run = await drive(url, candidate, args.concurrency, args.duration, rate)
-    after = host_counts(envoy, candidate)
+    after = _sent(envoy, candidate)
     sent = {port: after.get(port, 0) - before.get(port, 0) for port in after}
     run.slow_share = sent.get(slow_port, 0) / max(1, sum(sent.values()))
     return run

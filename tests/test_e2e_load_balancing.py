@@ -42,10 +42,11 @@ def _pool(controlplane: ControlPlane, start_envoy: Callable[..., Envoy], replica
     return envoy
 
 
-def _sent(envoy: Envoy) -> dict[int, int]:
+def _sent(envoy: Envoy, cluster: str = "pool") -> dict[int, int]:
+    """Requests Envoy sent to each endpoint of `cluster` so far, by port."""
     text = http("GET", f"{envoy.admin}/clusters")[2].decode()
     parts = (line.split("::") for line in text.splitlines())
-    return {int(p[1].rsplit(":", 1)[1]): int(p[3]) for p in parts if len(p) == 4 and p[0] == "pool" and p[2] == "rq_total"}
+    return {int(p[1].rsplit(":", 1)[1]): int(p[3]) for p in parts if len(p) == 4 and p[0] == cluster and p[2] == "rq_total"}
 
 
 def _load(envoy: Envoy, method: str, path: str, requests: int, callers: int = 6) -> list[int]:

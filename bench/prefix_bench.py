@@ -1,0 +1,185 @@
+"""Prefix affinity: four generative replicas (tiny-llama, prefix caching on) behind one edge
+Envoy; chat requests whose system prompts follow a Zipf law over 50 prompts; least_request against
+least_loaded with prefix affinity (the picker filter hashes the first bytes of the body's messages),
+on the same replicas in the same run.
+
+Each candidate, each round, draws 50 fresh system prompts (seeded random words, ~120 words
+each), so no candidate is helped by what another left in the caches. `--concurrency` callers send
+`--requests` streamed chat completions (a short random user turn, `--max-tokens` tokens out,
+ignore_eos) in a closed loop. Reported per candidate (medians over `--rounds` rounds): the
+prefix-cache hit rate (prompt tokens found in the cache over those looked up, from every replica's
+vllm:prefix_cache_* counters), max/mean requests per replica (Envoy's per-host counters), TTFT p50
+and p99 (client side: the first content chunk).
+
+  .venv/bin/python bench/prefix_bench.py [--requests 120] [--rounds 2] [--concurrency 8]
+
+On a shared 2-core machine four replicas, Envoy and the client share the cores: read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from harness import Backend, ControlPlane, Envoy, http  # noqa: E402 - needs tests/ on sys.path
+from test_e2e_load_balancing import _sent  # noqa: E402
+
+MODEL = "tiny-llama"
+CANDIDATES: dict[str, dict[str, object]] = {
+    "least-request": {"lb_policy": "least_request"},
+    "prefix-affinity": {"lb_policy": "least_loaded", "prefix_affinity": {"prefix_bytes": 256, "load_bound": 1.25}},
+}
+WORDS = ("gate river stone lamp field north quiet copper window garden bridge signal paper harbor "
+         "winter orchard engine meadow lantern valley thunder marble canvas pepper silver anchor").split()
+
+
+@dataclass
+class Run:
+    ttft: list[float] = field(default_factory=list)
+    errors: int = 0
+    hit_rate: float = 0.0
+    max_over_mean: float = 0.0
+
+    def p(self, q: float) -> float:
+        return float(np.percentile(self.ttft, q)) * 1000 if self.ttft else float("nan")
+
+
+def system_prompts(seed: int, count: int = 50, words: int = 120) -> list[str]:
+    rng = random.Random(seed)
+    return [f"You are assistant {i}. " + " ".join(rng.choice(WORDS) for _ in range(words)) for i in range(count)]
+
+
+def zipf_choices(seed: int, n: int, count: int, s: float = 1.1) -> list[int]:
+    weights = [1 / (k + 1) ** s for k in range(count)]
+    return random.Random(seed).choices(range(count), weights=weights, k=n)
+
+
+async def drive(url: str, candidate: str, prompts: list[str], order: list[int], callers: int, max_tokens: int) -> Run:
+    run = Run()
+    queue = list(enumerate(order))
+    rng = random.Random(len(order))
+
+    async def caller(session: aiohttp.ClientSession) -> None:
+        while queue:
+            n, which = queue.pop()
+            body = {"model": MODEL, "stream": True, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0,
+                    "messages": [{"role": "system", "content": prompts[which]},
+                                 {"role": "user", "content": f"Question {n}: {rng.choice(WORDS)} {rng.choice(WORDS)}?"}]}
+            began = time.monotonic()
+            first = None
+            try:
+                async with session.post(url, json=body, headers={"x-candidate": candidate}) as response:
+                    if response.status != 200:
+                        run.errors += 1
+                        await response.read()
+                        continue
+                    async for line in response.content:
+                        if first is None and line.startswith(b"data: {") and b'"content"' in line:
+                            first = time.monotonic() - began
+            except aiohttp.ClientError:
+                run.errors += 1
+                continue
+            if first is not None:
+                run.ttft.append(first)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as session:
+        await asyncio.gather(*(caller(session) for _ in range(callers)))
+    return run
+
+
+def cache_counters(backends: list[Backend]) -> tuple[float, float]:
+    hits = queries = 0.0
+    for b in backends:
+        for line in http("GET", f"{b.url}/metrics")[2].decode().splitlines():
+            if line.startswith("vllm:prefix_cache_hits_total{"):
+                hits += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("vllm:prefix_cache_queries_total{"):
+                queries += float(line.rsplit(" ", 1)[1])
+    return hits, queries
+
+
+def measure(envoy: Envoy, backends: list[Backend], candidate: str, seed: int, args: argparse.Namespace) -> Run:
+    prompts = system_prompts(seed)
+    order = zipf_choices(seed, args.requests, len(prompts))
+    hits0, queries0 = cache_counters(backends)
+    sent0 = _sent(envoy, candidate)
+    run = asyncio.run(drive(f"{envoy.url}/v1/chat/completions", candidate, prompts, order, args.concurrency, args.max_tokens))
+    hits1, queries1 = cache_counters(backends)
+    sent = [n - sent0.get(host, 0) for host, n in _sent(envoy, candidate).items()]
+    run.hit_rate = (hits1 - hits0) / max(1.0, queries1 - queries0)
+    run.max_over_mean = max(sent) / (sum(sent) / len(sent)) if sum(sent) else float("nan")
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=120)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=4)
+    parser.add_argument("--model-repository", type=Path, default=ROOT / "models")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="prefix-bench-") as tmp:
+        workdir = Path(tmp)
+        backends: list[Backend] = []
+        cp = envoy = None
+        try:
+            for _ in range(4):
+                backends.append(Backend.start(workdir, args.model_repository, MODEL, "--intra-op-threads", "1"))
+            cp = ControlPlane.start(workdir)
+            endpoints = [{"address": "127.0.0.1", "port": b.port} for b in backends]
+            status, body = cp.apply(
+                *({"kind": "Backend", "name": name, "spec": {"endpoints": endpoints, **spec}} for name, spec in CANDIDATES.items()),
+                {"kind": "Service", "name": "bench", "spec": {"routes": [
+                    {"name": name, "retries": None, "match": {"prefix": "/", "headers": [{"name": "x-candidate", "exact": name}]},
+                     "split": [{"backend": name}]} for name in CANDIDATES]}})
+            assert status == 200, body
+            envoy = Envoy.start(workdir, cp, node_id="edge-prefix-bench")
+            cp.wait_converged(envoy.node_id)
+            runs: dict[str, list[Run]] = {name: [] for name in CANDIDATES}
+            for round_number in range(args.rounds):
+                for index, name in enumerate(CANDIDATES):
+                    run = measure(envoy, backends, name, seed=1000 * round_number + index, args=args)
+                    runs[name].append(run)
+                    print(f"round {round_number + 1} {name:16} hit rate {run.hit_rate:5.1%} max/mean {run.max_over_mean:4.2f} "
+                          f"TTFT p50 {run.p(50):6.1f} ms p99 {run.p(99):6.1f} ms errors {run.errors}", flush=True)
+            report(runs)
+        finally:
+            if envoy is not None:
+                envoy.proc.stop()
+            if cp is not None:
+                cp.proc.stop()
+            for backend in backends:
+                backend.proc.stop()
+
+
+def report(runs: dict[str, list[Run]]) -> None:
+    base = runs["least-request"]
+    base_hit = statistics.median(r.hit_rate for r in base)
+    base_p50 = statistics.median(r.p(50) for r in base)
+    print("\n| candidate | prefix-cache hit rate | vs least_request | max/mean requests per replica "
+          "| TTFT p50 ms | vs least_request | TTFT p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, rs in runs.items():
+        hit = statistics.median(r.hit_rate for r in rs)
+        p50 = statistics.median(r.p(50) for r in rs)
+        print(f"| {name} | {hit:.1%} | {hit / max(base_hit, 1e-9):.2f}x | {statistics.median(r.max_over_mean for r in rs):.2f} | "
+              f"{p50:.1f} | {p50 / base_p50:.2f}x | {statistics.median(r.p(99) for r in rs):.1f} | {sum(r.errors for r in rs)} |")
+
+
+if __name__ == "__main__":
+    main()
