@@ -53,7 +53,8 @@ def judge(canary: Window, thresholds: Thresholds, stable: Window | None = None) 
             return Judgement(Verdict.FAIL, f"p99 {canary.p99_ms:g} ms is {canary.p99_ms / stable.p99_ms:.2f}x "
                              f"stable's {stable.p99_ms:g} ms (at most {thresholds.max_p99_ratio:g}x)",
                              "thresholds.max_p99_ratio")
-    return Judgement(Verdict.PASS, f"{passed}; stable {stable.success_rate:.2%}, p99 ≤ {stable.p99_ms} ms")
+    stable_p99 = "n/a" if stable.p99_ms is None else f"{stable.p99_ms:g} ms"
+    return Judgement(Verdict.PASS, f"{passed}; stable {stable.success_rate:.2%}, p99 ≤ {stable_p99}")
 
 
 def judge_shadow(tally: Tally, shadow: Shadow) -> Judgement:

@@ -21,8 +21,11 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
 
 
-def _ratios(stable: Window, canary: Window) -> dict[str, float | None]:
-    """The relative gates' figures so far: canary against stable in the same window."""
+def _ratios(stable: Window, canary: Window, min_requests: int) -> dict[str, float | None]:
+    """The relative gates' figures so far: canary against stable in the same window (none
+    while either side has fewer than `min_requests`, as the gates themselves)."""
+    if min(stable.requests, canary.requests) < min_requests:
+        return {"success_rate_drop": None, "p99_ratio": None}
     return {
         "success_rate_drop": None if stable.success_rate is None or canary.success_rate is None
         else stable.success_rate - canary.success_rate,
@@ -49,7 +52,7 @@ def routes(store: Store, controller: CanaryController) -> list[web.RouteDef]:
                 "next_decision_at": live.started + canary.interval_s,
                 "stable": asdict(so_far[0]),
                 "canary": asdict(so_far[1]),
-                "vs_stable": _ratios(*so_far),
+                "vs_stable": _ratios(*so_far, canary.thresholds.min_requests),
                 "shadow": None if shadow is None else shadow.figures(),
                 "last_shadow": None if live.shadow is None else live.shadow.figures(),
                 "generation": None if live.generation is None else {
