@@ -129,12 +129,13 @@ async def test_a_publisher_survives_a_translator_that_raises() -> None:
         run.cancel()
 
 
-def _canary_policy(hook: str, admin_policy: Policy | None = None) -> Policy:
+def _canary_policy(hook: str, canary_port: int, admin_policy: Policy | None = None) -> Policy:
+    """The canary backend at `canary_port` must answer its readiness probe for the canary to start."""
     policy = admin_policy or Policy()
     spec = {"service": "classifier", "route": "infer", "stable": "classifier-v1", "canary": "classifier-v2",
             "steps": [50], "interval_s": 0.5, "thresholds": {"min_requests": 1},
             "webhooks": {"on_rollback": hook}}
-    for raw in [*demo_policy(1, 2), {"kind": "Canary", "name": "c", "spec": spec}]:
+    for raw in [*demo_policy(1, canary_port), {"kind": "Canary", "name": "c", "spec": spec}]:
         policy = with_document(policy, parse_document(raw))
     return policy
 
@@ -180,13 +181,15 @@ async def test_rollback_webhook_fires_once_after_its_revision_commits(tmp_path: 
     app.router.add_post("/rollback", hook)
     app.router.add_get("/stats", stats)
     app.router.add_get("/stats/prometheus", prometheus)
+    app.router.add_get("/v2/health/ready", stats)  # the canary backend is ready
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        await store.commit(_canary_policy(f"http://127.0.0.1:{port}/rollback"), expected=None, actor="t", message="m")
+        await store.commit(_canary_policy(f"http://127.0.0.1:{port}/rollback", port), expected=None, actor="t",
+                           message="m")
         racing = ConflictOnce(store)
         now = [1000.0]
         controller = CanaryController(racing, lambda: [f"127.0.0.1:{port}"], clock=lambda: now[0])  # type: ignore[arg-type]
