@@ -121,15 +121,18 @@ def test_canary_without_traffic_pauses_and_never_decides(controlplane: ControlPl
                                                          edge: Callable[[int, int], Envoy],
                                                          backends: dict[int, Backend]) -> None:
     edge(backends[1].port, backends[2].port)
-    assert controlplane.apply(canary(1.0, [50, 100], inconclusive_limit=3))[0] == 200
-    started = wait_until(lambda: (s := status(controlplane)["status"])["state"] == "progressing" and s, 10,
-                         what="the first step")
-    paused = wait_state(controlplane, {"paused", "succeeded", "rolled_back"}, timeout=10)
-    assert paused["state"] == "paused" and paused["weight"] == 50, paused["events"]
-    assert paused["events"][-1]["at"] - started["step_started_at"] >= 3 * 1.0  # three whole windows
-    assert paused["events"][-1]["gate"] == "thresholds.min_requests"
-    assert "3 inconclusive windows" in paused["events"][-1]["message"]
-    time.sleep(1.5)
+    with webhook_receiver() as hooks:
+        spec = canary(1.0, [50, 100], inconclusive_limit=3, webhooks={"on_pause": f"{hooks.base}/paused"})
+        assert controlplane.apply(spec)[0] == 200
+        started = wait_until(lambda: (s := status(controlplane)["status"])["state"] == "progressing" and s, 10,
+                             what="the first step")
+        paused = wait_state(controlplane, {"paused", "succeeded", "rolled_back"}, timeout=10)
+        assert paused["state"] == "paused" and paused["weight"] == 50, paused["events"]
+        assert paused["events"][-1]["at"] - started["step_started_at"] >= 3 * 1.0  # three whole windows
+        assert paused["events"][-1]["gate"] == "thresholds.min_requests"
+        assert "3 inconclusive windows" in paused["events"][-1]["message"]
+        time.sleep(1.5)
+        assert [(path, call["phase"]) for path, call in hooks.calls] == [("/paused", "paused")]
     body = status(controlplane)
     assert (body["status"]["state"], body["status"]["weight"]) == ("paused", 50)  # held: no verdict for lack of data
     assert body["status"]["events"][-1] == paused["events"][-1]
