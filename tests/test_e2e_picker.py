@@ -85,3 +85,45 @@ def test_least_loaded_sends_the_slow_replica_less(
     finally:
         for backend in replicas:
             backend.proc.stop()
+
+
+def test_prompts_sharing_a_prefix_go_to_the_same_replica(
+    tmp_path: Path, model_repository: Path, controlplane: ControlPlane, start_envoy: Callable[..., Envoy]
+) -> None:
+    import json
+
+    replicas = [Backend.start(tmp_path, model_repository, "tiny-llama") for _ in range(2)]
+    try:
+        status, body = controlplane.apply(
+            {"kind": "Backend", "name": "llm", "spec": {
+                "endpoints": [{"address": "127.0.0.1", "port": b.port} for b in replicas], "lb_policy": "least_loaded",
+                "prefix_affinity": {"prefix_bytes": 64}}},
+            {"kind": "Service", "name": "llm", "spec": {"routes": [
+                {"name": "openai", "match": {"prefix": "/v1/"}, "split": [{"backend": "llm"}]}]}},
+        )
+        assert status == 200, body
+        envoy = start_envoy(controlplane)
+        controlplane.wait_converged(envoy.node_id)
+        conn = HTTPConnection("127.0.0.1", envoy.listen_port, timeout=30)
+
+        def chat(system: str, question: str) -> None:
+            conn.request("POST", "/v1/chat/completions", json.dumps({
+                "model": "tiny-llama", "max_tokens": 2, "messages": [
+                    {"role": "system", "content": system}, {"role": "user", "content": question}]}),
+                {"Content-Type": "application/json", "x-sluice-endpoint": "127.0.0.1:1"})
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200
+
+        for system in ("You answer as a ferryman of the north river, briefly.",
+                       "You answer as a lighthouse keeper on a stormy night, at length."):
+            chat(system, "warm-up")  # the first answer brings both replicas' reports
+            before = _sent(envoy, "llm")
+            for n in range(6):
+                chat(system, f"question {n}?")
+            sent = {port: n - before.get(port, 0) for port, n in _sent(envoy, "llm").items()}
+            # One prompt, one replica (the load stays under the bound); a client's endpoint header is ignored.
+            assert sorted(sent.values()) == [0, 6], sent
+    finally:
+        for backend in replicas:
+            backend.proc.stop()

@@ -1,6 +1,6 @@
-"""In-proxy picking and priority shedding, translated: the picker filter's plugin configurations
-(filters/picker/config.zig), one for the edge chain and one for the upstream filters of
-least_loaded clusters (that one only records: it sees every try, retried ones included).
+"""In-proxy picking and priority shedding, translated: the picker filter's plugin configuration
+(filters/picker/config.zig), for the edge chain and for the upstream filters of least_loaded
+clusters (there the filter only records: it sees every try, retried ones included).
 
 A route gets an entry when
 - its split can choose exactly one backend (weight above 0) and that backend is least_loaded:
@@ -63,10 +63,12 @@ def picker_config(policy: Policy) -> dict[str, object] | None:
 
 
 def picker_upstream_config(policy: Policy) -> dict[str, object] | None:
-    """The least_loaded clusters' instance; None when there is no such cluster."""
+    """The least_loaded clusters' instance: the edge chain's configuration (both plugins share a
+    VM, and with it one configuration; the filter tells them apart itself). None when there is
+    no such cluster."""
     if not any(b.lb_policy == "least_loaded" for b in policy.backends.values()):
         return None
-    return {"upstream": True, "priority_header": PRIORITY_HEADER, "endpoint_header": ENDPOINT_HEADER}
+    return picker_config(policy) or {"priority_header": PRIORITY_HEADER, "endpoint_header": ENDPOINT_HEADER, "routes": []}
 
 
 def reads_prompts(config: dict[str, object]) -> bool:

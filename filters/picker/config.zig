@@ -2,9 +2,6 @@
 //! parsed and validated into a fixed-size `Config`. Anything invalid is refused with a message.
 //!
 //! {
-//!   "upstream": false,                       // true: the instance in a cluster's upstream filters,
-//!                                            //   which sees every try (retried 429s included) and
-//!                                            //   only records reports and cooldowns; no routes
 //!   "priority_header": "x-sluice-priority",  // request header carrying an integer priority;
 //!                                            //   absent or not an integer: 0 (never shed)
 //!   "endpoint_header": "x-sluice-endpoint",  // the header the cluster's override_host policy reads
@@ -59,7 +56,6 @@ pub const Route = struct {
 };
 
 pub const Config = struct {
-    upstream: bool = false,
     priority_header: abi.BoundedString(header_len_max) = .{},
     endpoint_header: abi.BoundedString(header_len_max) = .{},
     routes: [routes_max]Route = undefined,
@@ -96,7 +92,7 @@ const JsonRoute = struct {
     shed_retry_after_s: u32,
     endpoints: []const JsonEndpoint,
 };
-const JsonConfig = struct { upstream: bool = false, priority_header: []const u8, endpoint_header: []const u8, routes: []const JsonRoute = &.{} };
+const JsonConfig = struct { priority_header: []const u8, endpoint_header: []const u8, routes: []const JsonRoute = &.{} };
 
 pub fn parse(json: []const u8, out: *Config, work: *[work_bytes]u8, message: *Message) bool {
     message.len = 0;
@@ -125,11 +121,6 @@ fn validate(json: *const JsonConfig, out: *Config, message: *Message) bool {
     }
     out.priority_header.set(json.priority_header);
     out.endpoint_header.set(json.endpoint_header);
-    out.upstream = json.upstream;
-    if (json.upstream and json.routes.len > 0) {
-        message.print("an upstream instance takes no routes", .{});
-        return false;
-    }
     if (json.routes.len > routes_max) {
         message.print("at most {d} routes", .{routes_max});
         return false;

@@ -16,9 +16,11 @@
 //!     and the cluster's fallback policy picks (fail open). Retries go to the fallback too.
 //! Clients cannot name an endpoint: the header is removed from every request first.
 //!
-//! The same module also runs as an upstream filter of each least_loaded cluster (`upstream`
-//! config): there it sees every try, so a 429 that Envoy retries on another replica still puts
-//! its replica in cooldown; it only records.
+//! The same module, with the same configuration, also runs as an upstream filter of each
+//! least_loaded cluster: there it sees every try, so a 429 that Envoy retries on another replica
+//! still puts its replica in cooldown. It only records there: it knows it is upstream because the
+//! request already has an upstream host. (Both plugins share one VM per worker, vm_id and code
+//! being the same, and with it the configuration: hence one configuration for both.)
 const std = @import("std");
 const assert = std.debug.assert;
 const abi = @import("abi");
@@ -102,7 +104,7 @@ export fn proxy_on_request_headers(context_id: u32, num_headers: u32, end_of_str
     _ = num_headers;
     host.beginCallback();
     const cfg = activeConfig() orelse return continue_;
-    if (cfg.upstream or cfg.routes_len == 0) return continue_;
+    if (cfg.routes_len == 0 or upstream()) return continue_;
     if (host.getHeader(.request_headers, cfg.endpoint_header.slice()) != null) {
         _ = host.removeHeader(.request_headers, cfg.endpoint_header.slice());
     }
@@ -128,7 +130,7 @@ export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of
     _ = context_id;
     host.beginCallback();
     const cfg = activeConfig() orelse return continue_;
-    if (cfg.upstream) return continue_;
+    if (upstream()) return continue_;
     const route = currentRoute(cfg) orelse return continue_;
     if (!route.pick or route.prefix_bytes == 0) return continue_;
     if (end_of_stream == 0) return pause;
@@ -147,6 +149,12 @@ export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of
     const chosen = pick.affinity(candidates[0..n], key, addresses[0..n], route.load_bound_pct) orelse return continue_;
     choose(cfg, route, chosen);
     return continue_;
+}
+
+/// Whether this stream is a try in a cluster's upstream filters: it has its host already, where
+/// the edge chain's request callbacks run before the router chose one.
+fn upstream() bool {
+    return host.getProperty(upstream_address_property) != null;
 }
 
 fn rng() std.Random {
@@ -214,9 +222,9 @@ export fn proxy_on_response_headers(context_id: u32, num_headers: u32, end_of_st
     _ = end_of_stream;
     host.beginCallback();
     const cfg = activeConfig() orelse return continue_;
+    if (cfg.routes_len == 0) return continue_;
     const address = host.getProperty(upstream_address_property) orelse return continue_;
-    // Upstream, only the cluster's own endpoints are seen: the key space is bounded there too.
-    if (address.len > config.address_len_max or !(cfg.upstream or cfg.knows(address))) return continue_;
+    if (address.len > config.address_len_max or !cfg.knows(address)) return continue_;
     const load = if (host.getHeader(.response_headers, orca_header)) |text| report.load(text) else null;
     const status = host.getHeader(.response_headers, ":status") orelse "";
     const cooldown_s: ?u32 = if (std.mem.eql(u8, status, "429"))
