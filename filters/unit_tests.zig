@@ -13,8 +13,10 @@ test {
     _ = @import("georoute/config.zig");
     _ = @import("georoute/table.zig");
     _ = @import("llm/body.zig");
+    _ = @import("llm/budget.zig");
     _ = @import("llm/config.zig");
     _ = @import("llm/openai.zig");
+    _ = @import("llm/streams.zig");
     _ = @import("picker/config.zig");
     _ = @import("picker/report.zig");
     _ = @import("picker/pick.zig");

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import re
 import socket
+import string
 import subprocess
 import threading
 import time
@@ -84,9 +86,9 @@ def test_alternating_models_each_reach_their_backend(two_models: tuple[Envoy, Ba
     assert (served_requests(a) - before[0], served_requests(b) - before[1]) == (500, 500)
 
 
-def openai_error(status: int, body: bytes) -> dict[str, object]:
+def openai_error(status: int, body: bytes, kind: str = "invalid_request_error") -> dict[str, object]:
     error = json.loads(body)["error"]
-    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error", body
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == kind, body
     return dict(error)
 
 
@@ -196,3 +198,72 @@ def test_api_keys_checked_at_the_edge_and_revoked(tmp_path: Path, controlplane: 
     for path in tmp_path.iterdir():
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
+
+
+def completion(prompt: str, max_tokens: int) -> dict[str, object]:
+    return {"model": "fast", "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True}
+
+
+def remaining_tokens(envoy: Envoy, key: str) -> tuple[int, dict[str, str]]:
+    """What a request no budget can hold is told: the tokens left in the window."""
+    status, headers, body = http("POST", f"{envoy.url}/v1/completions", completion("x", 1_000_000),
+                                 {"Authorization": f"Bearer {key}"})
+    assert status == 429, body
+    assert openai_error(429, body, "tokens")["code"] == "rate_limit_exceeded"
+    return int(re.search(r";r=(\d+);", headers["ratelimit"])[1]), headers  # type: ignore[index]
+
+
+def test_token_budget_reserves_then_reconciles(controlplane: ControlPlane,
+                                               two_models: tuple[Envoy, Backend, Backend]) -> None:
+    """64 clients at once against 1,000 tokens a minute: each request reserves 50 (its body's
+    bytes / 4 plus max_tokens) and really costs 40 to 60 (random characters are about a token
+    each, so prompts cost more or less than their estimate). The budget never holds more than
+    it admits, and once every answer is in, its count is the sum of the real usage."""
+    envoy, a, _ = two_models
+    key = "sk-test-budget-" + "k" * 16
+    status, body = controlplane.apply(
+        {"kind": "Tenant", "name": "acme", "spec": {"keys": [{"id": "one", "key": key}]}},
+        {"kind": "TokenBudget", "name": "acme-fast", "spec": {"tenant": "acme", "model": "fast", "tokens": 1000}})
+    assert status == 200, body
+    auth = {"Authorization": f"Bearer {key}"}
+    wait_until(lambda: http("GET", f"{envoy.url}/v1/models", headers=auth)[0] == 200, 10, what="key in force")
+
+    # Requests reserving exactly 50 whose real cost (asked of the backend directly) is 40..60.
+    rng = random.Random(7)
+    pool: list[tuple[dict[str, object], int]] = []
+    while len(pool) < 40:
+        prompt = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(rng.randint(1, 40)))
+        size = len(json.dumps(completion(prompt, 10)).encode())  # two digits of max_tokens, as below
+        max_tokens = 50 - (size + 3) // 4
+        if not 10 <= max_tokens <= 99:
+            continue
+        request = completion(prompt, max_tokens)
+        assert (len(json.dumps(request).encode()) + 3) // 4 + max_tokens == 50
+        real = json.loads(http("POST", f"{a.url}/v1/completions", {**request, "model": SERVED})[2])["usage"]["total_tokens"]
+        if 40 <= real <= 60:
+            pool.append((request, real))
+
+    while time.time() % 60 > 40:  # the burst and the probe in one window of the budget
+        time.sleep(0.5)
+    start_window = int(time.time() // 60)
+    used: list[int] = []
+
+    def client(i: int) -> None:
+        for n in range(100):
+            request, _ = pool[(i + n) % len(pool)]
+            status, _, answer = http("POST", f"{envoy.url}/v1/completions", request, auth, timeout=30)
+            if status != 200:
+                assert status == 429, answer
+                return
+            used.append(json.loads(answer)["usage"]["total_tokens"])
+
+    with ThreadPoolExecutor(64) as pool_:
+        list(pool_.map(client, range(64)))
+    remaining, headers = remaining_tokens(envoy, key)
+    assert int(time.time() // 60) == start_window, "the window turned during the test"
+    print(f"admitted {len(used)} requests, {sum(used)} real tokens; budget 1000, counted {1000 - remaining}")
+    assert 1000 - remaining == sum(used)  # reconciled exactly
+    # Reservations never pass the budget; a request can cost 10 more than it reserved, and at
+    # most 1000 / 50 are in flight at once.
+    assert 950 <= sum(used) <= 1000 + 10 * 20
+    assert headers["ratelimit-policy"] == '"acme-fast";q=1000;w=60' and 0 < int(headers["retry-after"]) <= 60

@@ -96,7 +96,8 @@ def test_translation() -> None:
     assert [(level.priority, level.lb_endpoints[0].endpoint.address.socket_address.port_value)
             for level in assignment.endpoints] == [(0, 8002), (1, 8003)]
     assert LLM in out[types.EXTENSION_CONFIG]
-    assert llm_config(policy) == {"auth_routes": [], "keys": [], "max_body_bytes": 8 * 1024 * 1024, "routes": ["llm/openai"], "models": [
+    assert llm_config(policy) == {
+        "auth_routes": [], "keys": [], "budgets": [], "max_body_bytes": 8 * 1024 * 1024, "routes": ["llm/openai"], "models": [
         {"service": "llm", "name": "gpt-4o", "targets": [
             {"header": "chat/a", "weight": 90}, {"header": "chat/b", "weight": 10, "rewrite": "llama-3.1-8b"}]},
         {"service": "llm", "name": "text-embedding-3-small", "targets": [{"header": "embed/c", "weight": 100}]}]}
@@ -119,3 +120,18 @@ def test_tenants_keys_reach_the_filter_hashed() -> None:
     assert build(CHAT, {"kind": "Tenant", "name": "other", "spec": {"keys": [{"id": "a", "key": key}]}},
                  {"kind": "Tenant", "name": "acme", "spec": {"keys": [{"id": "b", "key": key}]}}).problems()[0].loc \
         == "tenants.other.keys.0"
+
+
+def test_token_budgets() -> None:
+    tenant = {"kind": "Tenant", "name": "acme", "spec": {"keys": [{"id": "one", "sha256": "0" * 64}]}}
+    budget = {"kind": "TokenBudget", "name": "acme-chat", "spec": {
+        "tenant": "acme", "model": "gpt-4o", "tokens": 1000, "soft_limit_percent": 80}}
+    policy = build(CHAT, tenant, budget)
+    assert policy.problems() == []
+    assert llm_config(policy)["budgets"] == [{"name": "acme-chat", "tenant": "acme", "model": "gpt-4o", "tokens": 1000,
+                                              "window_s": 60, "default_max_tokens": 256, "shadow": False,
+                                              "soft_limit_percent": 80}]
+    assert policy.users_of_tenant("acme") == ["tokenbudgets.acme-chat"]
+    lost = build(CHAT, {**budget, "spec": {**budget["spec"], "tenant": "nobody", "model": "gpt-5"}})
+    assert [p.loc for p in lost.problems()] == ["tokenbudgets.acme-chat.tenant", "tokenbudgets.acme-chat.model"]
+    assert field_problems({**budget, "spec": {**budget["spec"], "per": "month"}})[0][0] == "spec.per"

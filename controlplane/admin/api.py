@@ -202,7 +202,8 @@ class AdminApi:
         if name not in getattr(current.policy, plural):
             return error(404, f"{kind} {name!r} not found")
         users_of: dict[str, Callable[[str], list[str]]] = {
-            "backends": current.policy.users_of_backend, "services": current.policy.users_of_service}
+            "backends": current.policy.users_of_backend, "services": current.policy.users_of_service,
+            "tenants": current.policy.users_of_tenant}
         users = users_of[plural](name) if plural in users_of else []
         if users:
             return error(409, f"{kind} {name!r} is still used by {', '.join(users)}", used_by=users)

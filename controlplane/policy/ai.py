@@ -8,7 +8,7 @@ backends serving it (filters/llm). The bounds here are the filter's (filters/llm
 from __future__ import annotations
 
 import hashlib
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, model_validator
 
@@ -24,6 +24,9 @@ MODELS_MAX = 64  # the filter's model table
 ENTRY_ROUTES_MAX = 64  # the filter's entry routes
 MAX_BODY_BYTES = 8 * 1024 * 1024  # the largest request body the edge reads for its model
 KEYS_MAX = 1024  # the filter's key table, all tenants together
+BUDGETS_MAX = 64  # the filter's budget table
+BUDGETS_PER_REQUEST_MAX = 4  # budgets one request reserves in (the filter's per-stream state)
+WINDOW_S = {"minute": 60, "hour": 3600}
 KEYS_PER_TENANT_MAX = 64
 API_KEY_MIN_LEN = 16
 
@@ -105,3 +108,19 @@ class Tenant(Strict):
         if len(set(ids)) != len(ids):
             raise ValueError("keys names an id more than once")
         return self
+
+
+class TokenBudget(Strict):
+    """Tokens a tenant may use per window, optionally for one public model: each request reserves
+    its estimate (prompt bytes / 4 + max_tokens) at admission and is charged its real usage when
+    its answer ends. Counted by each edge Envoy for its own traffic, in fixed windows (UTC)."""
+
+    tenant: Name
+    model: ModelName | None = Field(None, description="a public model name; null: every model")
+    tokens: Annotated[int, Field(ge=1, le=1_000_000_000_000, description="tokens per window")]
+    per: Literal["minute", "hour"] = "minute"
+    default_max_tokens: Annotated[int, Field(
+        ge=1, le=1_000_000, description="reserved for the completion of a request that names no max_tokens")] = 256
+    shadow: bool = Field(False, description="count, never refuse")
+    soft_limit_percent: Annotated[int, Field(
+        ge=1, le=100, description="past this share of the window, answers carry x-sluice-budget-soft-limit")] | None = None

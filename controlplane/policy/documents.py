@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError, field_validator
 
-from controlplane.policy.ai import Model, Tenant
+from controlplane.policy.ai import Model, Tenant, TokenBudget
 from controlplane.policy.canary import Canary
 from controlplane.policy.geo import Geo, GeoRoute
 from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
@@ -35,6 +35,7 @@ KINDS: dict[str, Kind] = {
         Kind("Telemetry", "telemetry", Telemetry),
         Kind("Model", "models", Model),
         Kind("Tenant", "tenants", Tenant),
+        Kind("TokenBudget", "tokenbudgets", TokenBudget),
     )
 }
 KIND_BY_PLURAL: dict[str, Kind] = {k.plural: k for k in KINDS.values()}

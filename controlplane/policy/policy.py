@@ -7,7 +7,16 @@ field that caused it.
 from __future__ import annotations
 
 from controlplane.policy import filter_limits as limits
-from controlplane.policy.ai import ENTRY_ROUTES_MAX, KEYS_MAX, MODELS_MAX, Model, Tenant
+from controlplane.policy.ai import (
+    BUDGETS_MAX,
+    BUDGETS_PER_REQUEST_MAX,
+    ENTRY_ROUTES_MAX,
+    KEYS_MAX,
+    MODELS_MAX,
+    Model,
+    Tenant,
+    TokenBudget,
+)
 from controlplane.policy.canary import Canary, CanaryStatus, finished, shadow_backend_name
 from controlplane.policy.geo import Geo, GeoRoute
 from controlplane.policy.model import Backend, Edge, Name, RateLimit, Service, Strict
@@ -37,6 +46,7 @@ class Policy(Strict):
     telemetry: dict[Name, Telemetry] = {}
     models: dict[Name, Model] = {}
     tenants: dict[Name, Tenant] = {}
+    tokenbudgets: dict[Name, TokenBudget] = {}
 
     @property
     def edge(self) -> Edge:
@@ -131,6 +141,23 @@ class Policy(Strict):
                     found.append(Problem(loc=f"tenants.{name}.keys.{i}", msg=f"the same key is already {other}"))
         if len(holder) > KEYS_MAX:
             found.append(Problem(loc="tenants", msg=f"at most {KEYS_MAX} API keys in all (the llm filter's table)"))
+        return found + self._budget_problems()
+
+    def _budget_problems(self) -> list[Problem]:
+        found: list[Problem] = []
+        if len(self.tokenbudgets) > BUDGETS_MAX:
+            found.append(Problem(loc="tokenbudgets", msg=f"at most {BUDGETS_MAX} token budgets (the llm filter's table)"))
+        public = {m.model for m in self.models.values()}
+        per_tenant: dict[str, int] = {}
+        for name, budget in sorted(self.tokenbudgets.items()):
+            if budget.tenant not in self.tenants:
+                found.append(Problem(loc=f"tokenbudgets.{name}.tenant", msg=f"unknown tenant {budget.tenant!r}"))
+            if budget.model is not None and budget.model not in public:
+                found.append(Problem(loc=f"tokenbudgets.{name}.model", msg=f"no Model serves {budget.model!r}"))
+            per_tenant[budget.tenant] = per_tenant.get(budget.tenant, 0) + 1
+            if per_tenant[budget.tenant] == BUDGETS_PER_REQUEST_MAX + 1:
+                found.append(Problem(loc=f"tokenbudgets.{name}.tenant", msg=f"at most {BUDGETS_PER_REQUEST_MAX} "
+                                     f"token budgets per tenant (a request reserves in each)"))
         return found
 
     def _geo_problems(self) -> list[Problem]:
@@ -213,6 +240,9 @@ class Policy(Strict):
                 + [f"canaries.{n}" for n, c in sorted(self.canaries.items()) if c.service == service]
                 + [f"georoutes.{n}" for n, g in sorted(self.georoutes.items()) if g.service == service]
                 + [f"models.{n}" for n, m in sorted(self.models.items()) if m.service == service])
+
+    def users_of_tenant(self, tenant: str) -> list[str]:
+        return [f"tokenbudgets.{n}" for n, b in sorted(self.tokenbudgets.items()) if b.tenant == tenant]
 
     def users_of_backend(self, backend: str) -> list[str]:
         return ([f"services.{s}.routes.{r.name}" for s, svc in sorted(self.services.items())

@@ -34,7 +34,7 @@ from envoy.type.matcher.v3.string_pb2 import StringMatcher
 from google.protobuf.wrappers_pb2 import UInt64Value
 
 from controlplane.policy import Policy
-from controlplane.policy.ai import MAX_BODY_BYTES, Model
+from controlplane.policy.ai import MAX_BODY_BYTES, WINDOW_S, Model
 from controlplane.translate.clusters import cluster
 from controlplane.translate.endpoints import load_assignment
 from controlplane.translate.routes import route_name
@@ -67,6 +67,12 @@ def llm_config(policy: Policy) -> dict[str, object]:
         "auth_routes": keyed,
         "keys": [{"sha256": key.sha256, "tenant": name}
                  for name, tenant in sorted(policy.tenants.items()) for key in tenant.keys],
+        "budgets": [
+            {"name": name, "tenant": b.tenant, **({"model": b.model} if b.model is not None else {}),
+             "tokens": b.tokens, "window_s": WINDOW_S[b.per], "default_max_tokens": b.default_max_tokens,
+             "shadow": b.shadow, "soft_limit_percent": b.soft_limit_percent or 0}
+            for name, b in sorted(policy.tokenbudgets.items())
+        ],
         "max_body_bytes": MAX_BODY_BYTES,
         "routes": entries,
         "models": [

@@ -30,13 +30,17 @@ pub const Fields = struct {
     model: Model = .absent,
     max_tokens: MaxTokens = .absent,
     stream: bool = false,
+    /// The client chose its stream options (the edge then asks for no usage on its behalf).
+    stream_options: bool = false,
+    /// Body offset just after the top-level object's `{`: where a field can be inserted.
+    after_brace: u64 = 0,
 };
 
 pub const Failure = enum { not_json, not_object, too_deep };
 
 pub const Result = union(enum) { fields: Fields, failure: Failure };
 
-const Key = enum { model, max_tokens, stream, other };
+const Key = enum { model, max_tokens, stream, stream_options, other };
 
 /// What the reader is in the middle of, at the top level of the object.
 const State = union(enum) {
@@ -112,6 +116,7 @@ pub const Reader = struct {
         switch (self.state) {
             .start => {
                 if (token != .object_begin) return .not_object;
+                self.fields.after_brace = self.offset + self.scanner.cursor;
                 self.state = .{ .key = .{} };
             },
             .key => |*key| switch (token) {
@@ -160,6 +165,8 @@ pub const Reader = struct {
             .max_tokens
         else if (std.mem.eql(u8, name, "stream"))
             .stream
+        else if (std.mem.eql(u8, name, "stream_options"))
+            .stream_options
         else
             .other;
         self.state = .{ .value = key };
@@ -186,6 +193,7 @@ pub const Reader = struct {
                 else => self.fields.max_tokens = .invalid,
             },
             .stream => self.fields.stream = token == .true,
+            .stream_options => self.fields.stream_options = token != .null,
             .other => {},
         }
         if (nested) {
@@ -302,10 +310,13 @@ test "model, max_tokens and stream at the top level; nested ones ignored" {
     const fields = try readAll(body);
     try testing.expectEqualStrings("tiny-llama", fields.model.string.value.slice());
     try testing.expectEqual(@as(u32, 16), fields.max_tokens.value);
-    try testing.expect(fields.stream);
+    try testing.expect(fields.stream and !fields.stream_options);
+    try testing.expectEqual(@as(u64, 1), fields.after_brace);
     const s = fields.model.string;
     const start = s.start_hint + modelStart(body[s.start_hint..]).?;
     try testing.expectEqualStrings("\"tiny-llama\"", body[start..s.end]);
+    try testing.expect((try readAll(" {\"stream_options\":{\"include_usage\":false}}")).stream_options);
+    try testing.expectEqual(@as(u64, 2), (try readAll(" {}")).after_brace);
 }
 
 test "the same fields when the body arrives one byte at a time" {

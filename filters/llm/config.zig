@@ -14,7 +14,15 @@
 //!         "rewrite": "tiny-llama-v2"}]}],    // optional: the name forwarded in the body
 //!   "auth_routes": ["demo/llm", "demo/models"], // 0..128 routes that need an API key
 //!   "keys": [{"sha256": "<64 hex>",          // 0..1024: SHA-256 of a key, distinct
-//!             "tenant": "acme"}]             //   the tenant it identifies
+//!             "tenant": "acme"}],            //   the tenant it identifies
+//!   "budgets": [{"name": "acme-tpm",         // 0..64 token budgets, names distinct
+//!                "tenant": "acme",           //   whose requests it counts
+//!                "model": "chat",            //   optional: only this public model's
+//!                "tokens": 1000,             //   1..1e12 per window
+//!                "window_s": 60,             //   1..2^32-1
+//!                "default_max_tokens": 256,  //   reserved for a request without max_tokens
+//!                "shadow": false,            //   count, never refuse
+//!                "soft_limit_percent": 80}]  //   0..100, 0: none; past it answers say so
 //! }
 const std = @import("std");
 const assert = std.debug.assert;
@@ -37,6 +45,26 @@ pub const Digest = [std.crypto.hash.sha2.Sha256.digest_length]u8;
 pub const Tenant = abi.BoundedString(service_len_max);
 
 pub const Key = struct { digest: Digest, tenant: Tenant };
+
+pub const budgets_max = 64;
+pub const tokens_max: u64 = 1_000_000_000_000;
+
+pub const Budget = struct {
+    name: Tenant = .{},
+    tenant: Tenant = .{},
+    /// Empty: every model.
+    model: Name = .{},
+    tokens: u64 = 0,
+    window_s: u32 = 0,
+    default_max_tokens: u32 = 0,
+    shadow: bool = false,
+    soft_limit_percent: u8 = 0,
+
+    pub fn appliesTo(self: *const Budget, tenant: []const u8, model: []const u8) bool {
+        return std.mem.eql(u8, self.tenant.slice(), tenant) and
+            (self.model.len == 0 or std.mem.eql(u8, self.model.slice(), model));
+    }
+};
 
 pub const RouteName = abi.BoundedString(route_len_max);
 pub const Name = abi.BoundedString(name_len_max);
@@ -81,6 +109,8 @@ pub const Config = struct {
     auth_routes_len: u8 = 0,
     keys: [keys_max]Key = undefined,
     keys_len: u16 = 0,
+    budgets: [budgets_max]Budget = undefined,
+    budgets_len: u8 = 0,
 
     pub fn isEntry(self: *const Config, route: []const u8) bool {
         return contains(self.routes[0..self.routes_len], route);
@@ -113,12 +143,23 @@ pub const Message = abi.Message;
 const JsonTarget = struct { header: []const u8, weight: u32, rewrite: ?[]const u8 = null };
 const JsonModel = struct { service: []const u8, name: []const u8, targets: []const JsonTarget };
 const JsonKey = struct { sha256: []const u8, tenant: []const u8 };
+const JsonBudget = struct {
+    name: []const u8,
+    tenant: []const u8,
+    model: ?[]const u8 = null,
+    tokens: u64,
+    window_s: u32,
+    default_max_tokens: u32,
+    shadow: bool = false,
+    soft_limit_percent: u8 = 0,
+};
 const JsonConfig = struct {
     max_body_bytes: u32,
     routes: []const []const u8 = &.{},
     models: []const JsonModel = &.{},
     auth_routes: []const []const u8 = &.{},
     keys: []const JsonKey = &.{},
+    budgets: []const JsonBudget = &.{},
 };
 
 fn contains(routes: []const RouteName, route: []const u8) bool {
@@ -196,6 +237,24 @@ fn validate(json: *const JsonConfig, out: *Config, message: *Message) bool {
         key.tenant.set(jk.tenant);
         out.keys_len += 1;
     }
+    if (json.budgets.len > budgets_max) {
+        message.print("at most {d} budgets", .{budgets_max});
+        return false;
+    }
+    for (json.budgets, 0..) |*jb, i| {
+        if (!validateBudget(jb, &out.budgets[i])) {
+            message.print("budgets[{d}]: name and tenant 1..{d} bytes, model up to {d}, tokens 1..{d}, window_s and " ++
+                "default_max_tokens above 0, soft_limit_percent 0..100", .{ i, service_len_max, name_len_max, tokens_max });
+            return false;
+        }
+        for (out.budgets[0..i]) |*earlier| {
+            if (std.mem.eql(u8, earlier.name.slice(), jb.name)) {
+                message.print("budgets[{d}]: the name {s} twice", .{ i, jb.name });
+                return false;
+            }
+        }
+        out.budgets_len += 1;
+    }
     for (json.models, 0..) |*jm, i| {
         if (!validateModel(jm, i, &out.models[i], message)) return false;
         if (out.find(jm.service, jm.name) != null) {
@@ -238,6 +297,18 @@ fn validateModel(jm: *const JsonModel, i: usize, model: *Model, message: *Messag
         message.print("models[{d}]: the targets' weights add up to 0", .{i});
         return false;
     }
+    return true;
+}
+
+fn validateBudget(jb: *const JsonBudget, budget: *Budget) bool {
+    const model = jb.model orelse "";
+    if (jb.name.len == 0 or jb.name.len > service_len_max or jb.tenant.len == 0 or jb.tenant.len > service_len_max or
+        model.len > name_len_max or jb.tokens == 0 or jb.tokens > tokens_max or jb.window_s == 0 or
+        jb.default_max_tokens == 0 or jb.soft_limit_percent > 100) return false;
+    budget.* = .{ .tokens = jb.tokens, .window_s = jb.window_s, .default_max_tokens = jb.default_max_tokens, .shadow = jb.shadow, .soft_limit_percent = jb.soft_limit_percent };
+    budget.name.set(jb.name);
+    budget.tenant.set(jb.tenant);
+    budget.model.set(model);
     return true;
 }
 
@@ -285,6 +356,25 @@ test "keys: the tenant of a digest" {
     try testing.expectEqualStrings("acme", cfg.tenantOf(&digest).?.slice());
     digest[0] +%= 1;
     try testing.expect(cfg.tenantOf(&digest) == null);
+}
+
+test "budgets: which apply" {
+    var work: [work_bytes]u8 = undefined;
+    var cfg: Config = undefined;
+    var message: Message = .{};
+    const json =
+        \\{"max_body_bytes": 1, "budgets": [
+        \\  {"name": "all", "tenant": "acme", "tokens": 1000, "window_s": 60, "default_max_tokens": 256},
+        \\  {"name": "chat", "tenant": "acme", "model": "chat", "tokens": 10, "window_s": 60, "default_max_tokens": 16,
+        \\   "shadow": true, "soft_limit_percent": 80}]}
+    ;
+    try testing.expect(parse(json, &cfg, &work, &message));
+    try testing.expect(cfg.budgets[0].appliesTo("acme", "other") and cfg.budgets[1].appliesTo("acme", "chat"));
+    try testing.expect(!cfg.budgets[1].appliesTo("acme", "other") and !cfg.budgets[0].appliesTo("beta", "chat"));
+    const twice = "{\"max_body_bytes\": 1, \"budgets\": [" ++
+        "{\"name\": \"a\", \"tenant\": \"t\", \"tokens\": 1, \"window_s\": 1, \"default_max_tokens\": 1}," ++
+        "{\"name\": \"a\", \"tenant\": \"t\", \"tokens\": 1, \"window_s\": 1, \"default_max_tokens\": 1}]}";
+    try testing.expect(!parse(twice, &cfg, &work, &message));
 }
 
 test "refused: duplicate model, zero weights, rewrite needing escapes, unknown field" {

@@ -15,14 +15,24 @@
 //! one of the configured keys' (else 401, in OpenAI's shape); its tenant goes upstream in
 //! `x-sluice-tenant` (replacing anything the client sent).
 //!
-//! Exports only what it needs: configure, request headers, request body.
+//! Token budgets (budget.zig): a request of a tenant with budgets reserves its estimate in each,
+//! atomically across workers, or gets a 429 with Retry-After and RateLimit headers counted in
+//! tokens; when the answer ends, the real `usage.total_tokens` (from the JSON answer, or the
+//! last SSE event, which the edge asks for with `stream_options.include_usage` and removes
+//! again if the client did not ask) replaces the reservation. A stream that ends without usage
+//! (the client went away) is charged its prompt estimate plus one token per event seen, and the
+//! rest refunded at once. Streams pass through: each chunk is scanned as it goes.
+//!
+//! Exports: configure, request headers and body, response headers and body, log (end of stream).
 const std = @import("std");
 const assert = std.debug.assert;
 const abi = @import("abi");
 const host = abi.host;
 const body = @import("body.zig");
+const budget = @import("budget.zig");
 const config = @import("config.zig");
 const openai = @import("openai.zig");
+const streams = @import("streams.zig");
 
 pub const panic = abi.panic;
 
@@ -48,6 +58,11 @@ var configured = false;
 var parse_work: [config.work_bytes]u8 = undefined;
 var reader: body.Reader = undefined;
 var prng: ?std.Random.DefaultPrng = null;
+/// Bumped by every accepted configuration; per-stream entries of an older one are not reconciled.
+var generation: u32 = 0;
+var stream_table: streams.Table = .{};
+/// A response chunk being rewritten (the usage event removed).
+var chunk_copy: [piece_bytes]u8 = undefined;
 
 fn activeConfig() ?*const config.Config {
     if (!configured) return null;
@@ -73,6 +88,8 @@ export fn proxy_on_configure(root_context_id: u32, plugin_configuration_size: u3
     }
     active_index = next;
     configured = true;
+    generation +%= 1;
+    for (configs[next].budgets[0..configs[next].budgets_len]) |*b| createCounter(b.name.slice());
     host.logf(.info, "llm: configured {d} entry routes, {d} models", .{ configs[next].routes_len, configs[next].models_len });
     return 1;
 }
@@ -133,7 +150,6 @@ fn authenticate(cfg: *const config.Config) ?[]const u8 {
 }
 
 export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of_stream: u32) u32 {
-    _ = context_id;
     host.beginCallback();
     const cfg = activeConfig() orelse return continue_;
     if (cfg.routes_len == 0) return continue_;
@@ -164,15 +180,180 @@ export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of
         return reply(.{ .status = 400, .message = "Invalid 'max_tokens': expected a positive integer.", .param = "max_tokens", .code = "invalid_value" });
     }
     const found = cfg.find(service.slice(), model.value.slice()) orelse return reply(unknownModel(model.value.slice()));
+    var entry: streams.Entry = .{ .context_id = context_id, .generation = generation, .stream = fields.stream };
+    if (cfg.budgets_len > 0) {
+        const tenant = host.getHeader(.request_headers, tenant_header) orelse "";
+        const max_tokens: ?u64 = if (fields.max_tokens == .value) fields.max_tokens.value else null;
+        if (!admit(cfg, tenant, found.name.slice(), body_buffer_length, max_tokens, &entry)) return pause;
+    }
     const target = found.pick(draw(found.weight_total));
     _ = host.replaceHeader(.request_headers, model_header, target.header.slice());
+    var length: u64 = body_buffer_length;
     const rewrite = target.rewrite.slice();
     if (rewrite.len > 0 and !std.mem.eql(u8, rewrite, model.value.slice())) {
-        if (!rewriteModel(model.start_hint, model.end, rewrite, body_buffer_length)) {
-            return reply(.{ .status = 400, .message = "The request's model field could not be rewritten.", .param = "model" });
+        length = rewriteModel(model.start_hint, model.end, rewrite, length) orelse
+            return refuseAfterReserving(&entry, .{ .status = 400, .message = "The request's model field could not be rewritten.", .param = "model" });
+    }
+    if (entry.reservations_len > 0 and fields.stream and !fields.stream_options) {
+        const insertion = "\"stream_options\":{\"include_usage\":true},";
+        length = replaceFront(fields.after_brace, fields.after_brace, insertion, length) orelse
+            return refuseAfterReserving(&entry, .{ .status = 400, .message = "The request's stream options could not be set." });
+        entry.injected = true;
+    }
+    if (length != body_buffer_length and host.getHeader(.request_headers, "content-length") != null) {
+        var digits: [20]u8 = undefined;
+        _ = host.replaceHeader(.request_headers, "content-length", std.fmt.bufPrint(&digits, "{d}", .{length}) catch unreachable);
+    }
+    if (entry.reservations_len > 0) stream_table.put(entry);
+    return continue_;
+}
+
+/// Reserves the request's estimate in every budget of its tenant (and model); false after
+/// answering 429 when one refuses (the reservations already made are returned).
+fn admit(cfg: *const config.Config, tenant: []const u8, model: []const u8, body_bytes: u64, max_tokens: ?u64, entry: *streams.Entry) bool {
+    const now_s = host.nowNanos() / std.time.ns_per_s;
+    for (cfg.budgets[0..cfg.budgets_len], 0..) |*b, i| {
+        if (!b.appliesTo(tenant, model)) continue;
+        if (entry.reservations_len == streams.budgets_per_request_max) break;
+        const tokens = budget.estimate(body_bytes, max_tokens orelse b.default_max_tokens);
+        entry.prompt_estimate = budget.estimate(body_bytes, 0);
+        var key: [counter_key_max]u8 = undefined;
+        const decision = budget.reserve(SharedStore{}, counterKey(&key, b.name.slice()), now_s, b.window_s, b.tokens, tokens, b.shadow) catch |err| switch (err) {
+            // Shared data failing: admit without counting rather than refuse everyone.
+            error.StoreFailed => continue,
+            error.Contended => budget.Decision{ .admit = false, .used = b.tokens, .window = now_s / b.window_s },
+        };
+        if (!decision.admit and !b.shadow) {
+            refund(cfg, entry);
+            _ = sendBudgetRefusal(b, now_s, decision.used);
+            return false;
+        }
+        entry.reservations[entry.reservations_len] = .{ .budget = @intCast(i), .window = decision.window, .tokens = tokens };
+        entry.reservations_len += 1;
+        if (b.soft_limit_percent > 0 and entry.soft == null and decision.used * 100 >= b.tokens * b.soft_limit_percent) {
+            entry.soft = @intCast(i);
         }
     }
+    return true;
+}
+
+fn refuseAfterReserving(entry: *streams.Entry, e: openai.Error) u32 {
+    if (activeConfig()) |cfg| refund(cfg, entry);
+    return reply(e);
+}
+
+/// Replaces every reservation of `entry` with `used` tokens in all (0: a full refund).
+fn reconcile(cfg: *const config.Config, entry: *const streams.Entry, used: u64) void {
+    for (entry.reservationSlice()) |r| {
+        var key: [counter_key_max]u8 = undefined;
+        const delta = @as(i64, @intCast(used)) - @as(i64, @intCast(r.tokens));
+        budget.adjust(SharedStore{}, counterKey(&key, cfg.budgets[r.budget].name.slice()), r.window, delta) catch {
+            host.log(.warn, "llm: a token budget could not be reconciled (shared data)");
+        };
+    }
+}
+
+fn refund(cfg: *const config.Config, entry: *streams.Entry) void {
+    reconcile(cfg, entry, 0);
+    entry.reservations_len = 0;
+}
+
+fn sendBudgetRefusal(b: *const config.Budget, now_s: u64, used: u64) u32 {
+    const reset_s = b.window_s - now_s % b.window_s;
+    var retry: [20]u8 = undefined;
+    var policy: [160]u8 = undefined;
+    var limit: [160]u8 = undefined;
+    const name = b.name.slice();
+    const extra = [_]abi.pairs.Pair{
+        .{ .name = "retry-after", .value = std.fmt.bufPrint(&retry, "{d}", .{reset_s}) catch unreachable },
+        .{ .name = "ratelimit-policy", .value = std.fmt.bufPrint(&policy, "\"{s}\";q={d};w={d}", .{ name, b.tokens, b.window_s }) catch unreachable },
+        .{ .name = "ratelimit", .value = std.fmt.bufPrint(&limit, "\"{s}\";r={d};t={d}", .{ name, b.tokens -| used, reset_s }) catch unreachable },
+    };
+    return replyWith(.{ .status = 429, .type = "tokens", .code = "rate_limit_exceeded", .quoted = name,
+        .message = "Token budget %s is used up for this window: retry after the time in Retry-After." }, &extra);
+}
+
+const counter_key_prefix = "sluice-llm-budget/";
+const counter_key_max = counter_key_prefix.len + config.service_len_max;
+
+fn counterKey(buffer: *[counter_key_max]u8, name: []const u8) []const u8 {
+    return std.fmt.bufPrint(buffer, counter_key_prefix ++ "{s}", .{name}) catch unreachable;
+}
+
+/// A budget's counter, made when its configuration arrives, before its traffic (shared data has
+/// no atomic create: two workers creating it under traffic could lose a reservation).
+fn createCounter(name: []const u8) void {
+    var key: [counter_key_max]u8 = undefined;
+    const k = counterKey(&key, name);
+    if (host.getSharedData(k) == .not_found) {
+        _ = host.setSharedData(k, &(budget.Counter{ .window = 0, .used = 0 }).encode(), 0);
+    }
+}
+
+/// The proxy-wasm shared data as the budgets' store.
+const SharedStore = struct {
+    pub fn get(_: SharedStore, k: []const u8) budget.StoreGet {
+        return switch (host.getSharedData(k)) {
+            .found => |f| .{ .found = .{ .value = f.value, .cas = f.cas } },
+            .not_found => .not_found,
+            .failed => .failed,
+        };
+    }
+    pub fn set(_: SharedStore, k: []const u8, value: []const u8, cas: u32) budget.StoreSet {
+        return switch (host.setSharedData(k, value, cas)) {
+            .ok => .ok,
+            .cas_mismatch => .cas_mismatch,
+            else => .failed,
+        };
+    }
+};
+
+export fn proxy_on_response_headers(context_id: u32, num_headers: u32, end_of_stream: u32) u32 {
+    _ = num_headers;
+    _ = end_of_stream;
+    host.beginCallback();
+    const entry = stream_table.get(context_id) orelse return continue_;
+    const cfg = activeConfig() orelse return continue_;
+    if (entry.generation != generation) return continue_;
+    if (entry.soft) |index| _ = host.addHeader(.response_headers, "x-sluice-budget-soft-limit", cfg.budgets[index].name.slice());
     return continue_;
+}
+
+export fn proxy_on_response_body(context_id: u32, body_buffer_length: u32, end_of_stream: u32) u32 {
+    _ = end_of_stream;
+    host.beginCallback();
+    const entry = stream_table.get(context_id) orelse return continue_;
+    var offset: u32 = 0;
+    while (offset < body_buffer_length) {
+        host.beginCallback();
+        const piece = host.getBuffer(.http_response_body, offset, @min(piece_bytes, body_buffer_length - offset)) orelse break;
+        if (piece.len == 0) break;
+        entry.usage.feed(piece);
+        if (entry.stream) entry.events += std.mem.count(u8, piece, "data:");
+        if (entry.injected and piece.len == body_buffer_length) stripUsage(piece);
+        offset += @intCast(piece.len);
+    }
+    return continue_;
+}
+
+/// Removes the usage event the edge asked for on the client's behalf, when this chunk holds it.
+fn stripUsage(chunk: []const u8) void {
+    const event = budget.usageEvent(chunk) orelse return;
+    const kept = chunk.len - (event.end - event.start);
+    @memcpy(chunk_copy[0..event.start], chunk[0..event.start]);
+    @memcpy(chunk_copy[event.start..kept], chunk[event.end..]);
+    if (host.setBuffer(.http_response_body, 0, chunk.len, chunk_copy[0..kept]) != .ok) {
+        host.log(.warn, "llm: could not remove the usage event from a stream");
+    }
+}
+
+export fn proxy_on_log(context_id: u32) void {
+    host.beginCallback();
+    const entry = stream_table.take(context_id) orelse return;
+    const cfg = activeConfig() orelse return;
+    if (entry.generation != generation) return;
+    const used = entry.usage.total orelse if (entry.stream and entry.events > 0) entry.prompt_estimate + entry.events else 0;
+    reconcile(cfg, &entry, used);
 }
 
 fn readBody(length: u32) body.Result {
@@ -200,33 +381,35 @@ fn draw(total: u32) u32 {
 }
 
 /// Replaces the model's JSON string, which ends at `end` and starts at the first quote after
-/// `start_hint`, with `"<rewrite>"`, and fixes Content-Length. Envoy replaces body bytes only at
-/// the front (it drains a prefix and prepends), so the bytes before the model are copied into
-/// the new prefix: a heap buffer, freed before returning (rewrites only; clients often send
-/// `messages` before `model`, so that prefix can be most of the body).
-fn rewriteModel(start_hint: u64, end: u64, rewrite: []const u8, length: u32) bool {
+/// `start_hint`, with `"<rewrite>"`; the body's new length, or null.
+fn rewriteModel(start_hint: u64, end: u64, rewrite: []const u8, length: u64) ?u64 {
     assert(end > start_hint and end <= length);
-    if (end - start_hint > model_window_max) return false;
-    const window = host.getBuffer(.http_request_body, @intCast(start_hint), @intCast(end - start_hint)) orelse return false;
-    const start: usize = @intCast(start_hint + (body.modelStart(window) orelse return false));
-    const prefix = std.heap.wasm_allocator.alloc(u8, start + rewrite.len + 2) catch return false;
+    if (end - start_hint > model_window_max) return null;
+    const window = host.getBuffer(.http_request_body, @intCast(start_hint), @intCast(end - start_hint)) orelse return null;
+    const start = start_hint + (body.modelStart(window) orelse return null);
+    var quoted: [config.name_len_max + 2]u8 = undefined;
+    return replaceFront(start, end, std.fmt.bufPrint(&quoted, "\"{s}\"", .{rewrite}) catch unreachable, length);
+}
+
+/// Replaces the body's bytes [start, end) with `insert`; the body's new length, or null.
+/// Envoy replaces body bytes only at the front (it drains a prefix and prepends), so the bytes
+/// before `start` are copied into the new prefix: a heap buffer, freed before returning
+/// (clients often send `messages` before `model`, so that can be most of the body).
+fn replaceFront(start: u64, end: u64, insert: []const u8, length: u64) ?u64 {
+    assert(start <= end and end <= length);
+    const prefix = std.heap.wasm_allocator.alloc(u8, @intCast(start + insert.len)) catch return null;
     defer std.heap.wasm_allocator.free(prefix);
     var offset: usize = 0;
     while (offset < start) {
         host.beginCallback();
-        const piece = host.getBuffer(.http_request_body, offset, @min(piece_bytes, start - offset)) orelse return false;
-        if (piece.len == 0) return false;
+        const piece = host.getBuffer(.http_request_body, offset, @min(piece_bytes, start - offset)) orelse return null;
+        if (piece.len == 0) return null;
         @memcpy(prefix[offset..][0..piece.len], piece);
         offset += piece.len;
     }
-    _ = std.fmt.bufPrint(prefix[start..], "\"{s}\"", .{rewrite}) catch unreachable;
-    if (host.setBuffer(.http_request_body, 0, @intCast(end), prefix) != .ok) return false;
-    if (host.getHeader(.request_headers, "content-length") != null) {
-        var digits: [20]u8 = undefined;
-        const new_length = length - end + prefix.len;
-        _ = host.replaceHeader(.request_headers, "content-length", std.fmt.bufPrint(&digits, "{d}", .{new_length}) catch unreachable);
-    }
-    return true;
+    @memcpy(prefix[offset..], insert);
+    if (host.setBuffer(.http_request_body, 0, @intCast(end), prefix) != .ok) return null;
+    return length - end + prefix.len;
 }
 
 fn unknownModel(name: []const u8) openai.Error {
@@ -240,10 +423,18 @@ fn tooLarge(cfg: *const config.Config, length: u64) u32 {
 }
 
 fn reply(e: openai.Error) u32 {
+    return replyWith(e, &.{});
+}
+
+fn replyWith(e: openai.Error, extra: []const abi.pairs.Pair) u32 {
     var buffer: [openai.error_len_max]u8 = undefined;
     const text = openai.write(&buffer, e);
-    var headers_buffer: [64]u8 = undefined;
-    const headers = abi.pairs.encode(&headers_buffer, &.{.{ .name = "content-type", .value = "application/json" }}) orelse unreachable;
+    var pairs: [4]abi.pairs.Pair = undefined;
+    assert(extra.len < pairs.len);
+    pairs[0] = .{ .name = "content-type", .value = "application/json" };
+    @memcpy(pairs[1..][0..extra.len], extra);
+    var headers_buffer: [1024]u8 = undefined;
+    const headers = abi.pairs.encode(&headers_buffer, pairs[0 .. extra.len + 1]) orelse unreachable;
     const status = host.sendLocalResponse(e.status, "sluice_llm_refused", text, headers, host.grpc_status_none);
     if (status != .ok) host.logf(.err, "llm: send_local_response failed: {d}", .{@intFromEnum(status)});
     return pause;

@@ -1,0 +1,69 @@
+//! Per-stream state of a request that reserved tokens, from its body to the end of its answer:
+//! which budgets, how much, and what the answer has shown so far. A direct-mapped table keyed by
+//! context id: bounded memory. An entry overwritten by a later stream (more than `capacity` in
+//! flight on one worker with colliding ids) loses its reconciliation: its reservation stays
+//! counted, so the budget errs towards refusing, never towards overrunning.
+const std = @import("std");
+const assert = std.debug.assert;
+const budget = @import("budget.zig");
+
+pub const capacity = 1024;
+pub const budgets_per_request_max = 4;
+
+pub const Reservation = struct { budget: u8, window: u64, tokens: u64 };
+
+pub const Entry = struct {
+    context_id: u32 = 0,
+    /// Configuration generation the budget indexes refer to.
+    generation: u32 = 0,
+    reservations: [budgets_per_request_max]Reservation = undefined,
+    reservations_len: u8 = 0,
+    /// The budget past its soft limit, told in a response header.
+    soft: ?u8 = null,
+    stream: bool = false,
+    /// The edge asked for usage in the stream; the client did not, so it is removed again.
+    injected: bool = false,
+    prompt_estimate: u64 = 0,
+    /// SSE events seen: a token each, the estimate of a stream that ends without usage.
+    events: u64 = 0,
+    usage: budget.UsageScanner = .{},
+
+    pub fn reservationSlice(self: *const Entry) []const Reservation {
+        return self.reservations[0..self.reservations_len];
+    }
+};
+
+pub const Table = struct {
+    entries: [capacity]Entry = [_]Entry{.{}} ** capacity,
+
+    pub fn put(self: *Table, entry: Entry) void {
+        assert(entry.context_id != 0);
+        self.entries[entry.context_id % capacity] = entry;
+    }
+
+    pub fn get(self: *Table, context_id: u32) ?*Entry {
+        assert(context_id != 0);
+        const slot = &self.entries[context_id % capacity];
+        return if (slot.context_id == context_id) slot else null;
+    }
+
+    /// Removes and returns the entry of `context_id`, if it is still there.
+    pub fn take(self: *Table, context_id: u32) ?Entry {
+        const slot = self.get(context_id) orelse return null;
+        const entry = slot.*;
+        slot.* = .{};
+        return entry;
+    }
+};
+
+test "put, get, take; a colliding stream takes the slot" {
+    var table: Table = .{};
+    table.put(.{ .context_id = 2, .events = 4 });
+    table.get(2).?.events += 1;
+    try std.testing.expectEqual(@as(u64, 5), table.take(2).?.events);
+    try std.testing.expect(table.take(2) == null);
+    table.put(.{ .context_id = 3 });
+    table.put(.{ .context_id = 3 + capacity, .events = 2 });
+    try std.testing.expect(table.get(3) == null);
+    try std.testing.expectEqual(@as(u64, 2), table.take(3 + capacity).?.events);
+}
