@@ -2,7 +2,7 @@
 canary's shadow stage mirroring 100% of the route to the comparator, against the same run
 without shadowing, in interleaved rounds.
 
-  .venv/bin/python bench/shadow_bench.py [--rate 100] [--duration 8] [--rounds 3] [--percent 100] [--split]
+  .venv/bin/python bench/shadow_bench.py [--rate 100] [--duration 8] [--rounds 3] [--percent 100] [--split] [--model-ms 0]
 
 The load is open loop at `--rate` requests/s (each request starts on schedule, whether or not
 earlier ones finished), so both configurations see the same offered load; latencies are
@@ -69,6 +69,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds measured per round and configuration")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--percent", type=float, default=100.0, help="share of the route mirrored")
+    parser.add_argument("--model-ms", type=float, default=0.0,
+                        help="time each backend spends per request off the CPU (--fault-delay-ms), as a GPU-bound "
+                        "model would: the figure then shows the mirroring itself rather than two cores' contention")
     parser.add_argument("--split", action="store_true", help="this client, Envoy and the stable backend on core 0; "
                         "the control plane (comparator) and the candidate on core 1, as when they run elsewhere")
     args = parser.parse_args()
@@ -76,8 +79,9 @@ def main() -> int:
     models = work / "models"
     subprocess.run([PYTHON, "-m", "inference.gen_models", "--out", str(models), "--canary-candidates"],
                    check=True, cwd=ROOT, capture_output=True)
-    stable = Backend.start(work, models, "classifier:1")
-    candidate = Backend.start(work, models, "classifier:4")
+    delay = ("--fault-delay-ms", str(args.model_ms)) if args.model_ms else ()
+    stable = Backend.start(work, models, "classifier:1", *delay)
+    candidate = Backend.start(work, models, "classifier:4", *delay)
     cp = ControlPlane.start(work)
     envoy = Envoy.start(work, cp)
     results: dict[str, list[tuple[float, float, int, int]]] = {"plain": [], f"shadow {args.percent:g}%": []}
@@ -119,7 +123,8 @@ def main() -> int:
             proc.stop()
     base99 = statistics.median(r[1] for r in results["plain"])
     print(f"\n{args.rate:g} req/s open loop, {args.duration:g} s x {args.rounds} interleaved rounds, medians"
-          f"{', split over cores' if args.split else ''}; "
+          f"{', split over cores' if args.split else ''}"
+          f"{f', {args.model_ms:g} ms per request off the CPU' if args.model_ms else ''}; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print("| configuration | p50 ms | p99 ms | p99 vs plain | errors | compared |")
     print("|---|---|---|---|---|---|")
