@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import multiprocessing
 import os
 import re
@@ -47,6 +49,7 @@ from harness import ControlPlane, Envoy, http, wait_until  # noqa: E402 - the te
 from xds_client import AdsClient, Response  # noqa: E402
 
 from controlplane.resources import ROUTE  # noqa: E402
+from sluice.client import Client, status  # noqa: E402
 
 SERVICES, ROUTES_PER_SERVICE, BACKENDS = 100, 10, 20
 TICK = os.sysconf("SC_CLK_TCK")
@@ -202,6 +205,8 @@ class Result:
     cp_histogram_mean: float  # sluice_convergence_seconds: committed until the last ACK arrived
     whole_s: float  # one write changing every route: until the last proxy ACKed it
     whole_bytes: float
+    status_s: float  # GET /api/v1/proxies (counts and the first page), median of 5
+    cli_s: float  # `sluice status` (summary and the proxies to look at first), median of 5
 
     @property
     def rss_per_proxy_kib(self) -> float:
@@ -231,6 +236,8 @@ COLUMNS: list[tuple[str, int, Callable[[Result], str]]] = [
     ("KB/write", 10, lambda r: f"{r.bytes_per_write / 1e3:.0f}"),
     ("all-routes write ms", 19, lambda r: f"{r.whole_s * 1e3:.0f}"),
     ("all-routes KB", 13, lambda r: f"{r.whole_bytes / 1e3:.0f}"),
+    ("status ms", 9, lambda r: f"{r.status_s * 1e3:.0f}"),
+    ("CLI status ms", 13, lambda r: f"{r.cli_s * 1e3:.0f}"),
 ]
 
 
@@ -253,6 +260,23 @@ class Counters:
                    metric_sum(cp, "sluice_xds_sent_bytes_total"),
                    metric_sum(cp, "sluice_convergence_seconds_sum"),
                    metric_sum(cp, "sluice_convergence_seconds_count"))
+
+
+def fleet_status(cp: ControlPlane) -> tuple[float, float]:
+    """Seconds for GET /api/v1/proxies and for `sluice status` (in this process: no interpreter
+    start), each the median of 5, with the whole fleet connected."""
+    def timed(work: Callable[[], object]) -> float:
+        times = []
+        for _ in range(5):
+            started = time.monotonic()
+            work()
+            times.append(time.monotonic() - started)
+        return statistics.median(times)
+
+    client = Client(cp.url)
+    options = argparse.Namespace(limit=20, all=False, state=None)
+    with contextlib.redirect_stdout(io.StringIO()):
+        return timed(lambda: http("GET", f"{cp.url}/api/v1/proxies", timeout=30)), timed(lambda: status(client, options))
 
 
 def write(cp: ControlPlane, envoy: Envoy, fleet: Fleet, variant: int, whole: bool = False) -> tuple[float, float]:
@@ -296,6 +320,7 @@ def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy, first
         connect_s = time.monotonic() - started
         time.sleep(1.0)
         rss = rss_kib(cp.proc.pid)
+        status_s, cli_s = fleet_status(cp)
         write(cp, envoy, fleet, first)  # warms up, not counted
         before = Counters.read(cp, fleet)
         sampler = None if spy is None else subprocess.Popen(
@@ -316,7 +341,7 @@ def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy, first
                   (after.encodes - before.encodes) / writes, (after.pushes - before.pushes) / writes,
                   (after.sent_bytes - before.sent_bytes) / writes,
                   (after.converged_sum - before.converged_sum) / converged if converged else float("nan"),
-                  whole_s, whole_bytes)
+                  whole_s, whole_bytes, status_s, cli_s)
 
 
 def main() -> int:

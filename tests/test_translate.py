@@ -98,3 +98,16 @@ def test_a_wildcard_host_keeps_one_route_configuration() -> None:
     assert list(out[types.ROUTE]) == ["edge"] and out[types.SCOPED_ROUTE] == {}
     (hcm,) = managers(out[types.LISTENER]["edge-http"])
     assert hcm.rds.route_config_name == "edge"
+
+
+def test_geo_routes_go_to_their_own_services_route_configuration() -> None:
+    policy = _two_services("a.example", "b.example")
+    for raw in ({"kind": "Geo", "name": "geo", "spec": {"default_region": "us", "prefixes": [
+                    {"cidr": "198.51.100.0/24", "country": "DE", "region": "eu"}]}},
+                {"kind": "GeoRoute", "name": "by-region", "spec": {"service": "a", "route": "r", "regions": {
+                    "eu": {"backend": "classifier-v2", "fallback": ["us"]}, "us": {"backend": "classifier-v1"}}}}):
+        policy = with_document(policy, parse_document(raw))
+    out = translate(policy, GROUP)
+    assert [r.route.cluster for r in out[types.ROUTE]["edge/a"].virtual_hosts[0].routes] == [
+        "geo.by-region.eu", "geo.by-region.us", "classifier-v1"]
+    assert len(out[types.ROUTE]["edge/b"].virtual_hosts[0].routes) == 1
