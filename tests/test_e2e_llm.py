@@ -267,3 +267,71 @@ def test_token_budget_reserves_then_reconciles(controlplane: ControlPlane,
     # most 1000 / 50 are in flight at once.
     assert 950 <= sum(used) <= 1000 + 10 * 20
     assert headers["ratelimit-policy"] == '"acme-fast";q=1000;w=60' and 0 < int(headers["retry-after"]) <= 60
+
+
+def backend_tokens(backend: Backend) -> int:
+    """Prompt and generated tokens the backend counted (vLLM's metric names)."""
+    text = http("GET", f"{backend.url}/metrics")[2].decode()
+    return sum(int(float(v)) for v in re.findall(
+        r"^vllm:(?:prompt|generation)_tokens_total\{[^}]*\} (\S+)$", text, re.M))
+
+
+def test_streams_reconciled_from_their_last_event_and_refunded_when_cancelled(
+        tmp_path: Path, model_repository: Path, controlplane: ControlPlane, start_envoy: Callable[..., Envoy]) -> None:
+    slow = Backend.start(tmp_path, model_repository, SERVED, "--fault-step-delay-ms", "20")
+    try:
+        key = "sk-test-streams-" + "s" * 16
+        status, body = controlplane.apply(
+            {"kind": "Backend", "name": "slow", "spec": {"endpoints": [{"address": "127.0.0.1", "port": slow.port}]}},
+            {"kind": "Service", "name": "llm", "spec": {"routes": [
+                {"name": "openai", "match": {"prefix": "/v1/"}, "split": [{"backend": "slow"}], "timeout_s": 0}]}},
+            {"kind": "Model", "name": "fast", "spec": {"service": "llm", "model": "fast", "routes": ["openai"],
+                                                      "backends": [{"backend": "slow", "model": SERVED}]}},
+            {"kind": "Tenant", "name": "acme", "spec": {"keys": [{"id": "one", "key": key}]}},
+            {"kind": "TokenBudget", "name": "acme-fast", "spec": {
+                "tenant": "acme", "model": "fast", "tokens": 20_000, "soft_limit_percent": 1}})
+        assert status == 200, body
+        envoy = start_envoy(controlplane)
+        controlplane.wait_converged(envoy.node_id)
+        api = openai.OpenAI(base_url=f"{envoy.url}/v1", api_key=key, max_retries=0)
+        messages = [{"role": "user", "content": "Tell me about the gate."}]
+
+        def counted() -> int:
+            return 20_000 - remaining_tokens(envoy, key)[0]
+
+        # The client asks for no usage: the edge asks for it, counts it, and removes it again.
+        chunks = list(api.chat.completions.create(model="fast", messages=messages, max_tokens=16, stream=True,  # type: ignore[arg-type]
+                                                  extra_body={"ignore_eos": True}))
+        assert chunks and all(c.usage is None for c in chunks)
+        assert counted() == backend_tokens(slow)
+        # The client asks for usage: it gets it, and the edge counts the same.
+        chunks = list(api.chat.completions.create(model="fast", messages=messages, max_tokens=16, stream=True,  # type: ignore[arg-type]
+                                                  stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 16
+        assert counted() == backend_tokens(slow)
+
+        # A stream of 200 tokens cancelled after 20: the unused reservation comes back at once.
+        before = counted()
+        request = chat("fast", max_tokens=200, stream=True, ignore_eos=True)
+        with socket.create_connection(("127.0.0.1", envoy.listen_port), timeout=30) as sock:
+            payload = json.dumps(request).encode()
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+                         b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(payload)
+                         + payload)
+            response = HTTPResponse(sock)
+            response.begin()
+            # Past 1% of the budget (200 tokens, with this reservation): the answer says so.
+            assert response.status == 200 and response.getheader("x-sluice-budget-soft-limit") == "acme-fast"
+            events = 0
+            while events < 20:
+                events += response.readline().startswith(b"data:")
+            reserved = counted() - before
+            assert reserved > 200  # the prompt's estimate and max_tokens
+            response.close()
+            sock.shutdown(socket.SHUT_RDWR)  # the client goes away
+        cancelled = time.monotonic()
+        wait_until(lambda: counted() - before < 60, 1.0, interval=0.02, what="the unused reservation refunded")
+        print(f"refunded {reserved - (counted() - before)} of {reserved} tokens "
+              f"{1000 * (time.monotonic() - cancelled):.0f} ms after the client went away")
+    finally:
+        slow.proc.stop()
