@@ -16,21 +16,17 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from http.client import HTTPConnection
 from pathlib import Path
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from harness import Backend, ControlPlane, Envoy  # noqa: E402 - needs tests/ on sys.path
-from load import BODY  # noqa: E402
-from test_e2e_failover import _requests, _stat  # noqa: E402
-from test_e2e_load_balancing import _sent  # noqa: E402
+from edge import ROOT, edge, replicas  # puts tests/ on sys.path
+from harness import Envoy
+from load import BODY
+from test_e2e_failover import _requests, _stat
+from test_e2e_load_balancing import _sent
 
 
 def main() -> None:
@@ -42,13 +38,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="failover-bench-") as tmp:
         workdir = Path(tmp)
-        started: list[Backend] = []
-        cp = envoy = None
-        try:
-            for extra in ((), ("--fault-delay-ms", "5000"), ("--fault-error-rate", "1"), ("--fault-throttle-s", "5")):
-                started.append(Backend.start(workdir, args.model_repository, "classifier:1", "--intra-op-threads", "1", *extra))
+        extras = ((), ("--fault-delay-ms", "5000"), ("--fault-error-rate", "1"), ("--fault-throttle-s", "5"))
+        with replicas(workdir, args.model_repository, "classifier:1", extras) as started:
             healthy, hanging, failing, throttled = (b.port for b in started)
-            cp = ControlPlane.start(workdir)
 
             def pool(name: str, ports: list[int], **spec: object) -> dict[str, object]:
                 return {"kind": "Backend", "name": name, "spec": {
@@ -59,7 +51,7 @@ def main() -> None:
                 return {"name": name, "match": {"prefix": "/v2/", "headers": [{"name": "x-candidate", "exact": name}]},
                         "split": [{"backend": name}], "retries": retries}
 
-            status, body = cp.apply(
+            documents = [
                 pool("alone", [healthy]), pool("hang", [hanging, healthy]),
                 pool("throttle", [healthy, throttled], lb_policy="least_loaded"),
                 pool("capped", [failing, healthy], circuit_breakers={"retry_budget": {"budget_percent": 10, "min_retry_concurrency": 1}}),
@@ -68,53 +60,47 @@ def main() -> None:
                     route("alone"), route("hang", per_try_timeout_s=0.2),
                     route("throttle", retry_on=["connect-failure", "reset"], retriable_status_codes=[429]),
                     route("capped", retry_on=["5xx"]), route("uncapped", retry_on=["5xx"])]}},
-            )
-            assert status == 200, body
-            envoy = Envoy.start(workdir, cp, node_id="edge-failover-bench")
-            cp.wait_converged(envoy.node_id)
+            ]
+            with edge(workdir, documents, "edge-failover-bench") as envoy:
+                measure(envoy, args, throttled)
 
-            alone = [s for _, s in _requests(envoy, "alone", args.requests)]
-            hang = _requests(envoy, "hang", args.requests)
-            other_p99 = float(np.percentile(alone, 99))
-            worst = max(s for _, s in hang)
-            print(f"first byte: {len(hang)} requests, statuses {sorted({st for st, _ in hang})}, slowest {worst * 1000:.0f} ms; "
-                  f"goal 200 + {other_p99 * 1000:.0f} (healthy p99) + 50 = {(0.25 + other_p99) * 1000:.0f} ms; "
-                  f"per-try timeouts {_stat(envoy, 'cluster.hang.upstream_rq_per_try_timeout')}")
 
-            conn = HTTPConnection("127.0.0.1", envoy.listen_port, timeout=10)
-            hits: list[float] = []
-            statuses: list[int] = []
-            last = 0
-            stop = time.monotonic() + args.cooldown_s
-            while time.monotonic() < stop:
-                conn.request("POST", "/v2/models/classifier/infer", BODY,
-                             {"Content-Type": "application/json", "x-candidate": "throttle"})
-                response = conn.getresponse()
-                response.read()
-                statuses.append(response.status)
-                if (now := _sent(envoy, "throttle").get(throttled, 0)) > last:
-                    hits.append(time.monotonic())
-                    last = now
-                time.sleep(0.02)
-            gaps = [b - a for a, b in zip(hits, hits[1:], strict=False)]
-            print(f"cooldown: {len(statuses)} requests, statuses {sorted(set(statuses))}, {len(hits)} tries reached the "
-                  f"throttled replica; gaps between them: " + ", ".join(f"{g:.2f}" for g in gaps) + " s (goal 5 +- 0.5)")
+def measure(envoy: Envoy, args: argparse.Namespace, throttled: int) -> None:
+    alone = [s for _, s in _requests(envoy, "alone", args.requests)]
+    hang = _requests(envoy, "hang", args.requests)
+    other_p99 = float(np.percentile(alone, 99))
+    worst = max(s for _, s in hang)
+    print(f"first byte: {len(hang)} requests, statuses {sorted({st for st, _ in hang})}, slowest {worst * 1000:.0f} ms; "
+          f"goal 200 + {other_p99 * 1000:.0f} (healthy p99) + 50 = {(0.25 + other_p99) * 1000:.0f} ms; "
+          f"per-try timeouts {_stat(envoy, 'cluster.hang.upstream_rq_per_try_timeout')}")
 
-            for name in ("uncapped", "capped"):
-                ratios = []
-                for _ in range(3):
-                    before = _stat(envoy, f"cluster.{name}.upstream_rq_total")
-                    results = _requests(envoy, name, 160, callers=8)
-                    ratios.append((_stat(envoy, f"cluster.{name}.upstream_rq_total") - before) / len(results))
-                print(f"budget: {name}: upstream tries per request, 3 runs of 160 at 8 callers: "
-                      + ", ".join(f"{r:.2f}" for r in ratios) + f" (median {statistics.median(ratios):.2f})")
-        finally:
-            if envoy is not None:
-                envoy.proc.stop()
-            if cp is not None:
-                cp.proc.stop()
-            for backend in started:
-                backend.proc.stop()
+    conn = HTTPConnection("127.0.0.1", envoy.listen_port, timeout=10)
+    hits: list[float] = []
+    statuses: list[int] = []
+    last = 0
+    stop = time.monotonic() + args.cooldown_s
+    while time.monotonic() < stop:
+        conn.request("POST", "/v2/models/classifier/infer", BODY,
+                     {"Content-Type": "application/json", "x-candidate": "throttle"})
+        response = conn.getresponse()
+        response.read()
+        statuses.append(response.status)
+        if (now := _sent(envoy, "throttle").get(throttled, 0)) > last:
+            hits.append(time.monotonic())
+            last = now
+        time.sleep(0.02)
+    gaps = [b - a for a, b in zip(hits, hits[1:], strict=False)]
+    print(f"cooldown: {len(statuses)} requests, statuses {sorted(set(statuses))}, {len(hits)} tries reached the "
+          f"throttled replica; gaps between them: " + ", ".join(f"{g:.2f}" for g in gaps) + " s (goal 5 +- 0.5)")
+
+    for name in ("uncapped", "capped"):
+        ratios = []
+        for _ in range(3):
+            before = _stat(envoy, f"cluster.{name}.upstream_rq_total")
+            results = _requests(envoy, name, 160, callers=8)
+            ratios.append((_stat(envoy, f"cluster.{name}.upstream_rq_total") - before) / len(results))
+        print(f"budget: {name}: upstream tries per request, 3 runs of 160 at 8 callers: "
+              + ", ".join(f"{r:.2f}" for r in ratios) + f" (median {statistics.median(ratios):.2f})")
 
 
 if __name__ == "__main__":

@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -39,14 +37,11 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
+from edge import ROOT, edge, paced, replicas, routed_by_header  # puts tests/ on sys.path
+from harness import Envoy
+from load import BODY
+from test_e2e_load_balancing import _sent
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from harness import Backend, ControlPlane, Envoy  # noqa: E402 - needs tests/ on sys.path
-from test_e2e_load_balancing import _sent  # noqa: E402
-
-BODY = json.dumps({"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]})
 # Backend names (lower case and '-' only), each a candidate.
 CANDIDATES: dict[str, dict[str, object]] = {
     "round-robin": {"lb_policy": "round_robin"},
@@ -75,18 +70,11 @@ class Run:
 async def drive(url: str, candidate: str, callers: int, seconds: float, rate: float | None) -> Run:
     """`callers` closed loops for `seconds`; with `rate`, each paces itself to rate / callers."""
     run = Run()
-    interval = callers / rate if rate else 0.0
-    stop_at = time.monotonic() + seconds
     headers = {"Content-Type": "application/json", "x-candidate": candidate}
+    connector = aiohttp.TCPConnector(limit=callers)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
 
-    async def caller(session: aiohttp.ClientSession, offset: float) -> None:
-        next_at = time.monotonic() + offset
-        while True:
-            if interval:
-                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-                next_at += interval
-            if time.monotonic() >= stop_at:
-                return
+        async def send(_: int) -> None:
             began = time.monotonic()
             try:
                 async with session.post(url, data=BODY, headers=headers) as response:
@@ -99,11 +87,7 @@ async def drive(url: str, candidate: str, callers: int, seconds: float, rate: fl
             else:
                 run.errors += 1
 
-    began = time.monotonic()
-    connector = aiohttp.TCPConnector(limit=callers)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=10)) as session:
-        await asyncio.gather(*(caller(session, i * interval / callers) for i in range(callers)))
-    run.wall_s = time.monotonic() - began
+        run.wall_s = await paced(callers, seconds, rate, send)
     return run
 
 
@@ -132,49 +116,26 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="lb-bench-") as tmp:
         workdir = Path(tmp)
-        started: list[Backend] = []
-        cp: ControlPlane | None = None
-        envoy: Envoy | None = None
-        try:
-            for extra in ((), (), ("--fault-batch-delay-ms", str(args.slow_ms))):
-                started.append(Backend.start(workdir, args.model_repository, "classifier:1", "--intra-op-threads", "1", *extra))
+        extras = ((), (), ("--fault-batch-delay-ms", str(args.slow_ms)))
+        with replicas(workdir, args.model_repository, "classifier:1", extras) as started:
             slow_port = started[-1].port
-            cp = ControlPlane.start(workdir)
-            endpoints = [{"address": "127.0.0.1", "port": b.port} for b in started]
-            docs: list[dict[str, object]] = [
-                {"kind": "Backend", "name": name, "spec": {"endpoints": endpoints, **spec}}
-                for name, spec in CANDIDATES.items()]
-            docs.append({"kind": "Service", "name": "bench", "spec": {"routes": [
-                {"name": name, "retries": None,
-                 "match": {"prefix": "/", "headers": [{"name": "x-candidate", "exact": name}]},
-                 "split": [{"backend": name}]} for name in CANDIDATES]}})
-            status, body = cp.apply(*docs)
-            assert status == 200, body
-            envoy = Envoy.start(workdir, cp, node_id="edge-lb-bench")
-            cp.wait_converged(envoy.node_id)
+            endpoints: list[dict[str, object]] = [{"address": "127.0.0.1", "port": b.port} for b in started]
+            with edge(workdir, routed_by_header("x-candidate", CANDIDATES, endpoints), "edge-lb-bench") as envoy:
+                capacity_run = asyncio.run(drive(f"{envoy.url}/v2/models/classifier/infer", "least-request",
+                                                 args.concurrency, args.duration, None))
+                capacity = capacity_run.rps
+                rate = args.rate or capacity * args.load
+                print(f"capacity (least_request, {args.concurrency} callers, no pause): {capacity:.0f} req/s; "
+                      f"offered: {rate:.0f} req/s ({rate / capacity:.0%})", flush=True)
 
-            capacity_run = asyncio.run(drive(f"{envoy.url}/v2/models/classifier/infer", "least-request",
-                                             args.concurrency, args.duration, None))
-            capacity = capacity_run.rps
-            rate = args.rate or capacity * args.load
-            print(f"capacity (least_request, {args.concurrency} callers, no pause): {capacity:.0f} req/s; "
-                  f"offered: {rate:.0f} req/s ({rate / capacity:.0%})", flush=True)
-
-            runs: dict[str, list[Run]] = {name: [] for name in CANDIDATES}
-            for round_number in range(args.rounds):
-                for name in CANDIDATES:
-                    run = asyncio.run(measure(envoy, name, slow_port, args, rate))
-                    runs[name].append(run)
-                    print(f"round {round_number + 1} {name:16} {run.rps:6.0f} req/s p50 {run.p(50):6.1f} ms "
-                          f"p99 {run.p(99):6.1f} ms slow share {run.slow_share:5.1%} errors {run.errors}", flush=True)
-            report(runs)
-        finally:
-            if envoy is not None:
-                envoy.proc.stop()
-            if cp is not None:
-                cp.proc.stop()
-            for backend in started:
-                backend.proc.stop()
+                runs: dict[str, list[Run]] = {name: [] for name in CANDIDATES}
+                for round_number in range(args.rounds):
+                    for name in CANDIDATES:
+                        run = asyncio.run(measure(envoy, name, slow_port, args, rate))
+                        runs[name].append(run)
+                        print(f"round {round_number + 1} {name:16} {run.rps:6.0f} req/s p50 {run.p(50):6.1f} ms "
+                              f"p99 {run.p(99):6.1f} ms slow share {run.slow_share:5.1%} errors {run.errors}", flush=True)
+                report(runs)
 
 
 def report(runs: dict[str, list[Run]]) -> None:

@@ -3,6 +3,9 @@ Envoy; chat requests whose system prompts follow a Zipf law over 50 prompts; lea
 least_loaded with prefix affinity (the picker filter hashes the first bytes of the body's messages),
 on the same replicas in the same run.
 
+Each replica's KV cache is cut to `--kv-cache-mb` (default 3 MB: about 6,000 tokens of tiny-llama,
+a third of the 50 prompts), as a production model's cache holds a share of a large prompt set;
+with the default 32 MB every replica ends up holding every prompt and affinity has little to add.
 Each candidate, each round, draws 50 fresh system prompts (seeded random words, ~120 words
 each), so no candidate is helped by what another left in the caches. `--concurrency` callers send
 `--requests` streamed chat completions (a short random user turn, `--max-tokens` tokens out,
@@ -21,8 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -30,12 +33,10 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from harness import Backend, ControlPlane, Envoy, http  # noqa: E402 - needs tests/ on sys.path
-from test_e2e_load_balancing import _sent  # noqa: E402
+import yaml
+from edge import ROOT, edge, replicas, routed_by_header  # puts tests/ on sys.path
+from harness import Backend, Envoy, http
+from test_e2e_load_balancing import _sent
 
 MODEL = "tiny-llama"
 CANDIDATES: dict[str, dict[str, object]] = {
@@ -130,41 +131,27 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=4)
+    parser.add_argument("--kv-cache-mb", type=float, default=3.0)
     parser.add_argument("--model-repository", type=Path, default=ROOT / "models")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="prefix-bench-") as tmp:
         workdir = Path(tmp)
-        backends: list[Backend] = []
-        cp = envoy = None
-        try:
-            for _ in range(4):
-                backends.append(Backend.start(workdir, args.model_repository, MODEL, "--intra-op-threads", "1"))
-            cp = ControlPlane.start(workdir)
-            endpoints = [{"address": "127.0.0.1", "port": b.port} for b in backends]
-            status, body = cp.apply(
-                *({"kind": "Backend", "name": name, "spec": {"endpoints": endpoints, **spec}} for name, spec in CANDIDATES.items()),
-                {"kind": "Service", "name": "bench", "spec": {"routes": [
-                    {"name": name, "retries": None, "match": {"prefix": "/", "headers": [{"name": "x-candidate", "exact": name}]},
-                     "split": [{"backend": name}]} for name in CANDIDATES]}})
-            assert status == 200, body
-            envoy = Envoy.start(workdir, cp, node_id="edge-prefix-bench")
-            cp.wait_converged(envoy.node_id)
-            runs: dict[str, list[Run]] = {name: [] for name in CANDIDATES}
-            for round_number in range(args.rounds):
-                for index, name in enumerate(CANDIDATES):
-                    run = measure(envoy, backends, name, seed=1000 * round_number + index, args=args)
-                    runs[name].append(run)
-                    print(f"round {round_number + 1} {name:16} hit rate {run.hit_rate:5.1%} max/mean {run.max_over_mean:4.2f} "
-                          f"TTFT p50 {run.p(50):6.1f} ms p99 {run.p(99):6.1f} ms errors {run.errors}", flush=True)
-            report(runs)
-        finally:
-            if envoy is not None:
-                envoy.proc.stop()
-            if cp is not None:
-                cp.proc.stop()
-            for backend in backends:
-                backend.proc.stop()
+        repository = workdir / "models"
+        shutil.copytree(args.model_repository / MODEL, repository / MODEL)
+        config = yaml.safe_load((repository / MODEL / "config.yaml").read_text())
+        (repository / MODEL / "config.yaml").write_text(yaml.safe_dump({**config, "kv_cache_mb": args.kv_cache_mb}))
+        with replicas(workdir, repository, MODEL, [()] * 4) as backends:
+            endpoints: list[dict[str, object]] = [{"address": "127.0.0.1", "port": b.port} for b in backends]
+            with edge(workdir, routed_by_header("x-candidate", CANDIDATES, endpoints), "edge-prefix-bench") as envoy:
+                runs: dict[str, list[Run]] = {name: [] for name in CANDIDATES}
+                for round_number in range(args.rounds):
+                    for index, name in enumerate(CANDIDATES):
+                        run = measure(envoy, backends, name, seed=1000 * round_number + index, args=args)
+                        runs[name].append(run)
+                        print(f"round {round_number + 1} {name:16} hit rate {run.hit_rate:5.1%} max/mean {run.max_over_mean:4.2f} "
+                              f"TTFT p50 {run.p(50):6.1f} ms p99 {run.p(99):6.1f} ms errors {run.errors}", flush=True)
+                report(runs)
 
 
 def report(runs: dict[str, list[Run]]) -> None:

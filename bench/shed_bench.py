@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -26,12 +25,8 @@ from pathlib import Path
 
 import aiohttp
 import numpy as np
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-
-from harness import Backend, ControlPlane, Envoy  # noqa: E402 - needs tests/ on sys.path
-from load import BODY  # noqa: E402
+from edge import ROOT, edge, paced, replicas, routed_by_header  # puts tests/ on sys.path
+from load import BODY
 
 PRIORITIES = ("-1", "0")
 
@@ -46,19 +41,14 @@ class Outcome:
 
 
 async def drive(url: str, config: str, callers: int, seconds: float, rate: float | None) -> dict[str, Outcome]:
+    """Half the callers at priority -1, half at 0."""
     out = {p: Outcome() for p in PRIORITIES}
-    interval = callers / rate if rate else 0.0
-    stop_at = time.monotonic() + seconds
+    connector = aiohttp.TCPConnector(limit=callers)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
 
-    async def caller(session: aiohttp.ClientSession, priority: str, offset: float) -> None:
-        headers = {"Content-Type": "application/json", "x-config": config, "x-sluice-priority": priority}
-        next_at = time.monotonic() + offset
-        while True:
-            if interval:
-                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
-                next_at += interval
-            if time.monotonic() >= stop_at:
-                return
+        async def send(caller: int) -> None:
+            priority = PRIORITIES[caller % 2]
+            headers = {"Content-Type": "application/json", "x-config": config, "x-sluice-priority": priority}
             began = time.monotonic()
             try:
                 async with session.post(url, data=BODY, headers=headers) as response:
@@ -70,9 +60,7 @@ async def drive(url: str, config: str, callers: int, seconds: float, rate: float
             if status == 200:
                 out[priority].latencies.append(time.monotonic() - began)
 
-    connector = aiohttp.TCPConnector(limit=callers)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=30)) as session:
-        await asyncio.gather(*(caller(session, PRIORITIES[i % 2], i * interval / callers) for i in range(callers)))
+        await paced(callers, seconds, rate, send)
     return out
 
 
@@ -89,43 +77,27 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="shed-bench-") as tmp:
         workdir = Path(tmp)
-        backend = Backend.start(workdir, args.model_repository, "classifier:1", "--intra-op-threads", "1",
-                                "--fault-batch-delay-ms", str(args.batch_delay_ms))
-        cp = envoy = None
-        try:
-            cp = ControlPlane.start(workdir)
-            endpoints = [{"address": "127.0.0.1", "port": backend.port}]
-            configs = {"plain": {}, "shedding": {"shedding": {"queue_threshold": args.threshold, "retry_after_s": 1}}}
-            status, body = cp.apply(
-                *({"kind": "Backend", "name": name, "spec": {"endpoints": endpoints, **spec}} for name, spec in configs.items()),
-                {"kind": "Service", "name": "bench", "spec": {"routes": [
-                    {"name": name, "retries": None, "match": {"prefix": "/", "headers": [{"name": "x-config", "exact": name}]},
-                     "split": [{"backend": name}]} for name in configs]}})
-            assert status == 200, body
-            envoy = Envoy.start(workdir, cp, node_id="edge-shed-bench")
-            cp.wait_converged(envoy.node_id)
-            url = f"{envoy.url}/v2/models/classifier/infer"
-
-            measured = asyncio.run(drive(url, "plain", args.callers, args.duration, None))
-            capacity = sum(o.statuses[200] for o in measured.values()) / args.duration
-            rate = capacity * args.overload
-            print(f"capacity (no pause, {args.callers} callers): {capacity:.0f} req/s; offered {rate:.0f} req/s "
-                  f"({args.overload:g}x), half at priority -1", flush=True)
-            runs: dict[str, list[dict[str, Outcome]]] = {name: [] for name in configs}
-            for round_number in range(args.rounds):
-                for name in configs:
-                    run = asyncio.run(drive(url, name, args.callers, args.duration, rate))
-                    runs[name].append(run)
-                    print(f"round {round_number + 1} {name:9} " + "  ".join(
-                        f"p{p}: {sum(o.statuses.values())} sent, {o.statuses[429]} shed, p99 {o.p(99):.0f} ms"
-                        for p, o in run.items()), flush=True)
-            report(runs)
-        finally:
-            if envoy is not None:
-                envoy.proc.stop()
-            if cp is not None:
-                cp.proc.stop()
-            backend.proc.stop()
+        slow = [("--fault-batch-delay-ms", str(args.batch_delay_ms))]
+        with replicas(workdir, args.model_repository, "classifier:1", slow) as (backend,):
+            endpoints: list[dict[str, object]] = [{"address": "127.0.0.1", "port": backend.port}]
+            configs: dict[str, dict[str, object]] = {
+                "plain": {}, "shedding": {"shedding": {"queue_threshold": args.threshold, "retry_after_s": 1}}}
+            with edge(workdir, routed_by_header("x-config", configs, endpoints), "edge-shed-bench") as envoy:
+                url = f"{envoy.url}/v2/models/classifier/infer"
+                measured = asyncio.run(drive(url, "plain", args.callers, args.duration, None))
+                capacity = sum(o.statuses[200] for o in measured.values()) / args.duration
+                rate = capacity * args.overload
+                print(f"capacity (no pause, {args.callers} callers): {capacity:.0f} req/s; offered {rate:.0f} req/s "
+                      f"({args.overload:g}x), half at priority -1", flush=True)
+                runs: dict[str, list[dict[str, Outcome]]] = {name: [] for name in configs}
+                for round_number in range(args.rounds):
+                    for name in configs:
+                        run = asyncio.run(drive(url, name, args.callers, args.duration, rate))
+                        runs[name].append(run)
+                        print(f"round {round_number + 1} {name:9} " + "  ".join(
+                            f"p{p}: {sum(o.statuses.values())} sent, {o.statuses[429]} shed, p99 {o.p(99):.0f} ms"
+                            for p, o in run.items()), flush=True)
+                report(runs)
 
 
 def report(runs: dict[str, list[dict[str, Outcome]]]) -> None:
