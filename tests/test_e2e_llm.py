@@ -269,6 +269,44 @@ def test_token_budget_reserves_then_reconciles(controlplane: ControlPlane,
     assert headers["ratelimit-policy"] == '"acme-fast";q=1000;w=60' and 0 < int(headers["retry-after"]) <= 60
 
 
+def backend_counter(backend: Backend, name: str) -> int:
+    text = http("GET", f"{backend.url}/metrics")[2].decode()
+    return sum(int(float(v)) for v in re.findall(rf"^vllm:{name}_total\{{[^}}]*\}} (\S+)$", text, re.M))
+
+
+def first_event_s(envoy: Envoy, key: str) -> float:
+    """Seconds from sending a streamed request to its first event, at the client."""
+    payload = json.dumps(chat("fast", max_tokens=4, stream=True, ignore_eos=True)).encode()
+    with socket.create_connection(("127.0.0.1", envoy.listen_port), timeout=30) as sock:
+        start = time.perf_counter()
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: edge\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + key.encode() + b"\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+        response = HTTPResponse(sock)
+        response.begin()
+        while not response.readline().startswith(b"data:"):
+            pass
+        first = time.perf_counter() - start
+        response.read()
+        response.close()
+    return first
+
+
+def edge_genai(envoy: Envoy) -> dict[str, float]:
+    """The llm filter's GenAI metrics of the one series, from Envoy's admin (JSON: quantiles)."""
+    stats = json.loads(http("GET", f"{envoy.admin}/stats?format=json&filter=gen_ai")[2])["stats"]
+    out: dict[str, float] = {}
+    for stat in stats:
+        if "name" in stat:
+            out[stat["name"].rsplit(".", 1)[1]] = stat["value"]
+        else:
+            quantiles = stat["histograms"]["supported_quantiles"]
+            for h in stat["histograms"]["computed_quantiles"]:
+                if h["name"].endswith("time_to_first_token"):
+                    for q, value in zip(quantiles, h["values"], strict=True):
+                        out[f"ttft_p{q:g}"] = value["cumulative"]
+    return out
+
+
 def backend_tokens(backend: Backend) -> int:
     """Prompt and generated tokens the backend counted (vLLM's metric names)."""
     text = http("GET", f"{backend.url}/metrics")[2].decode()
@@ -309,6 +347,17 @@ def test_streams_reconciled_from_their_last_event_and_refunded_when_cancelled(
                                                   stream_options={"include_usage": True}, extra_body={"ignore_eos": True}))
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 16
         assert counted() == backend_tokens(slow)
+
+        # Telemetry at the edge: token counters equal the backend's, TTFT as the client sees it.
+        client_ttft = sorted(first_event_s(envoy, key) for _ in range(12))
+        # Envoy merges histograms when its admin is read (stats_flush_on_admin): the first read may precede it.
+        edge = wait_until(lambda: (e := edge_genai(envoy)).get("ttft_p50") is not None and e, 5, what="histograms merged")
+        assert edge["input"] == backend_counter(slow, "prompt_tokens") and edge["output"] == backend_counter(slow, "generation_tokens")
+        assert edge["in_flight"] == 0
+        print(f"TTFT p50/p90: edge {edge['ttft_p50']:.1f}/{edge['ttft_p90']:.1f} ms, client "
+              f"{1000 * client_ttft[len(client_ttft) // 2]:.1f}/{1000 * client_ttft[len(client_ttft) * 9 // 10]:.1f} ms")
+        for quantile, at in ((50, len(client_ttft) // 2), (90, len(client_ttft) * 9 // 10)):
+            assert abs(edge[f"ttft_p{quantile}"] - 1000 * client_ttft[at]) <= 0.1 * 1000 * client_ttft[at], (edge, client_ttft)
 
         # A stream of 200 tokens cancelled after 20: the unused reservation comes back at once.
         before = counted()

@@ -111,14 +111,27 @@ fn load(store: anytype, key: []const u8) Error!Read {
     return error.StoreFailed;
 }
 
-/// The last `"total_tokens":N` in a response fed in pieces. The needle cannot occur inside a
-/// JSON string (its quotes would be escaped there), so a match is the usage object's field.
+/// The last `usage` counts of a response fed in pieces: `"prompt_tokens":N`,
+/// `"completion_tokens":N`, `"total_tokens":N`. A needle cannot occur inside a JSON string (its
+/// quotes would be escaped there), so a match is the usage object's field.
 pub const UsageScanner = struct {
-    const needle = "\"total_tokens\":";
+    const needles = [_][]const u8{ "\"prompt_tokens\":", "\"completion_tokens\":", "\"total_tokens\":" };
+    const carry_capacity = needles[1].len + 24;
+
     /// The end of the previous piece, for a needle or number cut between pieces.
-    carry: [needle.len + 24]u8 = undefined,
+    carry: [carry_capacity]u8 = undefined,
     carry_len: u8 = 0,
-    total: ?u64 = null,
+    counts: [needles.len]?u64 = .{ null, null, null },
+
+    pub fn prompt(self: *const UsageScanner) ?u64 {
+        return self.counts[0];
+    }
+    pub fn completion(self: *const UsageScanner) ?u64 {
+        return self.counts[1];
+    }
+    pub fn total(self: *const UsageScanner) ?u64 {
+        return self.counts[2];
+    }
 
     pub fn feed(self: *UsageScanner, piece: []const u8) void {
         var joined: [carry_capacity + 4096]u8 = undefined;
@@ -127,14 +140,16 @@ pub const UsageScanner = struct {
             const take = @min(rest.len, joined.len - self.carry_len);
             @memcpy(joined[0..self.carry_len], self.carry[0..self.carry_len]);
             @memcpy(joined[self.carry_len..][0..take], rest[0..take]);
-            self.scan(joined[0 .. self.carry_len + take]);
+            const text = joined[0 .. self.carry_len + take];
+            for (needles, 0..) |needle, i| scan(text, needle, &self.counts[i]);
+            const keep = @min(text.len, carry_capacity);
+            std.mem.copyForwards(u8, &self.carry, text[text.len - keep ..]);
+            self.carry_len = @intCast(keep);
             rest = rest[take..];
         }
     }
 
-    const carry_capacity = needle.len + 24;
-
-    fn scan(self: *UsageScanner, text: []const u8) void {
+    fn scan(text: []const u8, needle: []const u8, count: *?u64) void {
         var from: usize = 0;
         while (std.mem.indexOfPos(u8, text, from, needle)) |at| {
             var end = at + needle.len;
@@ -142,12 +157,9 @@ pub const UsageScanner = struct {
             const digits_start = end;
             while (end < text.len and std.ascii.isDigit(text[end])) end += 1;
             if (end == text.len) break; // the number may go on in the next piece
-            if (end > digits_start) self.total = std.fmt.parseInt(u64, text[digits_start..end], 10) catch null;
+            if (end > digits_start) count.* = std.fmt.parseInt(u64, text[digits_start..end], 10) catch null;
             from = end;
         }
-        const keep = @min(text.len, carry_capacity);
-        std.mem.copyForwards(u8, &self.carry, text[text.len - keep ..]);
-        self.carry_len = @intCast(keep);
     }
 };
 
@@ -239,11 +251,13 @@ test "usage from JSON or SSE, cut anywhere between pieces" {
         var scanner: UsageScanner = .{};
         scanner.feed(sse[0..cut]);
         scanner.feed(sse[cut..]);
-        try testing.expectEqual(@as(?u64, 24), scanner.total);
+        try testing.expectEqual(@as(?u64, 24), scanner.total());
+        try testing.expectEqual(@as(?u64, 8), scanner.prompt());
+        try testing.expectEqual(@as(?u64, 16), scanner.completion());
     }
     var none: UsageScanner = .{};
     none.feed(sse[0..60]);
-    try testing.expectEqual(@as(?u64, null), none.total);
+    try testing.expectEqual(@as(?u64, null), none.total());
     const event = usageEvent(sse).?;
     try testing.expect(std.mem.startsWith(u8, sse[event.start..], "data: {\"choices\":[],\"usage\""));
     try testing.expectEqualStrings("data: [DONE]\n\n", sse[event.end..]);

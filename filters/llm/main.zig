@@ -33,6 +33,7 @@ const budget = @import("budget.zig");
 const config = @import("config.zig");
 const openai = @import("openai.zig");
 const streams = @import("streams.zig");
+const telemetry = @import("telemetry.zig");
 
 pub const panic = abi.panic;
 
@@ -180,13 +181,15 @@ export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of
         return reply(.{ .status = 400, .message = "Invalid 'max_tokens': expected a positive integer.", .param = "max_tokens", .code = "invalid_value" });
     }
     const found = cfg.find(service.slice(), model.value.slice()) orelse return reply(unknownModel(model.value.slice()));
-    var entry: streams.Entry = .{ .context_id = context_id, .generation = generation, .stream = fields.stream };
+    var entry: streams.Entry = .{ .context_id = context_id, .generation = generation, .stream = fields.stream, .start_ns = host.nowNanos() };
+    const tenant = host.getHeader(.request_headers, tenant_header) orelse "";
     if (cfg.budgets_len > 0) {
-        const tenant = host.getHeader(.request_headers, tenant_header) orelse "";
         const max_tokens: ?u64 = if (fields.max_tokens == .value) fields.max_tokens.value else null;
         if (!admit(cfg, tenant, found.name.slice(), body_buffer_length, max_tokens, &entry)) return pause;
     }
     const target = found.pick(draw(found.weight_total));
+    const header = target.header.slice();
+    entry.series = telemetry.seriesOf(tenant, found.name.slice(), header[std.mem.indexOfScalar(u8, header, '/').? + 1 ..]);
     _ = host.replaceHeader(.request_headers, model_header, target.header.slice());
     var length: u64 = body_buffer_length;
     const rewrite = target.rewrite.slice();
@@ -194,7 +197,8 @@ export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of
         length = rewriteModel(model.start_hint, model.end, rewrite, length) orelse
             return refuseAfterReserving(&entry, .{ .status = 400, .message = "The request's model field could not be rewritten.", .param = "model" });
     }
-    if (entry.reservations_len > 0 and fields.stream and !fields.stream_options) {
+    // Usage in every stream, for the budgets and the token counters; removed again on the way back.
+    if (fields.stream and !fields.stream_options) {
         const insertion = "\"stream_options\":{\"include_usage\":true},";
         length = replaceFront(fields.after_brace, fields.after_brace, insertion, length) orelse
             return refuseAfterReserving(&entry, .{ .status = 400, .message = "The request's stream options could not be set." });
@@ -204,7 +208,10 @@ export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of
         var digits: [20]u8 = undefined;
         _ = host.replaceHeader(.request_headers, "content-length", std.fmt.bufPrint(&digits, "{d}", .{length}) catch unreachable);
     }
-    if (entry.reservations_len > 0) stream_table.put(entry);
+    if (entry.series) |index| telemetry.started(index);
+    if (stream_table.put(entry)) |displaced| {
+        if (displaced.series) |index| telemetry.abandoned(index);
+    }
     return continue_;
 }
 
@@ -329,7 +336,15 @@ export fn proxy_on_response_body(context_id: u32, body_buffer_length: u32, end_o
         const piece = host.getBuffer(.http_response_body, offset, @min(piece_bytes, body_buffer_length - offset)) orelse break;
         if (piece.len == 0) break;
         entry.usage.feed(piece);
-        if (entry.stream) entry.events += std.mem.count(u8, piece, "data:");
+        if (entry.stream) {
+            const events = std.mem.count(u8, piece, "data:");
+            if (events > 0) {
+                const now = host.nowNanos();
+                if (entry.first_event_ns == null) entry.first_event_ns = now;
+                entry.last_event_ns = now;
+                entry.events += events;
+            }
+        }
         if (entry.injected and piece.len == body_buffer_length) stripUsage(piece);
         offset += @intCast(piece.len);
     }
@@ -350,9 +365,18 @@ fn stripUsage(chunk: []const u8) void {
 export fn proxy_on_log(context_id: u32) void {
     host.beginCallback();
     const entry = stream_table.take(context_id) orelse return;
+    if (entry.series) |index| {
+        telemetry.ended(index, .{
+            .duration_ns = host.nowNanos() - entry.start_ns,
+            .first_token_ns = if (entry.first_event_ns) |first| first - entry.start_ns else null,
+            .last_event_ns = entry.last_event_ns -| entry.start_ns,
+            .input_tokens = entry.usage.prompt(),
+            .output_tokens = entry.usage.completion(),
+        });
+    }
     const cfg = activeConfig() orelse return;
-    if (entry.generation != generation) return;
-    const used = entry.usage.total orelse if (entry.stream and entry.events > 0) entry.prompt_estimate + entry.events else 0;
+    if (entry.generation != generation or entry.reservations_len == 0) return;
+    const used = entry.usage.total() orelse if (entry.stream and entry.events > 0) entry.prompt_estimate + entry.events else 0;
     reconcile(cfg, &entry, used);
 }
 

@@ -27,6 +27,12 @@ pub const Entry = struct {
     /// SSE events seen: a token each, the estimate of a stream that ends without usage.
     events: u64 = 0,
     usage: budget.UsageScanner = .{},
+    /// The telemetry series (telemetry.zig), when measured.
+    series: ?u16 = null,
+    start_ns: u64 = 0,
+    /// Streams: when the first event passed, and the latest.
+    first_event_ns: ?u64 = null,
+    last_event_ns: u64 = 0,
 
     pub fn reservationSlice(self: *const Entry) []const Reservation {
         return self.reservations[0..self.reservations_len];
@@ -36,9 +42,13 @@ pub const Entry = struct {
 pub const Table = struct {
     entries: [capacity]Entry = [_]Entry{.{}} ** capacity,
 
-    pub fn put(self: *Table, entry: Entry) void {
+    /// Stores `entry`; returns the live entry of another stream it displaced, if any.
+    pub fn put(self: *Table, entry: Entry) ?Entry {
         assert(entry.context_id != 0);
-        self.entries[entry.context_id % capacity] = entry;
+        const slot = &self.entries[entry.context_id % capacity];
+        const displaced = slot.*;
+        slot.* = entry;
+        return if (displaced.context_id != 0 and displaced.context_id != entry.context_id) displaced else null;
     }
 
     pub fn get(self: *Table, context_id: u32) ?*Entry {
@@ -58,12 +68,12 @@ pub const Table = struct {
 
 test "put, get, take; a colliding stream takes the slot" {
     var table: Table = .{};
-    table.put(.{ .context_id = 2, .events = 4 });
+    try std.testing.expect(table.put(.{ .context_id = 2, .events = 4 }) == null);
     table.get(2).?.events += 1;
     try std.testing.expectEqual(@as(u64, 5), table.take(2).?.events);
     try std.testing.expect(table.take(2) == null);
-    table.put(.{ .context_id = 3 });
-    table.put(.{ .context_id = 3 + capacity, .events = 2 });
+    try std.testing.expect(table.put(.{ .context_id = 3 }) == null);
+    try std.testing.expectEqual(@as(u32, 3), table.put(.{ .context_id = 3 + capacity, .events = 2 }).?.context_id);
     try std.testing.expect(table.get(3) == null);
     try std.testing.expectEqual(@as(u64, 2), table.take(3 + capacity).?.events);
 }
