@@ -91,7 +91,8 @@ class Canary(Strict):
     ready_timeout_s: Annotated[float, Field(
         gt=0, le=86400, description="a canary not ready this long after it was created is rolled back")] = 300.0
     readiness_path: Annotated[str, Field(
-        pattern=r"^/", description="GET on each canary endpoint: 2xx from one means ready")] = "/v2/health/ready"
+        pattern=r"^/", description="GET on each canary endpoint: 2xx from one means ready "
+                                  "(KServe v2; vLLM answers /health)")] = "/v2/health/ready"
 
     @model_validator(mode="after")
     def _steps(self) -> Canary:
