@@ -58,6 +58,15 @@ var shed_counter: ?u32 = null;
 var picked_counter: ?u32 = null;
 var cooldown_counter: ?u32 = null;
 
+// Requests this worker has sent to each endpoint and not yet finished: reports lag, so between
+// two of them every pick would otherwise see the same figures and pile onto one replica. Indexed
+// [route][endpoint] of the active configuration (reset when it changes); each stream remembers its
+// slot in a table keyed by context id, freed when the stream is deleted.
+const pending_max = 4096;
+const Pending = struct { context_id: u32 = 0, route: u8 = 0, endpoint: u8 = 0 };
+var pending: [pending_max]Pending = [_]Pending{.{}} ** pending_max;
+var in_flight: [config.routes_max][config.endpoints_max]u32 = std.mem.zeroes([config.routes_max][config.endpoints_max]u32);
+
 fn activeConfig() ?*const config.Config {
     if (!configured) return null;
     return &configs[active_index];
@@ -81,6 +90,9 @@ export fn proxy_on_configure(root_context_id: u32, plugin_configuration_size: u3
         return 0;
     }
     active_index = next;
+    // Indices change with the configuration: start counting afresh.
+    pending = [_]Pending{.{}} ** pending_max;
+    in_flight = std.mem.zeroes([config.routes_max][config.endpoints_max]u32);
     configured = true;
     if (shed_counter == null) shed_counter = host.defineMetric(.counter, "sluice_shed_requests_total");
     if (picked_counter == null) picked_counter = host.defineMetric(.counter, "sluice_picker_picked_total");
@@ -100,7 +112,6 @@ fn currentRoute(cfg: *const config.Config) ?*const config.Route {
 }
 
 export fn proxy_on_request_headers(context_id: u32, num_headers: u32, end_of_stream: u32) u32 {
-    _ = context_id;
     _ = num_headers;
     host.beginCallback();
     const cfg = activeConfig() orelse return continue_;
@@ -122,12 +133,11 @@ export fn proxy_on_request_headers(context_id: u32, num_headers: u32, end_of_str
     if (route.prefix_bytes > 0 and end_of_stream == 0) return pause; // the prompt decides
     var random = rng();
     const chosen = pick.twoChoices(candidates[0..route.endpoints_len], &random) orelse return continue_;
-    choose(cfg, route, chosen);
+    choose(cfg, route, chosen, context_id);
     return continue_;
 }
 
 export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of_stream: u32) u32 {
-    _ = context_id;
     host.beginCallback();
     const cfg = activeConfig() orelse return continue_;
     if (upstream()) return continue_;
@@ -147,7 +157,7 @@ export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of
     for (route.endpointSlice(), 0..) |*endpoint, i| addresses[i] = endpoint.address.slice();
     const n = route.endpoints_len;
     const chosen = pick.affinity(candidates[0..n], key, addresses[0..n], route.load_bound_pct) orelse return continue_;
-    choose(cfg, route, chosen);
+    choose(cfg, route, chosen, context_id);
     return continue_;
 }
 
@@ -182,10 +192,21 @@ fn read(address: []const u8) report.Seen {
 }
 
 fn readAll(route: *const config.Route, now_ms: u64, seen: *[config.endpoints_max]report.Seen, candidates: *[config.endpoints_max]pick.Candidate) void {
+    const local = &in_flight[routeIndex(route)];
     for (route.endpointSlice(), 0..) |*endpoint, i| {
         seen[i] = read(endpoint.address.slice());
-        candidates[i] = .{ .score = seen[i].score(now_ms, route.max_age_ms), .cooling = seen[i].cooling(now_ms) };
+        candidates[i] = .{
+            .score = pick.combined(seen[i].score(now_ms, route.max_age_ms), local[i]),
+            .cooling = seen[i].cooling(now_ms),
+        };
     }
+}
+
+fn routeIndex(route: *const config.Route) usize {
+    const cfg = activeConfig().?;
+    const index = (@intFromPtr(route) - @intFromPtr(&cfg.routes[0])) / @sizeOf(config.Route);
+    assert(index < cfg.routes_len);
+    return index;
 }
 
 fn allFull(route: *const config.Route, seen: []const report.Seen, now_ms: u64) bool {
@@ -196,10 +217,26 @@ fn allFull(route: *const config.Route, seen: []const report.Seen, now_ms: u64) b
     return true;
 }
 
-fn choose(cfg: *const config.Config, route: *const config.Route, index: usize) void {
+fn choose(cfg: *const config.Config, route: *const config.Route, index: usize, context_id: u32) void {
     assert(index < route.endpoints_len);
     _ = host.replaceHeader(.request_headers, cfg.endpoint_header.slice(), route.endpoints[index].address.slice());
     if (picked_counter) |id| host.incrementMetric(id, 1);
+    const slot = &pending[context_id % pending_max];
+    if (slot.context_id != 0) release(slot); // a stream this old is past counting
+    const r = routeIndex(route);
+    slot.* = .{ .context_id = context_id, .route = @intCast(r), .endpoint = @intCast(index) };
+    in_flight[r][index] +|= 1;
+}
+
+fn release(slot: *Pending) void {
+    assert(slot.context_id != 0);
+    in_flight[slot.route][slot.endpoint] -|= 1;
+    slot.* = .{};
+}
+
+export fn proxy_on_delete(context_id: u32) void {
+    const slot = &pending[context_id % pending_max];
+    if (slot.context_id == context_id) release(slot);
 }
 
 fn refuse(retry_after_s: u32) u32 {

@@ -9,6 +9,13 @@ pub const Candidate = struct {
     cooling: bool,
 };
 
+/// The load a pick compares: the replica's last fresh report or the requests this worker has in
+/// flight to it, whichever is higher (reports lag; in flight counts at once). Null: nothing known.
+pub fn combined(reported: ?u32, local_in_flight: u32) ?u32 {
+    if (reported == null and local_in_flight == 0) return null;
+    return @max(reported orelse 0, local_in_flight);
+}
+
 /// Power of two choices among the endpoints not cooling down: the lower score of two drawn
 /// at random (`draw` supplies the randomness), so requests between two reports do not all land
 /// on the one that looked idlest. An endpoint without a fresh report counts as idle, so it gets
@@ -107,6 +114,13 @@ pub fn prefixKey(prompt: []const u8) u64 {
 }
 
 const testing = std.testing;
+
+test "combined load" {
+    try testing.expectEqual(@as(?u32, null), combined(null, 0));
+    try testing.expectEqual(@as(?u32, 3), combined(null, 3));
+    try testing.expectEqual(@as(?u32, 5), combined(5, 3));
+    try testing.expectEqual(@as(?u32, 4), combined(1, 4));
+}
 
 test "two choices: lower score, skips cooling, fails open" {
     var prng = std.Random.DefaultPrng.init(7);
