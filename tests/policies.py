@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from controlplane.policy import InvalidPolicy, parse_document
+
 
 def demo_policy(v1_port: int, v2_port: int, w1: int = 100, w2: int = 0) -> list[dict[str, Any]]:
     return [
@@ -14,3 +18,10 @@ def demo_policy(v1_port: int, v2_port: int, w1: int = 100, w2: int = 0) -> list[
             "split": [{"backend": "classifier-v1", "weight": w1}, {"backend": "classifier-v2", "weight": w2}],
         }]}},
     ]
+
+
+def field_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """The (field path, message) of each problem parsing one document finds; it must find some."""
+    with pytest.raises(InvalidPolicy) as caught:
+        parse_document(raw)
+    return [(p.loc, p.msg) for p in caught.value.problems]

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-from policies import demo_policy
+from policies import demo_policy, field_problems
 
 from controlplane import resources as types
 from controlplane.cache.consistency import problems as snapshot_problems
 from controlplane.geotable.compact import table_id
 from controlplane.geotable.table import inline_table
-from controlplane.policy import InvalidPolicy, Policy, parse_document, with_document
+from controlplane.policy import Policy, parse_document, with_document
 from controlplane.translate import Options, ProxyGroup, translate, translate_shares
 from controlplane.translate.filters import GEOROUTE, RATELIMIT
 
@@ -33,12 +32,6 @@ def build(*documents: dict[str, Any], health: bool = True) -> Policy:
             raw = {**raw, "spec": {**raw["spec"], "health_check": HEALTH}}
         policy = with_document(policy, parse_document(raw))
     return policy
-
-
-def field_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
-    with pytest.raises(InvalidPolicy) as caught:
-        parse_document(raw)
-    return [(p.loc, p.msg) for p in caught.value.problems]
 
 
 def test_field_rules() -> None:

@@ -8,11 +8,11 @@ import hashlib
 import json
 from typing import Any
 
-import pytest
+from policies import field_problems
 
 from controlplane import resources as types
 from controlplane.cache.consistency import problems as snapshot_problems
-from controlplane.policy import InvalidPolicy, Policy, parse_document, with_document
+from controlplane.policy import Policy, parse_document, with_document
 from controlplane.translate import ProxyGroup, translate
 from controlplane.translate.filters import LLM
 from controlplane.translate.llm import llm_config
@@ -43,12 +43,6 @@ def build(*documents: dict[str, Any]) -> Policy:
     for raw in [*BASE, *documents]:
         policy = with_document(policy, parse_document(raw))
     return policy
-
-
-def field_problems(raw: dict[str, Any]) -> list[tuple[str, str]]:
-    with pytest.raises(InvalidPolicy) as caught:
-        parse_document(raw)
-    return [(p.loc, p.msg) for p in caught.value.problems]
 
 
 def test_field_rules() -> None:

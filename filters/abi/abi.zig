@@ -7,6 +7,7 @@
 //! - ip.zig, pairs.zig, arena.zig: pure helpers (unit-tested natively).
 //! - bounded.zig, message.zig: inline bounded strings, and the message of a refused plugin
 //!   configuration (pure, unit-tested natively); shared by the filters' configuration parsers.
+//! - json_config.zig: a JSON plugin configuration parsed into a filter's schema struct.
 //!
 //! A filter's main.zig must export, besides its callbacks:
 //!   export fn proxy_abi_version_0_2_1() void {}
@@ -20,6 +21,7 @@ pub const Arena = @import("arena.zig").Arena;
 pub const BoundedString = @import("bounded.zig").BoundedString;
 pub const message = @import("message.zig");
 pub const Message = message.Message;
+pub const json_config = @import("json_config.zig");
 
 /// Panic handler for wasm filters: log at critical level through the host, then trap (the VM
 /// is marked failed by the host). Use as `pub const panic = abi.panic;` in a filter's main.zig.
@@ -36,6 +38,7 @@ test {
     _ = @import("arena.zig");
     _ = @import("bounded.zig");
     _ = @import("ip.zig");
+    _ = @import("json_config.zig");
     _ = @import("message.zig");
     _ = @import("pairs.zig");
 }

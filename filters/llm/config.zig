@@ -186,19 +186,7 @@ fn copyRoutes(json: []const []const u8, out: []RouteName, what: []const u8, mess
 }
 
 pub fn parse(json: []const u8, out: *Config, work: *[work_bytes]u8, message: *Message) bool {
-    message.len = 0;
-    if (json.len > config_bytes_max) {
-        message.print("the plugin configuration is {d} bytes, more than {d}", .{ json.len, config_bytes_max });
-        return false;
-    }
-    var fba = std.heap.FixedBufferAllocator.init(work);
-    const parsed = std.json.parseFromSliceLeaky(JsonConfig, fba.allocator(), json, .{
-        .duplicate_field_behavior = .@"error",
-        .ignore_unknown_fields = false,
-    }) catch |err| {
-        message.print("invalid JSON or schema: {s}", .{@errorName(err)});
-        return false;
-    };
+    const parsed = abi.json_config.parse(JsonConfig, json, config_bytes_max, work, message) orelse return false;
     return validate(&parsed, out, message);
 }
 
