@@ -21,7 +21,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from harness import PYTHON, Backend, ControlPlane, Envoy, http, wait_until
+from harness import PYTHON, Backend, ControlPlane, Envoy, free_port, http, wait_until
 
 SERVED = "tiny-llama"
 MAX_BODY = 8 * 1024 * 1024
@@ -384,3 +384,22 @@ def test_streams_reconciled_from_their_last_event_and_refunded_when_cancelled(
               f"{1000 * (time.monotonic() - cancelled):.0f} ms after the client went away")
     finally:
         slow.proc.stop()
+
+
+def test_a_model_falls_back_in_order_when_its_backend_is_down(controlplane: ControlPlane,
+                                                              two_models: tuple[Envoy, Backend, Backend]) -> None:
+    envoy, a, b = two_models
+    health = {"path": "/v2/health/ready", "interval_s": 0.5, "timeout_s": 0.25}
+    status, body = controlplane.apply(
+        {"kind": "Backend", "name": "dead", "spec": {"endpoints": [{"address": "127.0.0.1", "port": free_port()}],
+                                                   "health_check": health}},
+        {"kind": "Model", "name": "spare", "spec": {"service": "llm", "model": "spare", "routes": ["openai"],
+                                                   "backends": [{"backend": "dead", "model": SERVED}],
+                                                   "fallback": ["b", "a"]}})
+    assert status == 200, body
+    url = f"{envoy.url}/v1/chat/completions"
+    wait_until(lambda: http("POST", url, chat("spare"))[0] == 200, 15, what="the fallback serving")
+    before = served_requests(a), served_requests(b)
+    assert [http("POST", url, chat("spare"))[0] for _ in range(10)] == [200] * 10
+    # The first fallback takes it all: the second is only for when both are down.
+    assert (served_requests(a), served_requests(b)) == (before[0], before[1] + 10)
