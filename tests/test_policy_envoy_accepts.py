@@ -68,7 +68,7 @@ def backend(draw: st.DrawFn, name: str) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "endpoints": draw(st.lists(endpoint(), min_size=1, max_size=3)),
         "connect_timeout_s": draw(st.sampled_from([0.001, 1.0, 60.0])),
-        "lb_policy": draw(st.sampled_from(["round_robin", "least_request", "ring_hash", "maglev", "load_aware"])),
+        "lb_policy": draw(st.sampled_from(["round_robin", "least_request", "ring_hash", "maglev", "load_aware", "least_loaded"])),
         "protocol": draw(st.sampled_from(["http1", "http2"])),
     }
     if draw(st.booleans()):
