@@ -84,6 +84,10 @@ def test_alternating_models_each_reach_their_backend(two_models: tuple[Envoy, Ba
         statuses = list(pool.map(send, range(1000)))
     assert statuses == [200] * 1000
     assert (served_requests(a) - before[0], served_requests(b) - before[1]) == (500, 500)
+    # Without tenants nobody is one: a client's own tenant header names no metric series.
+    assert http("POST", f"{envoy.url}/v1/chat/completions", chat("fast"), {"x-sluice-tenant": "evil"})[0] == 200
+    stats = envoy.stats()
+    assert 'tenant="none",model="fast",backend="a"' in stats and 'tenant="evil"' not in stats
 
 
 def openai_error(status: int, body: bytes, kind: str = "invalid_request_error") -> dict[str, object]:

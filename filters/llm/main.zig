@@ -182,7 +182,8 @@ export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of
     }
     const found = cfg.find(service.slice(), model.value.slice()) orelse return reply(unknownModel(model.value.slice()));
     var entry: streams.Entry = .{ .context_id = context_id, .generation = generation, .stream = fields.stream, .start_ns = host.nowNanos() };
-    const tenant = host.getHeader(.request_headers, tenant_header) orelse "";
+    // Set by this filter when keys are checked; without keys a client's header is not trusted.
+    const tenant = if (cfg.auth_routes_len > 0) host.getHeader(.request_headers, tenant_header) orelse "" else "";
     if (cfg.budgets_len > 0) {
         const max_tokens: ?u64 = if (fields.max_tokens == .value) fields.max_tokens.value else null;
         if (!admit(cfg, tenant, found.name.slice(), body_buffer_length, max_tokens, &entry)) return pause;
