@@ -60,7 +60,12 @@ pub const Error = error{ StoreFailed, Contended };
 /// shadow mode: counted, never refused).
 pub fn reserve(store: anytype, key: []const u8, now_s: u64, window_s: u64, limit: u64, amount: u64, shadow: bool) Error!Decision {
     assert(window_s > 0 and limit > 0);
-    const window = now_s / window_s;
+    return reserveIn(store, key, now_s / window_s, limit, amount, shadow);
+}
+
+/// Reserves `amount` in `window` (any id: a global budget's comes from the control plane), if
+/// it fits under `limit`, which may be 0 (a proxy given nothing of a global budget yet).
+pub fn reserveIn(store: anytype, key: []const u8, window: u64, limit: u64, amount: u64, shadow: bool) Error!Decision {
     var attempt: u32 = 0;
     while (attempt < cas_attempts_max) : (attempt += 1) {
         const read = try load(store, key);
@@ -232,6 +237,15 @@ test "a new window starts from zero; a late reconciliation of an old window chan
     try testing.expect(next.admit and next.used == 10 and next.window == 1);
     try adjust(&store, "k", 0, -100);
     try testing.expectEqual(@as(u64, 10), Counter.decode(&store.value).used);
+}
+
+test "a window id from outside: a new id counts from zero, a limit of 0 refuses" {
+    var store: FakeStore = .{};
+    try testing.expect(!(try reserveIn(&store, "k", 9, 0, 1, false)).admit);
+    try testing.expect((try reserveIn(&store, "k", 9, 100, 100, false)).admit);
+    try testing.expect(!(try reserveIn(&store, "k", 9, 100, 1, false)).admit);
+    const next = try reserveIn(&store, "k", 10, 100, 30, false);
+    try testing.expect(next.admit and next.used == 30);
 }
 
 test "shadow counts what it would refuse; races retried; contention bounded" {

@@ -22,7 +22,10 @@
 //!                "window_s": 60,             //   1..2^32-1
 //!                "default_max_tokens": 256,  //   reserved for a request without max_tokens
 //!                "shadow": false,            //   count, never refuse
-//!                "soft_limit_percent": 80}]  //   0..100, 0: none; past it answers say so
+//!                "soft_limit_percent": 80,   //   0..100, 0: none; past it answers say so
+//!                "window_id": 17,            //   optional, a global budget (its window kept by the
+//!                "allowance": 400,           //   control plane): this proxy's tokens until the id
+//!                "window_end_s": 1764543600}] //  changes, and when the window ends (Unix s; 0: unknown)
 //! }
 const std = @import("std");
 const assert = std.debug.assert;
@@ -59,6 +62,28 @@ pub const Budget = struct {
     default_max_tokens: u32 = 0,
     shadow: bool = false,
     soft_limit_percent: u8 = 0,
+    /// 0: counted here in fixed windows of window_s. Otherwise a global budget: the control
+    /// plane counts the window and gives this proxy `allowance` tokens until it sends another
+    /// id (a new window, or a new split of what is left), which starts a count from zero.
+    window_id: u64 = 0,
+    allowance: u64 = 0,
+    window_end_s: u64 = 0,
+
+    /// The window a reservation at `now_s` counts in.
+    pub fn windowAt(self: *const Budget, now_s: u64) u64 {
+        return if (self.window_id != 0) self.window_id else now_s / self.window_s;
+    }
+
+    /// The tokens this proxy may count in that window.
+    pub fn limit(self: *const Budget) u64 {
+        return if (self.window_id != 0) self.allowance else self.tokens;
+    }
+
+    /// Seconds until the window ends, at least 1 (a global budget's end unknown yet: 1).
+    pub fn resetIn(self: *const Budget, now_s: u64) u64 {
+        if (self.window_id == 0) return self.window_s - now_s % self.window_s;
+        return @max(1, self.window_end_s -| now_s);
+    }
 
     pub fn appliesTo(self: *const Budget, tenant: []const u8, model: []const u8) bool {
         return std.mem.eql(u8, self.tenant.slice(), tenant) and
@@ -152,6 +177,9 @@ const JsonBudget = struct {
     default_max_tokens: u32,
     shadow: bool = false,
     soft_limit_percent: u8 = 0,
+    window_id: u64 = 0,
+    allowance: u64 = 0,
+    window_end_s: u64 = 0,
 };
 const JsonConfig = struct {
     max_body_bytes: u32,
@@ -292,8 +320,8 @@ fn validateBudget(jb: *const JsonBudget, budget: *Budget) bool {
     const model = jb.model orelse "";
     if (jb.name.len == 0 or jb.name.len > service_len_max or jb.tenant.len == 0 or jb.tenant.len > service_len_max or
         model.len > name_len_max or jb.tokens == 0 or jb.tokens > tokens_max or jb.window_s == 0 or
-        jb.default_max_tokens == 0 or jb.soft_limit_percent > 100) return false;
-    budget.* = .{ .tokens = jb.tokens, .window_s = jb.window_s, .default_max_tokens = jb.default_max_tokens, .shadow = jb.shadow, .soft_limit_percent = jb.soft_limit_percent };
+        jb.default_max_tokens == 0 or jb.soft_limit_percent > 100 or jb.allowance > tokens_max) return false;
+    budget.* = .{ .tokens = jb.tokens, .window_s = jb.window_s, .default_max_tokens = jb.default_max_tokens, .shadow = jb.shadow, .soft_limit_percent = jb.soft_limit_percent, .window_id = jb.window_id, .allowance = jb.allowance, .window_end_s = jb.window_end_s };
     budget.name.set(jb.name);
     budget.tenant.set(jb.tenant);
     budget.model.set(model);
@@ -359,6 +387,17 @@ test "budgets: which apply" {
     try testing.expect(parse(json, &cfg, &work, &message));
     try testing.expect(cfg.budgets[0].appliesTo("acme", "other") and cfg.budgets[1].appliesTo("acme", "chat"));
     try testing.expect(!cfg.budgets[1].appliesTo("acme", "other") and !cfg.budgets[0].appliesTo("beta", "chat"));
+    try testing.expectEqual(@as(u64, 2), cfg.budgets[0].windowAt(120));
+    try testing.expectEqual(@as(u64, 1000), cfg.budgets[0].limit());
+    try testing.expectEqual(@as(u64, 40), cfg.budgets[0].resetIn(140));
+    const global =
+        \\{"max_body_bytes": 1, "budgets": [{"name": "month", "tenant": "acme", "tokens": 1000, "window_s": 2592000,
+        \\  "default_max_tokens": 1, "window_id": 7, "allowance": 0, "window_end_s": 1000}]}
+    ;
+    try testing.expect(parse(global, &cfg, &work, &message));
+    const month = &cfg.budgets[0];
+    try testing.expect(month.windowAt(120) == 7 and month.windowAt(99_999) == 7 and month.limit() == 0);
+    try testing.expect(month.resetIn(400) == 600 and month.resetIn(5000) == 1);
     const twice = "{\"max_body_bytes\": 1, \"budgets\": [" ++
         "{\"name\": \"a\", \"tenant\": \"t\", \"tokens\": 1, \"window_s\": 1, \"default_max_tokens\": 1}," ++
         "{\"name\": \"a\", \"tenant\": \"t\", \"tokens\": 1, \"window_s\": 1, \"default_max_tokens\": 1}]}";

@@ -226,10 +226,10 @@ fn admit(cfg: *const config.Config, tenant: []const u8, model: []const u8, body_
         const tokens = budget.estimate(body_bytes, max_tokens orelse b.default_max_tokens);
         entry.prompt_estimate = budget.estimate(body_bytes, 0);
         var key: [counter_key_max]u8 = undefined;
-        const decision = budget.reserve(SharedStore{}, counterKey(&key, b.name.slice()), now_s, b.window_s, b.tokens, tokens, b.shadow) catch |err| switch (err) {
+        const decision = budget.reserveIn(SharedStore{}, counterKey(&key, b.name.slice()), b.windowAt(now_s), b.limit(), tokens, b.shadow) catch |err| switch (err) {
             // Shared data failing: admit without counting rather than refuse everyone.
             error.StoreFailed => continue,
-            error.Contended => budget.Decision{ .admit = false, .used = b.tokens, .window = now_s / b.window_s },
+            error.Contended => budget.Decision{ .admit = false, .used = b.limit(), .window = b.windowAt(now_s) },
         };
         if (!decision.admit and !b.shadow) {
             refund(cfg, entry);
@@ -267,7 +267,7 @@ fn refund(cfg: *const config.Config, entry: *streams.Entry) void {
 }
 
 fn sendBudgetRefusal(b: *const config.Budget, now_s: u64, used: u64) u32 {
-    const reset_s = b.window_s - now_s % b.window_s;
+    const reset_s = b.resetIn(now_s);
     var retry: [20]u8 = undefined;
     var policy: [160]u8 = undefined;
     var limit: [160]u8 = undefined;
@@ -275,7 +275,7 @@ fn sendBudgetRefusal(b: *const config.Budget, now_s: u64, used: u64) u32 {
     const extra = [_]abi.pairs.Pair{
         .{ .name = "retry-after", .value = std.fmt.bufPrint(&retry, "{d}", .{reset_s}) catch unreachable },
         .{ .name = "ratelimit-policy", .value = std.fmt.bufPrint(&policy, "\"{s}\";q={d};w={d}", .{ name, b.tokens, b.window_s }) catch unreachable },
-        .{ .name = "ratelimit", .value = std.fmt.bufPrint(&limit, "\"{s}\";r={d};t={d}", .{ name, b.tokens -| used, reset_s }) catch unreachable },
+        .{ .name = "ratelimit", .value = std.fmt.bufPrint(&limit, "\"{s}\";r={d};t={d}", .{ name, b.limit() -| used, reset_s }) catch unreachable },
     };
     return replyWith(.{ .status = 429, .type = "tokens", .code = "rate_limit_exceeded", .quoted = name,
         .message = "Token budget %s is used up for this window: retry after the time in Retry-After." }, &extra);
