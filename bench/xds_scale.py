@@ -42,6 +42,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
@@ -91,11 +93,11 @@ def metric_sum(cp: ControlPlane, name: str) -> float:
 
 # --- simulated proxies, in worker processes --------------------------------------------------
 
-def worker(conn: Connection, target: str, ids: list[str], metadata: dict[str, Any]) -> None:
-    asyncio.run(_worker(conn, target, ids, metadata))
+def worker(conn: Connection, target: str, ids: list[str], metadata: dict[str, Any], wave_s: float) -> None:
+    asyncio.run(_worker(conn, target, ids, metadata, wave_s))
 
 
-async def _worker(conn: Connection, target: str, ids: list[str], metadata: dict[str, Any]) -> None:
+async def _worker(conn: Connection, target: str, ids: list[str], metadata: dict[str, Any], wave_s: float) -> None:
     acked_at = [0.0] * len(ids)  # each proxy's last RDS ACK (time.monotonic: one clock for all processes)
     waiting: set[int] = set()
     since = 0.0
@@ -112,14 +114,24 @@ async def _worker(conn: Connection, target: str, ids: list[str], metadata: dict[
                     done.set()
         return record
 
-    clients: list[AdsClient] = []
+    clients: dict[int, AdsClient] = {}
+    failures: list[str] = []  # streams that ended: each proxy reconnects, as Envoy does
+
+    async def proxy(i: int, node_id: str) -> None:
+        while True:
+            clients[i] = AdsClient(target, node_id, protocol=("sotw", "delta")[i % 2], metadata=metadata)
+            try:
+                await clients[i].follow(on_ack(i))
+            except (grpc.aio.AioRpcError, EOFError) as exc:
+                failures.append(repr(exc))
+                await clients[i].close()
+                await asyncio.sleep(1.0)
+
     tasks: list[asyncio.Task[None]] = []
     for i, node_id in enumerate(ids):
-        client = AdsClient(target, node_id, protocol=("sotw", "delta")[i % 2], metadata=metadata)
-        clients.append(client)
-        tasks.append(asyncio.create_task(client.follow(on_ack(i))))
+        tasks.append(asyncio.create_task(proxy(i, node_id)))
         if i % 50 == 49:
-            await asyncio.sleep(0.05)  # connect in waves, as a fleet rolling out would
+            await asyncio.sleep(wave_s)  # connect in waves of 50, as a fleet rolling out would
     loop = asyncio.get_running_loop()
     while True:
         command, arg = await loop.run_in_executor(None, conn.recv)
@@ -130,15 +142,14 @@ async def _worker(conn: Connection, target: str, ids: list[str], metadata: dict[
                 try:
                     await asyncio.wait_for(done.wait(), 120)
                 except TimeoutError:
-                    failed = [t for t in tasks if t.done()]
-                    conn.send(("error", f"{len(waiting)} proxies never ACKed; {len(failed)} streams ended: "
-                                        f"{[repr(t.exception()) for t in failed[:3]]}"))
+                    conn.send(("error", f"{len(waiting)} proxies never ACKed; {len(failures)} streams ended: "
+                                        f"{failures[:3]}"))
                     continue
-            conn.send(("ok", max(acked_at)))
+            conn.send(("ok", (max(acked_at), len(failures))))
         elif command == "close":
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+            await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
             conn.send(("ok", None))
             return
 
@@ -147,15 +158,16 @@ async def _worker(conn: Connection, target: str, ids: list[str], metadata: dict[
 class Fleet:
     conns: list[Connection]
     procs: list[multiprocessing.process.BaseProcess]
+    reconnects: int = 0  # streams that ended and were opened again, so far
 
     @classmethod
-    def start(cls, n: int, workers: int, target: str, metadata: dict[str, Any]) -> Fleet:
+    def start(cls, n: int, workers: int, target: str, metadata: dict[str, Any], wave_s: float) -> Fleet:
         ctx = multiprocessing.get_context("spawn")  # grpc does not survive fork
         conns, procs = [], []
         for w in range(min(workers, n)):
             ids = [f"sim-{i}" for i in range(w, n, workers)]
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker, args=(child, target, ids, metadata), daemon=True)
+            proc = ctx.Process(target=worker, args=(child, target, ids, metadata, wave_s), daemon=True)
             proc.start()
             conns.append(parent)
             procs.append(proc)
@@ -165,12 +177,13 @@ class Fleet:
         """When the last simulated proxy ACKed routes sent after `t`."""
         for conn in self.conns:
             conn.send(("acked_after", t))
-        last = 0.0
+        last, self.reconnects = 0.0, 0
         for conn in self.conns:
             status, value = conn.recv()
             if status != "ok":
                 raise RuntimeError(value)
-            last = max(last, value)
+            last = max(last, value[0])
+            self.reconnects += value[1]
         return last
 
     def close(self) -> None:
@@ -206,6 +219,7 @@ class Result:
     whole_s: float  # one write changing every route: until the last proxy ACKed it
     whole_bytes: float
     status_s: float  # GET /api/v1/proxies (counts and the first page), median of 5
+    reconnects: int  # simulated streams that ended (and reconnected) during the run
     cli_s: float  # `sluice status` (summary and the proxies to look at first), median of 5
 
     @property
@@ -236,6 +250,7 @@ COLUMNS: list[tuple[str, int, Callable[[Result], str]]] = [
     ("KB/write", 10, lambda r: f"{r.bytes_per_write / 1e3:.0f}"),
     ("all-routes write ms", 19, lambda r: f"{r.whole_s * 1e3:.0f}"),
     ("all-routes KB", 13, lambda r: f"{r.whole_bytes / 1e3:.0f}"),
+    ("reconnects", 10, lambda r: f"{r.reconnects}"),
     ("status ms", 9, lambda r: f"{r.status_s * 1e3:.0f}"),
     ("CLI status ms", 13, lambda r: f"{r.cli_s * 1e3:.0f}"),
 ]
@@ -303,7 +318,7 @@ def route_configs(envoy: Envoy) -> list[str]:
 
 
 def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy, first: int,
-        spy: Path | None = None) -> Result:
+        spy: Path | None = None, wave_s: float = 0.05) -> Result:
     """`first`: the variant of the first write; each run's writes differ from the last run's.
     `spy`: sample the control plane with py-spy (native frames too) during the measured writes."""
     cp.proc.stop()  # a fresh process per fleet size: nothing left over from the last one
@@ -314,7 +329,7 @@ def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy, first
     rss_base = rss_kib(cp.proc.pid)
     started = time.monotonic()
     fleet = Fleet.start(n, workers, f"127.0.0.1:{cp.xds_port}",
-                        {"listen_address": "127.0.0.1", "listen_port": envoy.listen_port})
+                        {"listen_address": "127.0.0.1", "listen_port": envoy.listen_port}, wave_s)
     try:
         fleet.acked_after(0.0)
         connect_s = time.monotonic() - started
@@ -333,6 +348,7 @@ def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy, first
             sampler.wait(60)
         _, whole_s = write(cp, envoy, fleet, first + writes + 1, whole=True)
         whole_bytes = Counters.read(cp, fleet).sent_bytes - after.sent_bytes
+        reconnects = fleet.reconnects
     finally:
         fleet.close()
     converged = after.converged_count - before.converged_count
@@ -341,7 +357,7 @@ def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy, first
                   (after.encodes - before.encodes) / writes, (after.pushes - before.pushes) / writes,
                   (after.sent_bytes - before.sent_bytes) / writes,
                   (after.converged_sum - before.converged_sum) / converged if converged else float("nan"),
-                  whole_s, whole_bytes, status_s, cli_s)
+                  whole_s, whole_bytes, status_s, reconnects, cli_s)
 
 
 def main() -> int:
@@ -350,6 +366,8 @@ def main() -> int:
     p.add_argument("--writes", type=int, default=10, help="measured writes per fleet size (default 10)")
     p.add_argument("--workers", type=int, default=2, help="processes running the simulated proxies (default 2)")
     p.add_argument("--profile", type=Path, help="cProfile the control plane into this file (last fleet size)")
+    p.add_argument("--wave", type=float, default=0.05,
+                   help="seconds between waves of 50 connecting proxies, per worker (default %(default)s)")
     p.add_argument("--py-spy", type=Path, dest="spy",
                    help="sample the control plane with py-spy during the measured writes of the last fleet size, "
                         "into this file (collapsed stacks; py-spy on PATH)")
@@ -374,7 +392,7 @@ def main() -> int:
                     # python -m cProfile -o FILE -m sluice controlplane ...; written when it stops
                     cp.proc.argv[1:1] = ["-m", "cProfile", "-o", str(args.profile.resolve())]
                 r = run(n, args.writes, args.workers, cp, envoy, first=1 + i * (args.writes + 2),
-                        spy=args.spy if i == len(sizes) - 1 else None)
+                        spy=args.spy if i == len(sizes) - 1 else None, wave_s=args.wave)
                 print(" ".join(f"{value(r):>{w}}" for _, w, value in COLUMNS), flush=True)
         finally:
             if envoy is not None:
