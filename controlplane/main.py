@@ -65,7 +65,7 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
 
     publisher = Publisher(
         PublishingStore(store, geo_tables), cache, functools.partial(translate, options=options),
-        lambda policy, shares: translate_shares(policy, shares, options),
+        lambda policy, shares, allowances: translate_shares(policy, shares, options, allowances),
         quiet_s=settings.push_quiet_s, max_delay_s=settings.push_max_delay_s,
         on_publish=on_publish,
     )

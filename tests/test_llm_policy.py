@@ -13,7 +13,7 @@ from policies import field_problems
 from controlplane import resources as types
 from controlplane.cache.consistency import problems as snapshot_problems
 from controlplane.policy import Policy, parse_document, with_document
-from controlplane.translate import ProxyGroup, translate
+from controlplane.translate import Allowance, ProxyGroup, translate, translate_shares
 from controlplane.translate.filters import LLM
 from controlplane.translate.llm import llm_config
 
@@ -128,4 +128,22 @@ def test_token_budgets() -> None:
     assert policy.users_of_tenant("acme") == ["tokenbudgets.acme-chat"]
     lost = build(CHAT, {**budget, "spec": {**budget["spec"], "tenant": "nobody", "model": "gpt-5"}})
     assert [p.loc for p in lost.problems()] == ["tokenbudgets.acme-chat.tenant", "tokenbudgets.acme-chat.model"]
-    assert field_problems({**budget, "spec": {**budget["spec"], "per": "month"}})[0][0] == "spec.per"
+    assert field_problems({**budget, "spec": {**budget["spec"], "per": "week"}})[0][0] == "spec.per"
+    assert field_problems({**budget, "spec": {**budget["spec"], "per": "month", "zone": "Mars/Olympus"}})[0][0] \
+        == "spec.zone"
+    assert "counted in UTC" in field_problems({**budget, "spec": {**budget["spec"], "zone": "Europe/Berlin"}})[0][1]
+
+
+def test_monthly_budget_is_global_and_admits_nothing_before_its_allowance() -> None:
+    tenant = {"kind": "Tenant", "name": "acme", "spec": {"keys": [{"id": "one", "sha256": "0" * 64}]}}
+    budget = {"kind": "TokenBudget", "name": "acme-month", "spec": {
+        "tenant": "acme", "tokens": 100_000, "per": "month", "zone": "Europe/Berlin"}}
+    policy = build(CHAT, tenant, budget)
+    assert policy.problems() == []
+    (base,) = llm_config(policy)["budgets"]  # type: ignore[misc]
+    assert (base["window_id"], base["allowance"], base["window_s"]) == (1, 0, 30 * 86400)
+    given = Allowance(window_id=1_800_000_000_000, tokens=4_000, window_end_s=1_796_079_600)
+    (pushed,) = llm_config(policy, {"acme-month": given})["budgets"]  # type: ignore[misc]
+    assert (pushed["window_id"], pushed["allowance"], pushed["window_end_s"]) == (1_800_000_000_000, 4_000, 1_796_079_600)
+    configs = translate_shares(policy, {}, allowances={"acme-month": given})[types.EXTENSION_CONFIG]
+    assert b'"allowance":4000' in configs[LLM].typed_config.value

@@ -147,3 +147,21 @@ async def test_a_blob_is_deleted_only_if_not_put_since(store_url: str) -> None:
         assert await store.get_blob(digest) == b"table"
     finally:
         await store.close()
+
+
+async def test_budget_usage_adds_up_atomically_and_survives_reopening(store_url: str) -> None:
+    store = await open_store(store_url)
+    month = "acme-month/2026-12-01T00:00:00+01:00"
+    assert await store.usage([month, "other"]) == {month: 0, "other": 0}
+    assert await store.readings() == {}
+    await store.add_usage({month: 40}, {"edge-1": '{"counters":{"a":40}}'})
+    # Two keepers (replicas) adding at once: neither addition is lost.
+    await asyncio.gather(store.add_usage({month: 5, "other": 1}, {}), store.add_usage({month: 7}, {}))
+    await store.add_usage({}, {"edge-1": '{"counters":{"a":52}}', "edge-2": "{}"})
+    await store.close()
+
+    reopened = await open_store(store_url)
+    assert await reopened.usage([month, "other"]) == {month: 52, "other": 1}
+    assert await reopened.readings() == {"edge-1": '{"counters":{"a":52}}', "edge-2": "{}"}
+    assert await reopened.usage([]) == {}
+    await reopened.close()

@@ -22,12 +22,14 @@ from controlplane.groups import ProxyGroup
 from controlplane.policy import Policy
 from controlplane.resources import Resources
 from controlplane.store import Revision, Store
+from controlplane.translate import Allowance
 
 log = logging.getLogger(__name__)
 
 Translator = Callable[[Policy, ProxyGroup], Resources]
-# What differs for one proxy holding shares (policy name -> fraction) of global limits.
-ShareTranslator = Callable[[Policy, Mapping[str, float]], Resources]
+# What differs for one proxy holding shares (policy name -> fraction) of global limits and
+# allowances (budget name -> Allowance) of global token budgets.
+ShareTranslator = Callable[[Policy, Mapping[str, float], Mapping[str, Allowance]], Resources]
 
 
 class Publisher:
@@ -47,6 +49,7 @@ class Publisher:
         self._translate = translator
         self._translate_shares = share_translator
         self._shares: dict[str, dict[str, float]] = {}  # node -> global limit -> fraction
+        self._allowances: dict[str, dict[str, Allowance]] = {}  # node -> global token budget -> allowance
         self._groups: dict[str, ProxyGroup] = {}
         self._revision: Revision | None = None
         self._quiet_s = quiet_s
@@ -76,8 +79,15 @@ class Publisher:
 
     def set_shares(self, shares: dict[str, dict[str, float]]) -> None:
         """Each proxy's fractions of the global limits (from the quota balancer)."""
-        gone = self._shares.keys() - shares.keys()
-        self._shares = shares
+        self._set_overrides(shares, self._allowances)
+
+    def set_allowances(self, allowances: dict[str, dict[str, Allowance]]) -> None:
+        """Each proxy's allowances of the global token budgets (from the usage keeper)."""
+        self._set_overrides(self._shares, allowances)
+
+    def _set_overrides(self, shares: dict[str, dict[str, float]], allowances: dict[str, dict[str, Allowance]]) -> None:
+        gone = (self._shares.keys() | self._allowances.keys()) - (shares.keys() | allowances.keys())
+        self._shares, self._allowances = shares, allowances
         for node in gone:
             self._cache.set_overrides(node, {})
         if self._revision is not None:
@@ -86,8 +96,9 @@ class Publisher:
     def _build_overrides(self, revision: Revision) -> None:
         if self._translate_shares is None:
             return
-        for node, fractions in self._shares.items():
-            resources = self._translate_shares(revision.policy, fractions)
+        for node in sorted(self._shares.keys() | self._allowances.keys()):
+            resources = self._translate_shares(revision.policy, self._shares.get(node, {}),
+                                               self._allowances.get(node, {}))
             self._cache.set_overrides(node, {t: TypeSnapshot.build(t, msgs) for t, msgs in resources.items() if msgs})
 
     def _snapshot(self, group: ProxyGroup, revision: Revision) -> Snapshot | None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from controlplane.policy.model import Name, Strict
 
@@ -26,7 +27,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024  # the largest request body the edge reads for 
 KEYS_MAX = 1024  # the filter's key table, all tenants together
 BUDGETS_MAX = 64  # the filter's budget table
 BUDGETS_PER_REQUEST_MAX = 4  # budgets one request reserves in (the filter's per-stream state)
-WINDOW_S = {"minute": 60, "hour": 3600}
+WINDOW_S = {"minute": 60, "hour": 3600}  # counted at each Envoy; longer windows by the control plane
 KEYS_PER_TENANT_MAX = 64
 API_KEY_MIN_LEN = 16
 
@@ -113,14 +114,35 @@ class Tenant(Strict):
 class TokenBudget(Strict):
     """Tokens a tenant may use per window, optionally for one public model: each request reserves
     its estimate (prompt bytes / 4 + max_tokens) at admission and is charged its real usage when
-    its answer ends. Counted by each edge Envoy for its own traffic, in fixed windows (UTC)."""
+    its answer ends. A minute or an hour is counted by each edge Envoy for its own traffic, in
+    fixed windows (UTC). A day or a month is global: the control plane keeps its usage in the
+    store, for every edge Envoy together, from local midnight in `zone`."""
 
     tenant: Name
     model: ModelName | None = Field(None, description="a public model name; null: every model")
     tokens: Annotated[int, Field(ge=1, le=1_000_000_000_000, description="tokens per window")]
-    per: Literal["minute", "hour"] = "minute"
+    per: Literal["minute", "hour", "day", "month"] = "minute"
+    zone: Annotated[str, Field(
+        pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$", max_length=64,
+        description="IANA time zone in which a day or month starts (e.g. Europe/Berlin); "
+                    "minutes and hours are UTC")] = "UTC"
     default_max_tokens: Annotated[int, Field(
         ge=1, le=1_000_000, description="reserved for the completion of a request that names no max_tokens")] = 256
     shadow: bool = Field(False, description="count, never refuse")
     soft_limit_percent: Annotated[int, Field(
         ge=1, le=100, description="past this share of the window, answers carry x-sluice-budget-soft-limit")] | None = None
+
+    @field_validator("zone")
+    @classmethod
+    def _known_zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder of zones, such as Europe
+            raise ValueError(f"{zone!r} is not an IANA time zone (such as Europe/Berlin or UTC)") from None
+        return zone
+
+    @model_validator(mode="after")
+    def _zone_for_long_windows(self) -> TokenBudget:
+        if self.per in WINDOW_S and self.zone != "UTC":
+            raise ValueError(f"zone applies to day and month windows; a {self.per} is counted in UTC")
+        return self

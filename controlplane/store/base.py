@@ -4,7 +4,7 @@ append-only audit log, and the admin API's tokens (stored as digests only)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -121,6 +121,20 @@ class Store(Protocol):
 
     async def get_blob(self, digest: str) -> bytes | None:
         """The blob stored under `digest`, None when there is none."""
+        ...
+
+    async def add_usage(self, deltas: Mapping[str, int], readings: Mapping[str, str]) -> None:
+        """Add each delta to its usage counter (tokens of a global budget's window, by key) and
+        replace the named readings (the usage keeper's last reading of each proxy), in one
+        atomic write: a usage delta is stored together with the reading it came from."""
+        ...
+
+    async def usage(self, keys: Sequence[str]) -> dict[str, int]:
+        """The named usage counters; 0 for one never added to."""
+        ...
+
+    async def readings(self) -> dict[str, str]:
+        """Every reading stored by add_usage."""
         ...
 
     async def ping(self) -> None:

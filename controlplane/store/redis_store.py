@@ -8,6 +8,8 @@ Keys (one Redis database per sluice installation):
   sluice:tokens          admin API tokens: name -> {role, digest, ...} as JSON
   sluice:blob:DIGEST     a content-addressed blob (a geo table), base64: the client decodes replies
   sluice:blob-times      when each blob was last put: a sorted set, digest -> Unix time
+  sluice:usage:KEY       tokens used in a global budget's window (an integer, INCRBY)
+  sluice:usage-readings  the usage keeper's last reading of each proxy: source -> reading
 and the pub/sub channel `sluice:revisions`, on which each commit announces its number.
 
 A commit is one Lua script: compare the current number, write the revision, bump the number,
@@ -26,7 +28,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from redis.asyncio import Redis
@@ -50,6 +52,8 @@ TOKENS = "sluice:tokens"
 CHANNEL = "sluice:revisions"
 BLOB = "sluice:blob:"
 BLOB_TIMES = "sluice:blob-times"
+USAGE = "sluice:usage:"
+USAGE_READINGS = "sluice:usage-readings"
 
 _COMMIT = """
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -254,6 +258,27 @@ class RedisStore:
 
     async def delete_blob(self, digest: str, *, put_before: float) -> bool:
         return bool(await self._call(self._delete_blob(keys=[BLOB + digest, BLOB_TIMES], args=[digest, put_before])))
+
+    async def add_usage(self, deltas: Mapping[str, int], readings: Mapping[str, str]) -> None:
+        async def write() -> None:
+            # MULTI/EXEC: applied all together or not at all, and logged to the AOF as one.
+            async with self._client.pipeline(transaction=True) as pipe:
+                for key, delta in sorted(deltas.items()):
+                    pipe.incrby(USAGE + key, delta)
+                if readings:
+                    pipe.hset(USAGE_READINGS, mapping=cast(Any, dict(readings)))  # redis-py's Mapping type is invariant
+                await pipe.execute()
+
+        await self._call(write())
+
+    async def usage(self, keys: Sequence[str]) -> dict[str, int]:
+        if not keys:
+            return {}
+        values = await self._call(self._client.mget([USAGE + key for key in keys]))
+        return {key: int(value or 0) for key, value in zip(keys, values, strict=True)}
+
+    async def readings(self) -> dict[str, str]:
+        return cast(dict[str, str], await self._call(self._client.hgetall(USAGE_READINGS)))
 
     async def ping(self) -> None:
         if self._follower is not None and self._follower.done():

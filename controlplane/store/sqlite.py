@@ -10,7 +10,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,6 +45,16 @@ CREATE TABLE IF NOT EXISTS blobs (
     digest TEXT PRIMARY KEY,
     data   BLOB NOT NULL,
     put_at REAL NOT NULL DEFAULT 0
+);
+-- Global token budgets: tokens used per budget window, and the usage keeper's last reading of
+-- each proxy's counters (written in the same transaction as the usage they add).
+CREATE TABLE IF NOT EXISTS usage (
+    key    TEXT PRIMARY KEY,
+    tokens INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS usage_readings (
+    source  TEXT PRIMARY KEY,
+    reading TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tokens (
     name       TEXT PRIMARY KEY,
@@ -226,6 +236,29 @@ class SqliteStore:
         row = await self._run(lambda: self._db.execute("SELECT data FROM blobs WHERE digest = ?",
                                                        (digest,)).fetchone())
         return None if row is None else bytes(row[0])
+
+    async def add_usage(self, deltas: Mapping[str, int], readings: Mapping[str, str]) -> None:
+        def write() -> None:
+            self._db.executemany("INSERT INTO usage (key, tokens) VALUES (?, ?) "
+                                 "ON CONFLICT (key) DO UPDATE SET tokens = tokens + excluded.tokens",
+                                 sorted(deltas.items()))
+            self._db.executemany("INSERT INTO usage_readings (source, reading) VALUES (?, ?) "
+                                 "ON CONFLICT (source) DO UPDATE SET reading = excluded.reading",
+                                 sorted(readings.items()))
+
+        await self._run(lambda: self._transaction(write))
+
+    async def usage(self, keys: Sequence[str]) -> dict[str, int]:
+        def read() -> dict[str, int]:
+            found = dict(self._db.execute(f"SELECT key, tokens FROM usage WHERE key IN ({','.join('?' * len(keys))})",
+                                          list(keys)).fetchall()) if keys else {}
+            return {key: int(found.get(key, 0)) for key in keys}
+
+        return await self._run(read)
+
+    async def readings(self) -> dict[str, str]:
+        rows = await self._run(lambda: self._db.execute("SELECT source, reading FROM usage_readings").fetchall())
+        return {source: reading for source, reading in rows}
 
     async def ping(self) -> None:
         try:

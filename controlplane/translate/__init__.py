@@ -14,7 +14,7 @@ from controlplane.translate.endpoints import load_assignments
 from controlplane.translate.filters import edge_filters
 from controlplane.translate.geo import TableLookup, failover_assignments, failover_clusters, with_geo_routes
 from controlplane.translate.listeners import edge_listener
-from controlplane.translate.llm import fallback_assignments, fallback_clusters, with_model_routes
+from controlplane.translate.llm import Allowance, fallback_assignments, fallback_clusters, with_model_routes
 from controlplane.translate.routes import (
     route_configuration,
     route_name,
@@ -57,10 +57,12 @@ def translate(policy: Policy, group: ProxyGroup, options: Options = Options()) -
     }, policy, group.role)
 
 
-def translate_shares(policy: Policy, shares: Mapping[str, float], options: Options = Options()) -> Resources:
-    """What differs for one proxy holding `shares` of the global rate limits: its filter configs."""
-    _, filter_configs = edge_filters(policy, options.filters_dir, shares, options.geo_tables)
+def translate_shares(policy: Policy, shares: Mapping[str, float], options: Options = Options(),
+                     allowances: Mapping[str, Allowance] | None = None) -> Resources:
+    """What differs for one proxy holding `shares` of the global rate limits and `allowances`
+    of the global token budgets: its filter configs."""
+    _, filter_configs = edge_filters(policy, options.filters_dir, shares, options.geo_tables, allowances)
     return {EXTENSION_CONFIG: {c.name: c for c in filter_configs}}
 
 
-__all__ = ["Options", "ProxyGroup", "Resources", "route_name", "translate", "translate_shares"]
+__all__ = ["Allowance", "Options", "ProxyGroup", "Resources", "route_name", "translate", "translate_shares"]

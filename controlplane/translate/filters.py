@@ -23,7 +23,7 @@ from controlplane.policy import Policy
 from controlplane.policy.filter_limits import RATE_MIN
 from controlplane.translate.clusters import PICKER_UPSTREAM, WASM_TYPE
 from controlplane.translate.geo import TableLookup, georoute_configuration
-from controlplane.translate.llm import llm_config
+from controlplane.translate.llm import Allowance, llm_config
 from controlplane.translate.picker import picker_config, picker_upstream_config, reads_prompts
 from controlplane.translate.sources import ads
 
@@ -110,7 +110,8 @@ def _georoute(module: Path, configuration: bytes) -> TypedExtensionConfig:
 
 
 def edge_filters(policy: Policy, filters_dir: Path, shares: Mapping[str, float] | None = None,
-                 geo_tables: TableLookup = _no_tables) -> tuple[list[HttpFilter], list[TypedExtensionConfig]]:
+                 geo_tables: TableLookup = _no_tables, allowances: Mapping[str, Allowance] | None = None,
+                 ) -> tuple[list[HttpFilter], list[TypedExtensionConfig]]:
     """The edge listener's filter chain (before the router) and the configs it discovers:
     georoute first, so rate limits and routes see the client's region; llm last, so requests
     are rate limited before their bodies are read."""
@@ -139,6 +140,6 @@ def edge_filters(policy: Policy, filters_dir: Path, shares: Mapping[str, float] 
         configs.append(wasm_filter(PICKER_UPSTREAM, picker, "picker", recording))
     if policy.models:
         chain.append(discovered(LLM))
-        configs.append(wasm_filter(LLM, filters_dir.resolve() / "llm.wasm", "llm", llm_config(policy),
+        configs.append(wasm_filter(LLM, filters_dir.resolve() / "llm.wasm", "llm", llm_config(policy, allowances),
                                    reads_request_body=True))
     return chain, configs

@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.core.v3.base_pb2 import DataSource, HeaderValue, HeaderValueOption
@@ -59,8 +61,36 @@ def _models_route_name(service: str) -> str:
     return route_name(service, "models")
 
 
-def llm_config(policy: Policy) -> dict[str, object]:
-    """The filter's plugin configuration."""
+# A day or month budget's nominal length, for the RateLimit-Policy header only: the window itself
+# comes from the control plane (controlplane/quota/keeper.py).
+LONG_WINDOW_S = {"day": 86_400, "month": 30 * 86_400}
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """One proxy's part of a global (day or month) budget, from the usage keeper."""
+
+    window_id: int  # a new id (a new window, or a new split of what is left) restarts the proxy's count
+    tokens: int  # what this proxy may admit under this id
+    window_end_s: int  # when the window ends, Unix seconds
+
+
+# Before the keeper's first allowance a proxy admits nothing of a global budget: it cannot know
+# what is left of the window. The keeper sends one as soon as the proxy connects.
+NO_ALLOWANCE = Allowance(window_id=1, tokens=0, window_end_s=0)
+
+
+def _window(per: str, allowance: Allowance | None) -> dict[str, int]:
+    if per in WINDOW_S:
+        return {"window_s": WINDOW_S[per]}
+    a = allowance or NO_ALLOWANCE
+    return {"window_s": LONG_WINDOW_S[per], "window_id": a.window_id, "allowance": a.tokens,
+            "window_end_s": a.window_end_s}
+
+
+def llm_config(policy: Policy, allowances: Mapping[str, Allowance] | None = None) -> dict[str, object]:
+    """The filter's plugin configuration; `allowances`: this proxy's, per day or month budget."""
+    allowances = allowances or {}
     entries = sorted({route_name(m.service, r) for m in policy.models.values() for r in m.routes})
     keyed = sorted({*entries, *(_models_route_name(m.service) for m in policy.models.values())}) if policy.tenants else []
     return {
@@ -69,7 +99,7 @@ def llm_config(policy: Policy) -> dict[str, object]:
                  for name, tenant in sorted(policy.tenants.items()) for key in tenant.keys],
         "budgets": [
             {"name": name, "tenant": b.tenant, **({"model": b.model} if b.model is not None else {}),
-             "tokens": b.tokens, "window_s": WINDOW_S[b.per], "default_max_tokens": b.default_max_tokens,
+             "tokens": b.tokens, **_window(b.per, allowances.get(name)), "default_max_tokens": b.default_max_tokens,
              "shadow": b.shadow, "soft_limit_percent": b.soft_limit_percent or 0}
             for name, b in sorted(policy.tokenbudgets.items())
         ],
