@@ -1,20 +1,21 @@
 """Prefix affinity: four generative replicas (tiny-llama, prefix caching on) behind one edge
-Envoy; chat requests whose system prompts follow a Zipf law over 50 prompts; least_request against
-least_loaded with prefix affinity (the picker filter hashes the first bytes of the body's messages),
-on the same replicas in the same run.
+Envoy; chat requests whose system prompts follow a Zipf law over 50 prompts; round_robin,
+least_request, load_aware and least_loaded with prefix affinity (the picker filter hashes the
+first bytes of the body's messages), interleaved on the same replicas in the same run.
 
-Each replica's KV cache is cut to `--kv-cache-mb` (default 3 MB: about 6,000 tokens of tiny-llama,
-a third of the 50 prompts), as a production model's cache holds a share of a large prompt set;
-with the default 32 MB every replica ends up holding every prompt and affinity has little to add.
-Each candidate, each round, draws 50 fresh system prompts (seeded random words, ~120 words
-each), so no candidate is helped by what another left in the caches. `--concurrency` callers send
-`--requests` streamed chat completions (a short random user turn, `--max-tokens` tokens out,
-ignore_eos) in a closed loop. Reported per candidate (medians over `--rounds` rounds): the
-prefix-cache hit rate (prompt tokens found in the cache over those looked up, from every replica's
-vllm:prefix_cache_* counters), max/mean requests per replica (Envoy's per-host counters), TTFT p50
-and p99 (client side: the first content chunk).
+Each replica's KV cache is cut to `--kv-cache-mb` (default 5 MB: 640 blocks of 16 tokens, about
+a quarter of the 50 prompts' ~2,300 blocks at the default `--prompt-words 200`, ~730 tokens each),
+as a production model's cache holds a share of a large prompt set; with the default 32 MB every
+replica ends up holding every prompt and affinity has little to add. Prompts are long so that
+prefill is most of a request's time to first token. Each candidate, each round, draws 50 fresh
+system prompts (seeded random words), so no candidate is helped by what another left in the
+caches. `--concurrency` callers send `--requests` streamed chat completions (a short random user
+turn, `--max-tokens` tokens out, ignore_eos) in a closed loop. Reported per candidate (medians
+over `--rounds` rounds): the prefix-cache hit rate (prompt tokens found in the cache over those
+looked up, from every replica's vllm:prefix_cache_* counters), max/mean requests per replica
+(Envoy's per-host counters), TTFT p50 and p99 (client side: the first content chunk).
 
-  .venv/bin/python bench/prefix_bench.py [--requests 120] [--rounds 2] [--concurrency 8]
+  .venv/bin/python bench/prefix_bench.py [--requests 240] [--rounds 2] [--concurrency 8]
 
 On a shared 2-core machine four replicas, Envoy and the client share the cores: read the ratios.
 """
@@ -40,7 +41,9 @@ from test_e2e_load_balancing import _sent
 
 MODEL = "tiny-llama"
 CANDIDATES: dict[str, dict[str, object]] = {
+    "round-robin": {"lb_policy": "round_robin"},
     "least-request": {"lb_policy": "least_request"},
+    "load-aware": {"lb_policy": "load_aware"},
     "prefix-affinity": {"lb_policy": "least_loaded", "prefix_affinity": {"prefix_bytes": 256, "load_bound": 1.25}},
 }
 WORDS = ("gate river stone lamp field north quiet copper window garden bridge signal paper harbor "
@@ -58,7 +61,7 @@ class Run:
         return float(np.percentile(self.ttft, q)) * 1000 if self.ttft else float("nan")
 
 
-def system_prompts(seed: int, count: int = 50, words: int = 120) -> list[str]:
+def system_prompts(seed: int, words: int, count: int = 50) -> list[str]:
     rng = random.Random(seed)
     return [f"You are assistant {i}. " + " ".join(rng.choice(WORDS) for _ in range(words)) for i in range(count)]
 
@@ -113,7 +116,7 @@ def cache_counters(backends: list[Backend]) -> tuple[float, float]:
 
 
 def measure(envoy: Envoy, backends: list[Backend], candidate: str, seed: int, args: argparse.Namespace) -> Run:
-    prompts = system_prompts(seed)
+    prompts = system_prompts(seed, args.prompt_words)
     order = zipf_choices(seed, args.requests, len(prompts))
     hits0, queries0 = cache_counters(backends)
     sent0 = _sent(envoy, candidate)
@@ -127,11 +130,12 @@ def measure(envoy: Envoy, backends: list[Backend], candidate: str, seed: int, ar
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=120)
+    parser.add_argument("--requests", type=int, default=240)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=4)
-    parser.add_argument("--kv-cache-mb", type=float, default=3.0)
+    parser.add_argument("--prompt-words", type=int, default=200)
+    parser.add_argument("--kv-cache-mb", type=float, default=5.0)
     parser.add_argument("--model-repository", type=Path, default=ROOT / "models")
     args = parser.parse_args()
 

@@ -58,11 +58,14 @@ fn rankOf(candidates: []const Candidate, index: usize) usize {
     return rank;
 }
 
-/// Prefix affinity with a load bound: endpoints in rendezvous order for `key` (each endpoint's
-/// hash with the key; the order only changes for the endpoints added or removed), the first
-/// whose load is within `bound_pct` percent of the mean (at least 1). Past the bound, or cooling,
-/// the next in that order, so a popular prefix spills to the same second replica every time.
-/// Null when nothing is known (fail open to the cluster's policy) or every endpoint is cooling.
+/// Prefix affinity with a load bound (consistent hashing with bounded loads, Mirrokni et al.
+/// 2018): endpoints in rendezvous order for `key` (each endpoint's hash with the key; the order
+/// only changes for the endpoints added or removed), the first that can take one more request
+/// within its capacity, `bound_pct` percent of the mean load counting this request, rounded up.
+/// The capacities add up to at least the total, so some endpoint always has room. Past the bound,
+/// or cooling, the next in that order, so a popular prefix spills to the same second replica
+/// every time. Null when nothing is known (fail open to the cluster's policy) or every endpoint
+/// is cooling.
 pub fn affinity(candidates: []const Candidate, key: u64, addresses: []const []const u8, bound_pct: u32) ?usize {
     assert(candidates.len == addresses.len and candidates.len > 0 and candidates.len <= 64);
     assert(bound_pct >= 100);
@@ -76,7 +79,8 @@ pub fn affinity(candidates: []const Candidate, key: u64, addresses: []const []co
         known = known or c.score != null;
     }
     if (eligible == 0 or !known) return null;
-    const mean_floor = @max(1, total / eligible);
+    const capacity = std.math.divCeil(u64, (total + 1) * bound_pct, eligible * 100) catch unreachable;
+    assert(capacity >= 1);
     var taken: u64 = 0; // bit i: endpoint i already ranked
     var rank: usize = 0;
     while (rank < candidates.len) : (rank += 1) {
@@ -94,18 +98,9 @@ pub fn affinity(candidates: []const Candidate, key: u64, addresses: []const []co
         taken |= @as(u64, 1) << @intCast(i);
         const c = candidates[i];
         if (c.cooling) continue;
-        if (@as(u64, c.score orelse 0) * 100 <= mean_floor * bound_pct) return i;
+        if (@as(u64, c.score orelse 0) + 1 <= capacity) return i;
     }
-    return leastLoaded(candidates);
-}
-
-fn leastLoaded(candidates: []const Candidate) ?usize {
-    var best: ?usize = null;
-    for (candidates, 0..) |c, i| {
-        if (c.cooling) continue;
-        if (best == null or (c.score orelse 0) < (candidates[best.?].score orelse 0)) best = i;
-    }
-    return best;
+    unreachable; // capacities add up to more than the load; cooling ones were skipped above
 }
 
 /// The key of a prompt: a hash of its first bytes.
@@ -151,7 +146,8 @@ test "affinity: same key same endpoint, spills past the bound, fails open" {
         hits[affinity(&idle, prefixKey(std.fmt.bufPrint(&text, "prefix {d}", .{n}) catch unreachable), &addresses, 125).?] += 1;
     }
     for (hits) |h| try testing.expect(h > 20);
-    // Home over the bound (mean 4, bound 5): the next endpoint in this key's order, every time.
+    // Home over the bound (16 in flight + this one, capacity ceil(1.25 * 17 / 4) = 6): the next
+    // endpoint in this key's order, every time.
     var loaded = idle;
     for (&loaded) |*c| c.score = 2;
     loaded[home].score = 10;
@@ -163,6 +159,23 @@ test "affinity: same key same endpoint, spills past the bound, fails open" {
     try testing.expect(affinity(&cooled, key, &addresses, 125).? != home);
     const unknown = [_]Candidate{.{ .score = null, .cooling = false }} ** 4;
     try testing.expectEqual(@as(?usize, null), affinity(&unknown, key, &addresses, 125));
+}
+
+test "affinity: whatever the loads, some endpoint has room and none goes past its capacity" {
+    const addresses = [_][]const u8{ "10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000" };
+    var prng = std.Random.DefaultPrng.init(3);
+    const random = prng.random();
+    for (0..500) |n| {
+        var loads: [3]Candidate = undefined;
+        var total: u64 = 0;
+        for (&loads) |*c| {
+            c.* = .{ .score = random.uintLessThan(u32, 20), .cooling = false };
+            total += c.score.?;
+        }
+        const bound: u32 = 100 + random.uintLessThan(u32, 100);
+        const chosen = affinity(&loads, n, &addresses, bound).?;
+        try testing.expect((loads[chosen].score.? + 1) * 100 * 3 <= (total + 1) * bound + 3 * 100 - 1);
+    }
 }
 
 /// The bytes of an OpenAI body that make its prefix key: `n` bytes from its `"messages"` (chat)
