@@ -68,6 +68,10 @@ class Model(Strict):
         return self
 
 
+# Request priorities (x-sluice-priority): below 0 may be shed, 0 and above never.
+Priority = Annotated[int, Field(ge=-1000, le=1000)]
+
+
 def key_digest(key: str) -> str:
     """How an API key is stored and sent to the edge: its SHA-256, in hex. Keys are random
     (`sluice apikey create` draws 192 bits), so an unsalted hash is enough to keep them secret."""
@@ -82,6 +86,7 @@ class ApiKey(Strict):
 
     id: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,31}$")]
     sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    priority: Priority | None = Field(None, description="overrides the tenant's priority for this key")
 
     @model_validator(mode="before")
     @classmethod
@@ -102,6 +107,9 @@ class Tenant(Strict):
     (`Authorization: Bearer <key>`)."""
 
     keys: Annotated[list[ApiKey], Field(max_length=KEYS_PER_TENANT_MAX)] = []
+    priority: Priority | None = Field(None, description=(
+        "the priority of the tenant's requests (x-sluice-priority, set at the edge over any the "
+        "client sent): below 0 is shed first when every replica is full; null: the client's header"))
 
     @model_validator(mode="after")
     def _unique(self) -> Tenant:
