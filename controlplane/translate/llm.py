@@ -12,7 +12,8 @@
 - `GET /v1/models` on each service with models: answered by Envoy from the policy.
 - API keys: once any Tenant exists, the entry routes and `/v1/models` need a key; the filter
   gets each key's SHA-256 and tenant (never a key), and the model routes drop the
-  Authorization header, so keys go no further than the edge.
+  Authorization header, so keys go no further than the edge. A key's priority (its own, else
+  its tenant's) replaces the request's `x-sluice-priority`, which the picker sheds on.
 """
 
 from __future__ import annotations
@@ -88,6 +89,12 @@ def _window(per: str, allowance: Allowance | None) -> dict[str, int]:
             "window_end_s": a.window_end_s}
 
 
+def _priority(key: int | None, tenant: int | None) -> dict[str, int]:
+    """The key's priority, else its tenant's; none: the client's header goes through."""
+    chosen = key if key is not None else tenant
+    return {} if chosen is None else {"priority": chosen}
+
+
 def llm_config(policy: Policy, allowances: Mapping[str, Allowance] | None = None) -> dict[str, object]:
     """The filter's plugin configuration; `allowances`: this proxy's, per day or month budget."""
     allowances = allowances or {}
@@ -95,7 +102,7 @@ def llm_config(policy: Policy, allowances: Mapping[str, Allowance] | None = None
     keyed = sorted({*entries, *(_models_route_name(m.service) for m in policy.models.values())}) if policy.tenants else []
     return {
         "auth_routes": keyed,
-        "keys": [{"sha256": key.sha256, "tenant": name}
+        "keys": [{"sha256": key.sha256, "tenant": name, **_priority(key.priority, tenant.priority)}
                  for name, tenant in sorted(policy.tenants.items()) for key in tenant.keys],
         "budgets": [
             {"name": name, "tenant": b.tenant, **({"model": b.model} if b.model is not None else {}),
