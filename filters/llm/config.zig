@@ -14,7 +14,8 @@
 //!         "rewrite": "tiny-llama-v2"}]}],    // optional: the name forwarded in the body
 //!   "auth_routes": ["demo/llm", "demo/models"], // 0..128 routes that need an API key
 //!   "keys": [{"sha256": "<64 hex>",          // 0..1024: SHA-256 of a key, distinct
-//!             "tenant": "acme"}],            //   the tenant it identifies
+//!             "tenant": "acme",              //   the tenant it identifies
+//!             "priority": -1}],              //   optional, -1000..1000: x-sluice-priority of its requests
 //!   "budgets": [{"name": "acme-tpm",         // 0..64 token budgets, names distinct
 //!                "tenant": "acme",           //   whose requests it counts
 //!                "model": "chat",            //   optional: only this public model's
@@ -47,7 +48,10 @@ pub const keys_max = 1024;
 pub const Digest = [std.crypto.hash.sha2.Sha256.digest_length]u8;
 pub const Tenant = abi.BoundedString(service_len_max);
 
-pub const Key = struct { digest: Digest, tenant: Tenant };
+pub const priority_max = 1000;
+
+/// `priority`: set on the key's requests over the client's own; null: the client's goes through.
+pub const Key = struct { digest: Digest, tenant: Tenant, priority: ?i16 = null };
 
 pub const budgets_max = 64;
 pub const tokens_max: u64 = 1_000_000_000_000;
@@ -148,9 +152,14 @@ pub const Config = struct {
     /// The tenant holding the key with this digest. Every key is compared in full, so the time
     /// taken does not tell how much of a guessed key matched.
     pub fn tenantOf(self: *const Config, digest: *const Digest) ?*const Tenant {
-        var found: ?*const Tenant = null;
+        return if (self.keyOf(digest)) |key| &key.tenant else null;
+    }
+
+    /// The key with this digest, compared as `tenantOf` does.
+    pub fn keyOf(self: *const Config, digest: *const Digest) ?*const Key {
+        var found: ?*const Key = null;
         for (self.keys[0..self.keys_len]) |*key| {
-            if (std.crypto.timing_safe.eql(Digest, key.digest, digest.*)) found = &key.tenant;
+            if (std.crypto.timing_safe.eql(Digest, key.digest, digest.*)) found = key;
         }
         return found;
     }
@@ -167,7 +176,7 @@ pub const Message = abi.Message;
 
 const JsonTarget = struct { header: []const u8, weight: u32, rewrite: ?[]const u8 = null };
 const JsonModel = struct { service: []const u8, name: []const u8, targets: []const JsonTarget };
-const JsonKey = struct { sha256: []const u8, tenant: []const u8 };
+const JsonKey = struct { sha256: []const u8, tenant: []const u8, priority: ?i32 = null };
 const JsonBudget = struct {
     name: []const u8,
     tenant: []const u8,
@@ -251,6 +260,14 @@ fn validate(json: *const JsonConfig, out: *Config, message: *Message) bool {
         }
         key.tenant = .{};
         key.tenant.set(jk.tenant);
+        key.priority = null;
+        if (jk.priority) |priority| {
+            if (@abs(priority) > priority_max) {
+                message.print("keys[{d}]: priority must be in [-{d}, {d}]", .{ i, priority_max, priority_max });
+                return false;
+            }
+            key.priority = @intCast(priority);
+        }
         out.keys_len += 1;
     }
     if (json.budgets.len > budgets_max) {
@@ -372,6 +389,28 @@ test "keys: the tenant of a digest" {
     try testing.expectEqualStrings("acme", cfg.tenantOf(&digest).?.slice());
     digest[0] +%= 1;
     try testing.expect(cfg.tenantOf(&digest) == null);
+}
+
+test "keys: a priority, optional and bounded" {
+    var work: [work_bytes]u8 = undefined;
+    var cfg: Config = undefined;
+    var message: Message = .{};
+    var digest: Digest = undefined;
+    std.crypto.hash.sha2.Sha256.hash("sk-demo-0123456789abcdef", &digest, .{});
+    const json =
+        \\{"max_body_bytes": 1, "keys": [
+        \\  {"sha256": "639d00d1a103366f4544c1479747fb37bf39927908dc7db5ea65635cec29b82c", "tenant": "acme", "priority": -5},
+        \\  {"sha256": "0000000000000000000000000000000000000000000000000000000000000000", "tenant": "acme"}]}
+    ;
+    try testing.expect(parse(json, &cfg, &work, &message));
+    try testing.expectEqual(@as(?i16, -5), cfg.keyOf(&digest).?.priority);
+    try testing.expectEqual(@as(?i16, null), cfg.keys[1].priority);
+    const too_high =
+        \\{"max_body_bytes": 1, "keys": [
+        \\  {"sha256": "639d00d1a103366f4544c1479747fb37bf39927908dc7db5ea65635cec29b82c", "tenant": "acme", "priority": 1001}]}
+    ;
+    try testing.expect(!parse(too_high, &cfg, &work, &message));
+    try testing.expectEqualStrings("keys[0]: priority must be in [-1000, 1000]", message.slice());
 }
 
 test "budgets: which apply" {

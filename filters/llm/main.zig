@@ -13,7 +13,8 @@
 //!
 //! API keys: on routes that need one (`auth_routes`), the SHA-256 of the Bearer key must be
 //! one of the configured keys' (else 401, in OpenAI's shape); its tenant goes upstream in
-//! `x-sluice-tenant` (replacing anything the client sent).
+//! `x-sluice-tenant` (replacing anything the client sent), and the key's priority, when it has
+//! one, in `x-sluice-priority` (likewise: the picker, after this filter, sheds on it).
 //!
 //! Token budgets (budget.zig): a request of a tenant with budgets reserves its estimate in each,
 //! atomically across workers, or gets a 429 with Retry-After and RateLimit headers counted in
@@ -47,6 +48,8 @@ const route_name_property = "xds\x00route_name";
 const model_header = "x-sluice-model";
 /// The tenant of the request's API key, for the backend and the limits.
 const tenant_header = "x-sluice-tenant";
+/// The priority the picker sheds on and the generative backend schedules on.
+const priority_header = "x-sluice-priority";
 /// Bytes of body read per host call: well within the scratch arena, which is reset between pieces.
 const piece_bytes = 64 * 1024;
 /// The most bytes between a `"model"` key and its value's closing quote that a rewrite reads.
@@ -113,8 +116,12 @@ export fn proxy_on_request_headers(context_id: u32, num_headers: u32, end_of_str
     if (cfg.routes_len == 0 and cfg.auth_routes_len == 0) return continue_;
     const route = host.getProperty(route_name_property) orelse return continue_;
     if (cfg.needsKey(route)) {
-        const tenant = authenticate(cfg) orelse return pause;
-        _ = host.replaceHeader(.request_headers, tenant_header, tenant);
+        const key = authenticate(cfg) orelse return pause;
+        _ = host.replaceHeader(.request_headers, tenant_header, key.tenant.slice());
+        if (key.priority) |priority| {
+            var digits: [8]u8 = undefined;
+            _ = host.replaceHeader(.request_headers, priority_header, std.fmt.bufPrint(&digits, "{d}", .{priority}) catch unreachable);
+        }
     }
     if (!isEntryPost(cfg, route)) {
         // Only this filter may choose a model route.
@@ -131,9 +138,9 @@ export fn proxy_on_request_headers(context_id: u32, num_headers: u32, end_of_str
     return pause;
 }
 
-/// The tenant whose key the request carries (`Authorization: Bearer <key>`); null when it
-/// carries none or an unknown one, after answering 401. The key is never logged or echoed.
-fn authenticate(cfg: *const config.Config) ?[]const u8 {
+/// The key the request carries (`Authorization: Bearer <key>`); null when it carries none or an
+/// unknown one, after answering 401. The key is never logged or echoed.
+fn authenticate(cfg: *const config.Config) ?*const config.Key {
     const scheme = "bearer ";
     const value = host.getHeader(.request_headers, "authorization") orelse "";
     if (value.len <= scheme.len or !std.ascii.startsWithIgnoreCase(value, scheme)) {
@@ -143,11 +150,10 @@ fn authenticate(cfg: *const config.Config) ?[]const u8 {
     }
     var digest: config.Digest = undefined;
     std.crypto.hash.sha2.Sha256.hash(std.mem.trim(u8, value[scheme.len..], " "), &digest, .{});
-    const tenant = cfg.tenantOf(&digest) orelse {
+    return cfg.keyOf(&digest) orelse {
         _ = reply(.{ .status = 401, .message = "Incorrect API key provided.", .code = "invalid_api_key" });
         return null;
     };
-    return tenant.slice();
 }
 
 export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of_stream: u32) u32 {
