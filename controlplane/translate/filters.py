@@ -113,8 +113,8 @@ def edge_filters(policy: Policy, filters_dir: Path, shares: Mapping[str, float] 
                  geo_tables: TableLookup = _no_tables, allowances: Mapping[str, Allowance] | None = None,
                  ) -> tuple[list[HttpFilter], list[TypedExtensionConfig]]:
     """The edge listener's filter chain (before the router) and the configs it discovers:
-    georoute first, so rate limits and routes see the client's region; llm last, so requests
-    are rate limited before their bodies are read."""
+    georoute first, so rate limits and routes see the client's region; then llm, so requests
+    are rate limited before their bodies are read; the picker last."""
     chain: list[HttpFilter] = []
     configs: list[TypedExtensionConfig] = []
     geo = policy.geo.get("geo")
@@ -129,8 +129,13 @@ def edge_filters(policy: Policy, filters_dir: Path, shares: Mapping[str, float] 
         module = filters_dir.resolve() / "ratelimit.wasm"
         chain.append(discovered(RATELIMIT))
         configs.append(wasm_filter(RATELIMIT, module, "ratelimit", ratelimit_config(policy, shares)))
-    # After rate limits (a shed request has spent its tokens, as any refused one), before llm
-    # (a shed request's body is never read).
+    if policy.models:
+        chain.append(discovered(LLM))
+        configs.append(wasm_filter(LLM, filters_dir.resolve() / "llm.wasm", "llm", llm_config(policy, allowances),
+                                   reads_request_body=True))
+    # After rate limits (a shed request has spent its tokens, as any refused one) and after llm:
+    # a request is authenticated before it is shed, and sheds on its key's priority, which llm
+    # sets (a shed request's token reservation is refunded: its answer carries no usage).
     picker = filters_dir.resolve() / "picker.wasm"
     if (picking := picker_config(policy)) is not None:
         chain.append(discovered(PICKER))
@@ -138,8 +143,4 @@ def edge_filters(policy: Policy, filters_dir: Path, shares: Mapping[str, float] 
     if (recording := picker_upstream_config(policy)) is not None:
         # Named by the least_loaded clusters' upstream filters (translate/clusters.py), not the chain.
         configs.append(wasm_filter(PICKER_UPSTREAM, picker, "picker", recording))
-    if policy.models:
-        chain.append(discovered(LLM))
-        configs.append(wasm_filter(LLM, filters_dir.resolve() / "llm.wasm", "llm", llm_config(policy, allowances),
-                                   reads_request_body=True))
     return chain, configs
