@@ -116,6 +116,17 @@ def test_tenants_keys_reach_the_filter_hashed() -> None:
         == "tenants.other.keys.0"
 
 
+def test_priorities_per_key_or_tenant_reach_the_filter() -> None:
+    tenant = {"kind": "Tenant", "name": "acme", "spec": {"priority": -1, "keys": [
+        {"id": "batch", "sha256": "0" * 64}, {"id": "urgent", "sha256": "1" * 64, "priority": 5}]}}
+    assert [k["priority"] for k in llm_config(build(CHAT, tenant))["keys"]] == [-1, 5]  # type: ignore[attr-defined]
+    unset = {**tenant, "spec": {"keys": [{"id": "one", "sha256": "0" * 64}]}}
+    assert "priority" not in llm_config(build(CHAT, unset))["keys"][0]  # type: ignore[index]
+    assert field_problems({**tenant, "spec": {**tenant["spec"], "priority": 1001}})[0][0] == "spec.priority"
+    assert field_problems({**tenant, "spec": {"keys": [{"id": "one", "sha256": "0" * 64, "priority": "high"}]}})[0][0] \
+        == "spec.keys.0.priority"
+
+
 def test_token_budgets() -> None:
     tenant = {"kind": "Tenant", "name": "acme", "spec": {"keys": [{"id": "one", "sha256": "0" * 64}]}}
     budget = {"kind": "TokenBudget", "name": "acme-chat", "spec": {
