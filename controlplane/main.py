@@ -9,6 +9,7 @@ import gc
 import ipaddress
 import logging
 import signal
+import time
 
 import grpc
 from aiohttp import web
@@ -25,6 +26,7 @@ from controlplane.controller.publisher import Publisher
 from controlplane.geo.api import routes as geo_routes
 from controlplane.geo.collector import run as collect_geo_tables
 from controlplane.geo.tables import GeoTables, PublishingStore
+from controlplane.quota.keeper import UsageKeeper, file_clock
 from controlplane.readiness import Readiness
 from controlplane.replica import Coordination, run_while_held
 from controlplane.settings import ControlPlaneSettings
@@ -74,6 +76,10 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
     # Only the replica holding the quota lease balances; every replica applies its shares.
     quota = coordination.quota(fleet.connected, lambda: None if publisher.revision is None else publisher.revision.policy,
                                publisher.set_shares, interval_s=settings.quota_interval_s)
+    # Every replica counts its own proxies' usage into the store and gives them allowances.
+    budgets = UsageKeeper(fleet.connected, lambda: None if publisher.revision is None else publisher.revision.policy,
+                          store, publisher.set_allowances, interval_s=settings.usage_interval_s,
+                          clock=time.time if settings.clock_file is None else file_clock(settings.clock_file))
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((ads.handler(),))
@@ -107,7 +113,7 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
                    else admin_ssl_context(settings.tls_cert, settings.tls_key))
     site = web.TCPSite(runner, settings.admin_host, settings.admin_port, ssl_context=ssl_context)
     await site.start()
-    for name, work in (("publisher", publisher.run), ("quota", quota.run),
+    for name, work in (("publisher", publisher.run), ("quota", quota.run), ("token budgets", budgets.run),
                        ("canary", functools.partial(run_while_held, canary_lease, canaries.run)),
                        ("leases", coordination.run), ("tokens", authenticator.run)):
         supervisor.start(name, work)

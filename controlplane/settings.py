@@ -27,6 +27,10 @@ class ControlPlaneSettings(BaseSettings):
     push_quiet_s: float = Field(0.05, ge=0, description="a burst of writes is pushed once writes pause this long")
     push_max_delay_s: float = Field(0.25, ge=0, description="...but never later than this after the first write")
     quota_interval_s: float = Field(1.0, gt=0, description="how often global rate-limit shares are rebalanced")
+    usage_interval_s: float = Field(10.0, gt=0, le=3600, description="how often day and month token budgets are "
+                                    "counted from the edges and re-split (a crash loses at most this much usage)")
+    clock_file: Path | None = Field(None, description="tests only: the time for token budget windows, in Unix "
+                                    "seconds, is read from this file; unset: the system clock")
     log_level: str = "INFO"
     # The shadow comparator (controlplane/shadow/): Envoy mirrors canaries' shadow traffic to it.
     shadow_host: str = Field("127.0.0.1", description="the comparator listens here (an IP address: EDS takes no names)")
