@@ -89,7 +89,8 @@ def test_monthly_budget_survives_restarts_and_resets_at_the_month_boundary(
                                                       "backends": [{"backend": "a", "model": SERVED}]}},
             {"kind": "Tenant", "name": "acme", "spec": {"keys": [{"id": "one", "key": KEY}]}},
             {"kind": "TokenBudget", "name": "acme-month", "spec": {
-                "tenant": "acme", "tokens": TOKENS, "per": "month", "zone": "Europe/Berlin"}})
+                "tenant": "acme", "tokens": TOKENS, "per": "month", "zone": "Europe/Berlin",
+                "soft_limit_percent": 50}})
         assert status == 200, body
         envoys = [start_envoy(cp, node_id="edge-1"), start_envoy(cp, node_id="edge-2")]
         for envoy in envoys:
@@ -97,13 +98,15 @@ def test_monthly_budget_survives_restarts_and_resets_at_the_month_boundary(
 
         # Two Envoys spend one budget: each admits up to its allowance, re-split every interval.
         used: list[int] = []
+        soft: list[bool] = []  # per admitted answer: whether it said the budget is past half
         last_admitted = time.monotonic()
         while time.monotonic() - last_admitted < 10 * INTERVAL_S:
             for envoy in envoys:
-                status, _, answer = send(envoy)
+                status, headers, answer = send(envoy)
                 assert status in (200, 429), answer
                 if status == 200:
                     used.append(json.loads(answer)["usage"]["total_tokens"])
+                    soft.append(headers.get("x-sluice-budget-soft-limit") == "acme-month")
                     last_admitted = time.monotonic()
             time.sleep(INTERVAL_S / 4)
         real = sum(used)
@@ -111,6 +114,8 @@ def test_monthly_budget_survives_restarts_and_resets_at_the_month_boundary(
         # Past the budget by at most a request that ended between a reading and its allowance;
         # short of it by what is split too thin for one request's reservation on each Envoy.
         assert TOKENS - 2 * ESTIMATE < real <= TOKENS + ESTIMATE
+        # The soft limit counts every Envoy's usage (from the window's usage given with each allowance).
+        assert not soft[0] and soft[-1], soft
         # The store holds exactly what the backend reported, from the Envoys' counters.
         wait_until(lambda: stored(cp) == real, 10, what=f"stored usage {real}")
 

@@ -219,7 +219,8 @@ class UsageKeeper:
             self._last_id = max(self._last_id + 1, time.time_ns())  # unique across restarts too
             self._issued[name] = (w.label, frozenset(nodes), b, self._last_id)
             for node, fraction in fractions.items():
-                allowances[node][name] = Allowance(self._last_id, int(left * fraction), int(w.end))
+                allowances[node][name] = Allowance(self._last_id, int(left * fraction), int(w.end),
+                                                   used[usage_key(name, w)])
             changed = True
             log.info("token budget %s, window %s: %d of %d left, split over %d proxies",
                      name, w.label, left, b.tokens, len(nodes))

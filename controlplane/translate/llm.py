@@ -74,6 +74,7 @@ class Allowance:
     window_id: int  # a new id (a new window, or a new split of what is left) restarts the proxy's count
     tokens: int  # what this proxy may admit under this id
     window_end_s: int  # when the window ends, Unix seconds
+    window_used: int = 0  # tokens used of the window, every proxy's, when this was given (for the soft limit)
 
 
 # Before the keeper's first allowance a proxy admits nothing of a global budget: it cannot know
@@ -86,7 +87,7 @@ def _window(per: str, allowance: Allowance | None) -> dict[str, int]:
         return {"window_s": WINDOW_S[per]}
     a = allowance or NO_ALLOWANCE
     return {"window_s": LONG_WINDOW_S[per], "window_id": a.window_id, "allowance": a.tokens,
-            "window_end_s": a.window_end_s}
+            "window_end_s": a.window_end_s, "window_used": a.window_used}
 
 
 def _priority(key: int | None, tenant: int | None) -> dict[str, int]:

@@ -26,7 +26,8 @@
 //!                "soft_limit_percent": 80,   //   0..100, 0: none; past it answers say so
 //!                "window_id": 17,            //   optional, a global budget (its window kept by the
 //!                "allowance": 400,           //   control plane): this proxy's tokens until the id
-//!                "window_end_s": 1764543600}] //  changes, and when the window ends (Unix s; 0: unknown)
+//!                "window_end_s": 1764543600, //  changes, when the window ends (Unix s; 0: unknown),
+//!                "window_used": 600}]        //   and what every proxy had used of it then
 //! }
 const std = @import("std");
 const assert = std.debug.assert;
@@ -72,6 +73,12 @@ pub const Budget = struct {
     window_id: u64 = 0,
     allowance: u64 = 0,
     window_end_s: u64 = 0,
+    window_used: u64 = 0,
+
+    /// Tokens used of the whole budget when this proxy's count is `counted`: for the soft limit.
+    pub fn usedOverall(self: *const Budget, counted: u64) u64 {
+        return self.window_used + counted;
+    }
 
     /// The window a reservation at `now_s` counts in.
     pub fn windowAt(self: *const Budget, now_s: u64) u64 {
@@ -189,6 +196,7 @@ const JsonBudget = struct {
     window_id: u64 = 0,
     allowance: u64 = 0,
     window_end_s: u64 = 0,
+    window_used: u64 = 0,
 };
 const JsonConfig = struct {
     max_body_bytes: u32,
@@ -338,7 +346,7 @@ fn validateBudget(jb: *const JsonBudget, budget: *Budget) bool {
     if (jb.name.len == 0 or jb.name.len > service_len_max or jb.tenant.len == 0 or jb.tenant.len > service_len_max or
         model.len > name_len_max or jb.tokens == 0 or jb.tokens > tokens_max or jb.window_s == 0 or
         jb.default_max_tokens == 0 or jb.soft_limit_percent > 100 or jb.allowance > tokens_max) return false;
-    budget.* = .{ .tokens = jb.tokens, .window_s = jb.window_s, .default_max_tokens = jb.default_max_tokens, .shadow = jb.shadow, .soft_limit_percent = jb.soft_limit_percent, .window_id = jb.window_id, .allowance = jb.allowance, .window_end_s = jb.window_end_s };
+    budget.* = .{ .tokens = jb.tokens, .window_s = jb.window_s, .default_max_tokens = jb.default_max_tokens, .shadow = jb.shadow, .soft_limit_percent = jb.soft_limit_percent, .window_id = jb.window_id, .allowance = jb.allowance, .window_end_s = jb.window_end_s, .window_used = jb.window_used };
     budget.name.set(jb.name);
     budget.tenant.set(jb.tenant);
     budget.model.set(model);
@@ -437,6 +445,7 @@ test "budgets: which apply" {
     const month = &cfg.budgets[0];
     try testing.expect(month.windowAt(120) == 7 and month.windowAt(99_999) == 7 and month.limit() == 0);
     try testing.expect(month.resetIn(400) == 600 and month.resetIn(5000) == 1);
+    try testing.expect(month.usedOverall(5) == 5 and cfg.budgets[0].window_used == 0);
     const twice = "{\"max_body_bytes\": 1, \"budgets\": [" ++
         "{\"name\": \"a\", \"tenant\": \"t\", \"tokens\": 1, \"window_s\": 1, \"default_max_tokens\": 1}," ++
         "{\"name\": \"a\", \"tenant\": \"t\", \"tokens\": 1, \"window_s\": 1, \"default_max_tokens\": 1}]}";

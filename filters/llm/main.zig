@@ -244,7 +244,7 @@ fn admit(cfg: *const config.Config, tenant: []const u8, model: []const u8, body_
         }
         entry.reservations[entry.reservations_len] = .{ .budget = @intCast(i), .window = decision.window, .tokens = tokens };
         entry.reservations_len += 1;
-        if (b.soft_limit_percent > 0 and entry.soft == null and decision.used * 100 >= b.tokens * b.soft_limit_percent) {
+        if (b.soft_limit_percent > 0 and entry.soft == null and b.usedOverall(decision.used) * 100 >= b.tokens * b.soft_limit_percent) {
             entry.soft = @intCast(i);
         }
     }
