@@ -1,7 +1,7 @@
 """A month's token budget, global across edge Envoys and kept by the control plane in its store
 (controlplane/quota/keeper.py): real Envoys, the real generative backend, the real control plane
 with a test clock (a file it reads, SLUICE_CLOCK_FILE) that the test moves across the month's
-end in Europe/Berlin."""
+end in Europe/Berlin; once with each store (SQLite, a Redis of its own)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from harness import Backend, ControlPlane, Envoy, http, wait_until
+from redis_server import running_redis
 
 from controlplane.store import open_store
 
@@ -74,11 +76,21 @@ def refused_for(envoys: list[Envoy], seconds: float) -> None:
         time.sleep(INTERVAL_S / 2)
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'sluice.db'}"
+        return
+    with running_redis(tmp_path) as server:
+        yield server.url
+
+
 def test_monthly_budget_survives_restarts_and_resets_at_the_month_boundary(
-        tmp_path: Path, model_repository: Path, start_envoy: Callable[..., Envoy]) -> None:
+        tmp_path: Path, model_repository: Path, start_envoy: Callable[..., Envoy], store_url: str) -> None:
     clock = tmp_path / "clock"
     set_clock(clock, "2026-11-30T22:00:00+01:00")
-    cp = ControlPlane.start(tmp_path, env={"SLUICE_CLOCK_FILE": str(clock), "SLUICE_USAGE_INTERVAL_S": str(INTERVAL_S)})
+    cp = ControlPlane.start(tmp_path, store_url,
+                            env={"SLUICE_CLOCK_FILE": str(clock), "SLUICE_USAGE_INTERVAL_S": str(INTERVAL_S)})
     backend = Backend.start(tmp_path, model_repository, SERVED)
     try:
         status, body = cp.apply(
