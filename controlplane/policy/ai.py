@@ -129,7 +129,9 @@ class TokenBudget(Strict):
     tenant: Name
     model: ModelName | None = Field(None, description="a public model name; null: every model")
     tokens: Annotated[int, Field(ge=1, le=1_000_000_000_000, description="tokens per window")]
-    per: Literal["minute", "hour", "day", "month"] = "minute"
+    per: Literal["minute", "hour", "day", "month"] = Field(
+        "minute", description="minute or hour: counted by each edge Envoy, UTC; day or month: one budget for "
+                              "every edge Envoy, counted by the control plane in its store, from midnight in zone")
     zone: Annotated[str, Field(
         pattern=r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$", max_length=64,
         description="IANA time zone in which a day or month starts (e.g. Europe/Berlin); "
