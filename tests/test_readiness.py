@@ -10,7 +10,8 @@ from harness import ControlPlane, get_json, http, wait_until
 from policies import demo_policy
 from redis_server import RedisServer
 
-LOOPS = {"loop publisher", "loop quota", "loop canary", "loop leases", "loop tokens", "loop geo table collector"}
+LOOPS = {"loop publisher", "loop quota", "loop canary", "loop leases", "loop tokens", "loop geo table collector",
+         "loop token budgets"}
 
 
 def readyz(cp: ControlPlane) -> tuple[int, dict[str, object]]:
