@@ -13,7 +13,11 @@ caches. `--concurrency` callers send `--requests` streamed chat completions (a s
 turn, `--max-tokens` tokens out, ignore_eos) in a closed loop. Reported per candidate (medians
 over `--rounds` rounds): the prefix-cache hit rate (prompt tokens found in the cache over those
 looked up, from every replica's vllm:prefix_cache_* counters), max/mean requests per replica
-(Envoy's per-host counters), TTFT p50 and p99 (client side: the first content chunk).
+(Envoy's per-host counters), max/mean prefill work (prompt tokens each replica computed, not
+found in its cache), TTFT p50 and p99 (client side: the first content chunk). `--zipf-s` sets the
+law's exponent (1.1 by default; web request logs fit 0.64-0.83, Breslau et al., INFOCOM 1999).
+Last, the same request orders run through a model of whole prompts in LRU caches bound the hit
+rate ratio any affinity can reach on this workload.
 
   .venv/bin/python bench/prefix_bench.py [--requests 240] [--rounds 2] [--concurrency 8]
 
@@ -29,6 +33,8 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,7 +50,6 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "round-robin": {"lb_policy": "round_robin"},
     "least-request": {"lb_policy": "least_request"},
     "load-aware": {"lb_policy": "load_aware"},
-    "prefix-affinity": {"lb_policy": "least_loaded", "prefix_affinity": {"prefix_bytes": 256, "load_bound": 1.25}},
 }
 WORDS = ("gate river stone lamp field north quiet copper window garden bridge signal paper harbor "
          "winter orchard engine meadow lantern valley thunder marble canvas pepper silver anchor").split()
@@ -56,6 +61,7 @@ class Run:
     errors: int = 0
     hit_rate: float = 0.0
     max_over_mean: float = 0.0
+    work_max_over_mean: float = 0.0
 
     def p(self, q: float) -> float:
         return float(np.percentile(self.ttft, q)) * 1000 if self.ttft else float("nan")
@@ -66,7 +72,7 @@ def system_prompts(seed: int, words: int, count: int = 50) -> list[str]:
     return [f"You are assistant {i}. " + " ".join(rng.choice(WORDS) for _ in range(words)) for i in range(count)]
 
 
-def zipf_choices(seed: int, n: int, count: int, s: float = 1.1) -> list[int]:
+def zipf_choices(seed: int, n: int, count: int, s: float) -> list[int]:
     weights = [1 / (k + 1) ** s for k in range(count)]
     return random.Random(seed).choices(range(count), weights=weights, k=n)
 
@@ -104,27 +110,61 @@ async def drive(url: str, candidate: str, prompts: list[str], order: list[int], 
     return run
 
 
-def cache_counters(backends: list[Backend]) -> tuple[float, float]:
-    hits = queries = 0.0
+def lru_model(order: list[int], replicas: int, capacity: int, seed: int) -> tuple[float, float]:
+    """Hit rates of a model of whole prompts in LRU caches of `capacity` prompts per replica: spread
+    (each request to the next replica, as least_request does with prefixes) and partitioned (each
+    prompt always to one home, never spilling: the best affinity can do)."""
+    rng = random.Random(seed)
+    home = [rng.randrange(replicas) for _ in range(max(order) + 1)]
+
+    def hit_rate(route: Callable[[int, int], int]) -> float:
+        caches: list[OrderedDict[int, None]] = [OrderedDict() for _ in range(replicas)]
+        hits = 0
+        for n, prompt in enumerate(order):
+            cache = caches[route(n, prompt)]
+            if prompt in cache:
+                hits += 1
+                cache.move_to_end(prompt)
+            else:
+                cache[prompt] = None
+                if len(cache) > capacity:
+                    cache.popitem(last=False)
+        return hits / len(order)
+
+    return hit_rate(lambda n, _: n % replicas), hit_rate(lambda _, prompt: home[prompt])
+
+
+def cache_counters(backends: list[Backend]) -> list[tuple[float, float]]:
+    """Per replica: prompt tokens found in its prefix cache, and looked up."""
+    counters = []
     for b in backends:
+        hits = queries = 0.0
         for line in http("GET", f"{b.url}/metrics")[2].decode().splitlines():
             if line.startswith("vllm:prefix_cache_hits_total{"):
                 hits += float(line.rsplit(" ", 1)[1])
             elif line.startswith("vllm:prefix_cache_queries_total{"):
                 queries += float(line.rsplit(" ", 1)[1])
-    return hits, queries
+        counters.append((hits, queries))
+    return counters
+
+
+def max_over_mean(values: list[float]) -> float:
+    return max(values) / (sum(values) / len(values)) if sum(values) else float("nan")
 
 
 def measure(envoy: Envoy, backends: list[Backend], candidate: str, seed: int, args: argparse.Namespace) -> Run:
     prompts = system_prompts(seed, args.prompt_words)
-    order = zipf_choices(seed, args.requests, len(prompts))
-    hits0, queries0 = cache_counters(backends)
+    order = zipf_choices(seed, args.requests, len(prompts), args.zipf_s)
+    before = cache_counters(backends)
     sent0 = _sent(envoy, candidate)
     run = asyncio.run(drive(f"{envoy.url}/v1/chat/completions", candidate, prompts, order, args.concurrency, args.max_tokens))
-    hits1, queries1 = cache_counters(backends)
-    sent = [n - sent0.get(host, 0) for host, n in _sent(envoy, candidate).items()]
-    run.hit_rate = (hits1 - hits0) / max(1.0, queries1 - queries0)
-    run.max_over_mean = max(sent) / (sum(sent) / len(sent)) if sum(sent) else float("nan")
+    after = cache_counters(backends)
+    hits = [h1 - h0 for (h0, _), (h1, _) in zip(before, after, strict=True)]
+    queries = [q1 - q0 for (_, q0), (_, q1) in zip(before, after, strict=True)]
+    run.hit_rate = sum(hits) / max(1.0, sum(queries))
+    run.max_over_mean = max_over_mean([n - sent0.get(host, 0) for host, n in _sent(envoy, candidate).items()])
+    # Prefill work: prompt tokens each replica computed (not found in its cache).
+    run.work_max_over_mean = max_over_mean([q - h for h, q in zip(hits, queries, strict=True)])
     return run
 
 
@@ -135,6 +175,10 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--prompt-words", type=int, default=200)
+    parser.add_argument("--model-capacity", type=int, default=12,
+                        help="prompts one replica's cache holds, for the LRU model (5 MB: ~12 of ~730 tokens)")
+    parser.add_argument("--load-bound", type=float, default=1.25, help="prefix affinity's load bound")
+    parser.add_argument("--zipf-s", type=float, default=1.1, help="the Zipf law's exponent over the 50 prompts")
     parser.add_argument("--kv-cache-mb", type=float, default=5.0)
     parser.add_argument("--model-repository", type=Path, default=ROOT / "models")
     args = parser.parse_args()
@@ -147,15 +191,23 @@ def main() -> None:
         (repository / MODEL / "config.yaml").write_text(yaml.safe_dump({**config, "kv_cache_mb": args.kv_cache_mb}))
         with replicas(workdir, repository, MODEL, [()] * 4) as backends:
             endpoints: list[dict[str, object]] = [{"address": "127.0.0.1", "port": b.port} for b in backends]
-            with edge(workdir, routed_by_header("x-candidate", CANDIDATES, endpoints), "edge-prefix-bench") as envoy:
-                runs: dict[str, list[Run]] = {name: [] for name in CANDIDATES}
+            candidates = {**CANDIDATES, "prefix-affinity": {
+                "lb_policy": "least_loaded", "prefix_affinity": {"prefix_bytes": 256, "load_bound": args.load_bound}}}
+            with edge(workdir, routed_by_header("x-candidate", candidates, endpoints), "edge-prefix-bench") as envoy:
+                runs: dict[str, list[Run]] = {name: [] for name in candidates}
                 for round_number in range(args.rounds):
-                    for index, name in enumerate(CANDIDATES):
+                    for index, name in enumerate(candidates):
                         run = measure(envoy, backends, name, seed=1000 * round_number + index, args=args)
                         runs[name].append(run)
                         print(f"round {round_number + 1} {name:16} hit rate {run.hit_rate:5.1%} max/mean {run.max_over_mean:4.2f} "
+                              f"prefill work max/mean {run.work_max_over_mean:4.2f} "
                               f"TTFT p50 {run.p(50):6.1f} ms p99 {run.p(99):6.1f} ms errors {run.errors}", flush=True)
                 report(runs)
+                models = [lru_model(zipf_choices(1000 * r, args.requests, 50, args.zipf_s), 4, args.model_capacity, r)
+                          for r in range(args.rounds)]
+                spread, partitioned = (statistics.median(m[i] for m in models) for i in (0, 1))
+                print(f"\nLRU model, {args.model_capacity} prompts per replica: spread {spread:.1%}, partitioned "
+                      f"{partitioned:.1%}: affinity's hit rate is at most {partitioned / spread:.2f}x least_request's")
 
 
 def report(runs: dict[str, list[Run]]) -> None:
@@ -163,12 +215,13 @@ def report(runs: dict[str, list[Run]]) -> None:
     base_hit = statistics.median(r.hit_rate for r in base)
     base_p50 = statistics.median(r.p(50) for r in base)
     print("\n| candidate | prefix-cache hit rate | vs least_request | max/mean requests per replica "
-          "| TTFT p50 ms | vs least_request | TTFT p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| max/mean prefill work | TTFT p50 ms | vs least_request | TTFT p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, rs in runs.items():
         hit = statistics.median(r.hit_rate for r in rs)
         p50 = statistics.median(r.p(50) for r in rs)
         print(f"| {name} | {hit:.1%} | {hit / max(base_hit, 1e-9):.2f}x | {statistics.median(r.max_over_mean for r in rs):.2f} | "
+              f"{statistics.median(r.work_max_over_mean for r in rs):.2f} | "
               f"{p50:.1f} | {p50 / base_p50:.2f}x | {statistics.median(r.p(99) for r in rs):.1f} | {sum(r.errors for r in rs)} |")
 
 
