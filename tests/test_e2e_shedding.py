@@ -18,6 +18,17 @@ from load import BODY
 INFER = "/v2/models/classifier/infer"
 
 
+def shed_classifier(backend: Backend) -> list[dict[str, object]]:
+    """The replica behind a route to /v2/, shed when 4 requests wait, with Retry-After 3."""
+    return [
+        {"kind": "Backend", "name": "classifier", "spec": {
+            "endpoints": [{"address": "127.0.0.1", "port": backend.port}],
+            "shedding": {"queue_threshold": 4, "retry_after_s": 3}}},
+        {"kind": "Service", "name": "models", "spec": {"routes": [
+            {"name": "infer", "match": {"prefix": "/v2/"}, "split": [{"backend": "classifier"}]}]}},
+    ]
+
+
 def overload(envoy: Envoy, callers: list[tuple[str, dict[str, str]]], body: str = BODY,
              seconds: float = 3.0) -> tuple[Counter[tuple[str, int]], set[str]]:
     """One thread per (label, headers) posting `body` in a closed loop for `seconds`: the count of
@@ -54,11 +65,7 @@ def test_overload_sheds_only_the_lower_priority(
     backend = Backend.start(tmp_path, model_repository, "classifier:1", "--fault-batch-delay-ms", "50")
     try:
         status, body = controlplane.apply(
-            {"kind": "Backend", "name": "classifier", "spec": {
-                "endpoints": [{"address": "127.0.0.1", "port": backend.port}],
-                "shedding": {"queue_threshold": 4, "retry_after_s": 3}}},
-            {"kind": "Service", "name": "models", "spec": {"routes": [
-                {"name": "infer", "match": {"prefix": "/v2/"}, "split": [{"backend": "classifier"}]}]}},
+            *shed_classifier(backend),
         )
         assert status == 200, body
         envoy = start_envoy(controlplane)
@@ -94,11 +101,7 @@ def test_a_tenant_priority_sheds_its_requests_whatever_header_they_send(
     bronze, gold = "sk-test-bronze-0123456789abcdef", "sk-test-gold-0123456789abcdef"
     try:
         status, body = controlplane.apply(
-            {"kind": "Backend", "name": "classifier", "spec": {
-                "endpoints": [{"address": "127.0.0.1", "port": backend.port}],
-                "shedding": {"queue_threshold": 4, "retry_after_s": 3}}},
-            {"kind": "Service", "name": "models", "spec": {"routes": [
-                {"name": "infer", "match": {"prefix": "/v2/"}, "split": [{"backend": "classifier"}]}]}},
+            *shed_classifier(backend),
             {"kind": "Model", "name": "classifier", "spec": {
                 "service": "models", "model": "classifier", "routes": ["infer"], "backends": [{"backend": "classifier"}]}},
             {"kind": "Tenant", "name": "bronze", "spec": {"priority": -1, "keys": [{"id": "one", "key": bronze}]}},
