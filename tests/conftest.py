@@ -52,6 +52,16 @@ def backends(tmp_path_factory: pytest.TempPathFactory, model_repository: Path) -
             backend.proc.stop()
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each store in turn: a SQLite file, then a Redis of this test's own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    with running_redis(tmp_path) as server:
+        yield server.url
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A Redis of this test's own, on a free port (skips, or fails under SLUICE_REQUIRE_REDIS=1)."""

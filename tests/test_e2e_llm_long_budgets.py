@@ -10,13 +10,11 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-import pytest
 from harness import Backend, ControlPlane, Envoy, http, wait_until
-from redis_server import running_redis
 
 from controlplane.store import open_store
 
@@ -74,15 +72,6 @@ def refused_for(envoys: list[Envoy], seconds: float) -> None:
         for envoy in envoys:
             assert send(envoy)[0] == 429
         time.sleep(INTERVAL_S / 2)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'sluice.db'}"
-        return
-    with running_redis(tmp_path) as server:
-        yield server.url
 
 
 def test_monthly_budget_survives_restarts_and_resets_at_the_month_boundary(

@@ -5,12 +5,9 @@ Runs against SQLite and against a real Redis (tests/redis_server.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from policies import demo_policy
-from redis_server import running_redis
 
 from controlplane.policy import Policy, parse_document, with_document
 from controlplane.store import Conflict, TokenExists, TokenRecord, open_store
@@ -26,15 +23,6 @@ def demo() -> Policy:
 def moved(port: int) -> Policy:
     return with_document(demo(), parse_document(
         {"kind": "Backend", "name": "classifier-v1", "spec": {"endpoints": [{"address": "127.0.0.1", "port": port}]}}))
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    with running_redis(tmp_path) as server:
-        yield server.url
 
 
 async def test_revisions_conflict_and_reopen(store_url: str) -> None:
