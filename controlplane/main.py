@@ -76,10 +76,6 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
     # Only the replica holding the quota lease balances; every replica applies its shares.
     quota = coordination.quota(fleet.connected, lambda: None if publisher.revision is None else publisher.revision.policy,
                                publisher.set_shares, interval_s=settings.quota_interval_s)
-    # Every replica counts its own proxies' usage into the store and gives them allowances.
-    budgets = UsageKeeper(fleet.connected, lambda: None if publisher.revision is None else publisher.revision.policy,
-                          store, publisher.set_allowances, interval_s=settings.usage_interval_s,
-                          clock=time.time if settings.clock_file is None else file_clock(settings.clock_file))
 
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((ads.handler(),))
@@ -93,6 +89,11 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
 
     # The canary controller sums every edge Envoy's counters, whichever replica it is connected to.
     everyone = coordination.every_proxy(fleet.connected, interval_s=settings.quota_interval_s)
+    # Every replica counts its own proxies' usage into the store and gives them their part.
+    budgets = UsageKeeper(fleet.connected, lambda: None if publisher.revision is None else publisher.revision.policy,
+                          store, publisher.set_allowances, everywhere=everyone.proxies,
+                          interval_s=settings.usage_interval_s,
+                          clock=time.time if settings.clock_file is None else file_clock(settings.clock_file))
     comparator = Comparator(max_inflight=settings.shadow_max_inflight, max_body_bytes=settings.shadow_max_body_bytes,
                             timeout_s=settings.shadow_timeout_s)
     await comparator.start(settings.shadow_host, settings.shadow_port)

@@ -3,8 +3,18 @@ gained between two readings, across Envoy restarts, and which budgets a series c
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
+
+import aiohttp
+from harness import free_port
+
+from controlplane.policy import Policy, parse_document, with_document
 from controlplane.policy.ai import TokenBudget
-from controlplane.quota.keeper import Reading, counts_for, parse_stats
+from controlplane.quota.keeper import Reading, UsageKeeper, counts_for, parse_stats
+from controlplane.store import open_store
+from controlplane.translate import Allowance
+from controlplane.xds import ProxyRegistry, ProxyStatus
 
 SERIES = "acme.model.gpt-4o.backend.a"
 
@@ -36,3 +46,30 @@ def test_stats_and_budget_matching() -> None:
     dotted = TokenBudget(tenant="acme", model="qwen2.5:7b", tokens=1, per="day")
     assert counts_for(every, f"{SERIES}.input") and not counts_for(every, "acme-2.model.m.backend.a.input")
     assert counts_for(dotted, "acme.model.qwen2_5:7b.backend.a.output") and not counts_for(dotted, f"{SERIES}.input")
+
+
+async def test_a_replica_gives_its_proxies_their_part_of_what_is_left(tmp_path: Path) -> None:
+    """Three edge Envoys, one of them on this replica: it gets a third of what is left of the
+    month, so the replicas' parts add up to what is left (each replica gives its own)."""
+    store = await open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    now = datetime.fromisoformat("2026-11-15T12:00:00+01:00").timestamp()
+    await store.add_usage({"acme-month/2026-11-01T00:00:00+01:00": 300}, {})
+    policy = Policy()
+    for raw in ({"kind": "Tenant", "name": "acme", "spec": {}},
+                {"kind": "TokenBudget", "name": "acme-month", "spec": {
+                    "tenant": "acme", "tokens": 900, "per": "month", "zone": "Europe/Berlin"}}):
+        policy = with_document(policy, parse_document(raw))
+    port = free_port()  # nobody answers there: no reading, so nothing counted
+    local, everywhere = ProxyRegistry(), ProxyRegistry()
+    for i, registry in ((1, local), (1, everywhere), (2, everywhere), (3, everywhere)):
+        registry.connect(ProxyStatus(f"edge-{i}", "edge", "edge", i, admin_address=f"127.0.0.1:{port}"))
+    given: list[dict[str, dict[str, Allowance]]] = []
+    keeper = UsageKeeper(local, lambda: policy, store, given.append, everywhere=everywhere.proxies, clock=lambda: now)
+    async with aiohttp.ClientSession() as session:
+        await keeper.cycle(session)
+        await keeper.cycle(session)  # nothing used, nothing moved: nothing given again
+    (allowances,) = given
+    month = allowances["edge-1"]["acme-month"]
+    assert (month.tokens, month.window_used) == (200, 300)
+    assert month.window_end_s == datetime.fromisoformat("2026-12-01T00:00:00+01:00").timestamp()
+    await store.close()

@@ -129,8 +129,12 @@ def global_budgets(policy: Policy) -> dict[str, TokenBudget]:
 class UsageKeeper:
     def __init__(self, fleet: ProxyRegistry, policy: Callable[[], Policy | None], store: UsageStore,
                  publish: Callable[[dict[str, dict[str, Allowance]]], None], *,
+                 everywhere: Callable[[], list[ProxyStatus]] | None = None,
                  clock: Clock = time.time, interval_s: float = 10.0, floor: float = 0.1) -> None:
+        """`fleet`: this replica's proxies, which it counts and gives allowances to;
+        `everywhere`: every replica's (default: this one's), among which what is left is shared."""
         self._fleet = fleet
+        self._everywhere = everywhere or fleet.proxies
         self._policy = policy
         self._store = store
         self._publish = publish
@@ -139,8 +143,9 @@ class UsageKeeper:
         self._floor = floor
         self._readings: dict[str, Reading] = {}  # node -> last reading stored
         self._used: dict[tuple[str, str], int] = {}  # (node, budget) -> tokens in the last interval
-        # budget -> (window label, nodes, the budget as given, id): what its allowances were given for
-        self._issued: dict[str, tuple[str, frozenset[str], TokenBudget, int]] = {}
+        # budget -> (window label, nodes, edges everywhere, the budget as given, id): what its
+        # allowances were given for
+        self._issued: dict[str, tuple[str, frozenset[str], int, TokenBudget, int]] = {}
         self._allowances: dict[str, dict[str, Allowance]] = {}
         self._last_id = 0
         self._wake = asyncio.Event()
@@ -207,23 +212,26 @@ class UsageKeeper:
               nodes: list[str], moved: set[str]) -> None:
         changed = False
         allowances: dict[str, dict[str, Allowance]] = {n: {} for n in nodes}
+        # Other replicas give their own proxies theirs: this one's part of what is left is its
+        # share of every replica's edge proxies, so the parts add up to what is left.
+        everywhere = len({p.node_id for p in self._everywhere() if p.cluster == "edge"} | set(nodes))
         for name, b in budgets.items():
             w = windows[name]
             issued = self._issued.get(name)
-            if issued is not None and name not in moved and issued[:3] == (w.label, frozenset(nodes), b):
+            if issued is not None and name not in moved and issued[:4] == (w.label, frozenset(nodes), everywhere, b):
                 for node in nodes:  # nothing used, same window, proxies and budget: keep their counts
                     allowances[node][name] = self._allowances[node][name]
                 continue
-            left = max(0, b.tokens - used[usage_key(name, w)])
+            left = max(0, b.tokens - used[usage_key(name, w)]) * len(nodes) // max(1, everywhere)
             fractions = split({n: float(self._used.get((n, name), 0)) for n in nodes}, self._floor) if nodes else {}
             self._last_id = max(self._last_id + 1, time.time_ns())  # unique across restarts too
-            self._issued[name] = (w.label, frozenset(nodes), b, self._last_id)
+            self._issued[name] = (w.label, frozenset(nodes), everywhere, b, self._last_id)
             for node, fraction in fractions.items():
                 allowances[node][name] = Allowance(self._last_id, int(left * fraction), int(w.end),
                                                    used[usage_key(name, w)])
             changed = True
-            log.info("token budget %s, window %s: %d of %d left, split over %d proxies",
-                     name, w.label, left, b.tokens, len(nodes))
+            log.info("token budget %s, window %s: %d of %d used, %d given to %d of %d proxies",
+                     name, w.label, used[usage_key(name, w)], b.tokens, left, len(nodes), everywhere)
         if changed or allowances.keys() != self._allowances.keys():
             self._allowances = allowances
             self._publish(allowances)
