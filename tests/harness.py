@@ -192,7 +192,9 @@ class Envoy:
 
     @classmethod
     def start(cls, workdir: Path, cp: ControlPlane, node_id: str = "edge-1", concurrency: int = 1,
-              cluster: str = "edge", protocol: str = "sotw") -> Envoy:
+              cluster: str = "edge", protocol: str | None = None) -> Envoy:
+        # SLUICE_TEST_XDS_PROTOCOL=delta runs every test that does not choose under delta.
+        protocol = protocol or os.environ.get("SLUICE_TEST_XDS_PROTOCOL", "sotw")
         listen, admin = free_port(), free_port()
         proc = Proc(node_id, [PYTHON, "-m", "sluice", "envoy", "--xds", f"127.0.0.1:{cp.xds_port}",
                               "--listen", f"127.0.0.1:{listen}", "--admin", f"127.0.0.1:{admin}",

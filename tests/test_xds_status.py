@@ -20,7 +20,7 @@ def test_convergence_histogram_observes_each_write(controlplane: ControlPlane, s
                                                    backends: dict[int, Backend]) -> None:
     status, _ = controlplane.apply(*demo_policy(backends[1].port, backends[2].port))
     assert status == 200
-    envoy = start_envoy(controlplane)
+    envoy = start_envoy(controlplane, protocol="sotw")  # its version_info is the type's (delta: the resource's)
     controlplane.wait_converged(envoy.node_id)
     before = histogram(controlplane)
     assert before["count"] == 0  # written before any proxy connected: no convergence to time
