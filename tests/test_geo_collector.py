@@ -4,27 +4,14 @@ revision names (the current one or an old one a rollback may need) never is. SQL
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from policies import demo_policy
-from redis_server import running_redis
 
 from controlplane.geo.collector import collect
 from controlplane.policy import Policy, parse_document, with_document
 from controlplane.store import open_store
 
 OLD, NEW, NEVER = ("sha256:" + c * 64 for c in "abc")
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    with running_redis(tmp_path) as server:
-        yield server.url
 
 
 def with_table(digest: str) -> Policy:
