@@ -47,6 +47,15 @@ class Balancer:
         policy = self._policy()
         global_limits = [] if policy is None else sorted(
             n for n, limit in policy.ratelimits.items() if limit.scope == "global")
+        if not global_limits:
+            # Called at every connect and disconnect: without global limits there is nothing to
+            # split, and listing the fleet each time would cost O(N²) while thousands connect.
+            self._last.clear()
+            self._demand.clear()
+            if self._shares:
+                self._shares = {}
+                self._publish({})
+            return
         nodes = sorted({p.node_id for p in self._edges()})
         # Readings of proxies that left and of limits no longer global are dropped: with
         # proxies coming and going (autoscaling, restarts under new names) they would pile up.
