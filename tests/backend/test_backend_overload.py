@@ -29,7 +29,10 @@ def slow_backend(tmp_path_factory):
             }
         },
     )
-    server = start_backend(repo, tmp_path_factory.mktemp("slow-logs"), grpc=True)
+    # Each run also holds the instance 200 ms: the queue states the tests build (a request running,
+    # others queued behind it) then last far longer than the few ms between their requests,
+    # however fast the machine multiplies the matrices.
+    server = start_backend(repo, tmp_path_factory.mktemp("slow-logs"), "--fault-batch-delay-ms", "200", grpc=True)
     yield server
     server.stop()
 
