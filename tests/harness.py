@@ -30,7 +30,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05, what: str = "") -> Any:
+def wait_until(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.05,
+               what: str | Callable[[], str] = "") -> Any:
+    """`what` may be a callable, read only on timeout (a process log's tail as it is then)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -41,7 +43,8 @@ def wait_until(check: Callable[[], Any], timeout: float = 15.0, interval: float 
         except (OSError, urllib.error.URLError, ValueError, KeyError) as exc:
             last = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or check}: last={last!r}")
+    described = what() if callable(what) else what
+    raise AssertionError(f"timed out after {timeout}s waiting for {described or check}: last={last!r}")
 
 
 def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
@@ -147,8 +150,8 @@ class ControlPlane:
         return cp
 
     def wait_ready(self) -> None:
-        wait_until(lambda: get_json(f"{self.url}/healthz", timeout=1)["status"] == "ok", 20,
-                   what=f"control plane\n{self.proc.tail()}")
+        wait_until(lambda: get_json(f"{self.url}/healthz", timeout=1)["status"] == "ok", 30,
+                   what=lambda: f"control plane\n{self.proc.tail()}")
 
     def restart(self) -> None:
         self.proc.kill()
@@ -205,7 +208,7 @@ class Envoy:
         envoy = cls(proc, node_id, listen, admin)
         with stopped_on_failure(proc):
             wait_until(lambda: http("GET", f"{envoy.admin}/ready", timeout=1)[0] == 200, 30,
-                       what=f"Envoy {node_id} ready\n{proc.tail()}")
+                       what=lambda: f"Envoy {node_id} ready\n{proc.tail()}")
         return envoy
 
     def config_dump(self, resource: str) -> dict[str, Any]:
@@ -237,7 +240,7 @@ class Backend:
 
     def wait_ready(self) -> None:
         wait_until(lambda: http("GET", f"{self.url}/v2/health/ready", timeout=1)[0] == 200, 60,
-                   what=f"backend ready\n{self.proc.tail()}")
+                   what=lambda: f"backend ready\n{self.proc.tail()}")
 
     def restart(self) -> None:
         self.proc.stop()

@@ -59,7 +59,7 @@ class RedisServer:
                 s.sendall(b"PING\r\n")
                 return s.recv(64).startswith(b"+PONG")
 
-        wait_until(answers, 20, what=f"redis-server on {self.port}\n{self.proc.tail()}")
+        wait_until(answers, 20, what=lambda: f"redis-server on {self.port}\n{self.proc.tail()}")
 
     def restart(self) -> None:
         """Start again on the same port and AOF directory (after `proc.kill()` or `proc.stop()`)."""

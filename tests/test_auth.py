@@ -230,7 +230,7 @@ def test_https_admin_api_and_mutual_tls_xds(tmp_path: Path, certs: Path) -> None
     envoys: list[Proc] = []
     try:
         wait_until(lambda: https_json(f"{url}/healthz", certs / "ca.pem")["status"] == "ok", 20,
-                   what=f"HTTPS control plane\n{cp.tail()}")
+                   what=lambda: f"HTTPS control plane\n{cp.tail()}")
         with pytest.raises(OSError):  # plain HTTP is not served
             urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/healthz", timeout=2)
         result = sluice("apply", "-f", str(ROOT / "examples/demo.yaml"), "--server", url,
@@ -245,7 +245,7 @@ def test_https_admin_api_and_mutual_tls_xds(tmp_path: Path, certs: Path) -> None
             return {p["node_id"] for p in https_json(f"{url}/api/v1/proxies", certs / "ca.pem")["proxies"]
                     if p["revision"] == 1}
 
-        wait_until(lambda: "edge-mtls" in connected(), 20, what=f"mTLS Envoy converged\n{trusted.tail()}")
+        wait_until(lambda: "edge-mtls" in connected(), 20, what=lambda: f"mTLS Envoy converged\n{trusted.tail()}")
         time.sleep(1.0)  # the stranger has been retrying all along
         assert connected() == {"edge-mtls"}
         stats = http("GET", f"http://127.0.0.1:{stranger_admin}/stats?filter=control_plane.connected_state")[2]

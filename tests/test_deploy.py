@@ -807,7 +807,7 @@ def test_compose_containers_run_as_processes(stack: dict[str, Any]) -> None:
                            "--bind", "127.0.0.1"], tmp / "redis.log").start()
     started.append(redis)
     redis_check = Substitute({"redis-cli ping": f"redis-cli -p {ports['redis']} ping"})
-    wait_until(lambda: healthy(s["redis"]["healthcheck"]["test"], redis_check), 20, what=f"redis\n{redis.tail()}")
+    wait_until(lambda: healthy(s["redis"]["healthcheck"]["test"], redis_check), 20, what=lambda: f"redis\n{redis.tail()}")
 
     # Both control-plane replicas, from the image's /app, ports made free by their variables.
     replicas = {}
@@ -818,7 +818,7 @@ def test_compose_containers_run_as_processes(stack: dict[str, Any]) -> None:
         replicas[n] = (proc, sub)
     for n, (proc, sub) in replicas.items():
         wait_until(lambda n=n, sub=sub: healthy(s[f"controlplane-{n}"]["healthcheck"]["test"], sub), 30,
-                   what=f"controlplane-{n}\n{proc.tail()}")
+                   what=lambda n=n, proc=proc: f"controlplane-{n}\n{proc.tail()}")
         docker_check = ["CMD", *json.loads(instruction("controlplane", "HEALTHCHECK").split("CMD", 1)[1])]
         assert healthy(docker_check, sub), "the Dockerfile's HEALTHCHECK"
     admin1 = f"http://127.0.0.1:{ports['admin1']}"
@@ -850,7 +850,7 @@ def test_compose_containers_run_as_processes(stack: dict[str, Any]) -> None:
                       "/var/cache/sluice/engines": str(engines), "8001": str(ports["backend"])})
     backend = run_in(python_service("backend-v1", "backend", sub, tmp, "backend-v1"), backend_app)
     started.append(backend)
-    wait_until(lambda: healthy(s["backend-v1"]["healthcheck"]["test"], sub), 60, what=f"backend\n{backend.tail()}")
+    wait_until(lambda: healthy(s["backend-v1"]["healthcheck"]["test"], sub), 60, what=lambda: f"backend\n{backend.tail()}")
     assert healthy(["CMD", *json.loads(instruction("backend", "HEALTHCHECK").split("CMD", 1)[1])], sub)
 
     # backend-v1-sidecar on controlplane-1, the edge on controlplane-2: the official image's
@@ -868,14 +868,14 @@ def test_compose_containers_run_as_processes(stack: dict[str, Any]) -> None:
     edge = Proc("edge", [ENVOY, *container_argv(s["edge"]["command"], edge_sub)], tmp / "edge.log").start()
     started.append(edge)
     wait_until(lambda: healthy(s["backend-v1-sidecar"]["healthcheck"]["test"], sidecar_sub), 30,
-               what=f"sidecar\n{sidecar.tail()}")
-    wait_until(lambda: healthy(s["edge"]["healthcheck"]["test"], edge_sub), 30, what=f"edge\n{edge.tail()}")
+               what=lambda: f"sidecar\n{sidecar.tail()}")
+    wait_until(lambda: healthy(s["edge"]["healthcheck"]["test"], edge_sub), 30, what=lambda: f"edge\n{edge.tail()}")
 
     # A request crosses edge -> sidecar -> backend, through the rate-limit filter.
     def infer() -> bool:
         status, headers, _ = http("POST", f"http://127.0.0.1:{ports['listen']}/v2/models/classifier/infer", X)
         return status == 200 and headers.get("x-model-version") == "1"
-    wait_until(infer, 20, what=f"inference through the edge\n{edge.tail()}")
+    wait_until(infer, 20, what=lambda: f"inference through the edge\n{edge.tail()}")
     stats = http("GET", f"http://127.0.0.1:{ports['edge_admin']}/stats?filter=sluice_ratelimit")[2].decode()
     assert re.search(r"sluice_ratelimit\.per.client\.allowed: [1-9]", stats), stats
     proxies = {p["node_id"]: p for p in get_json(f"{admin1}/api/v1/proxies")["proxies"]}

@@ -81,7 +81,7 @@ def test_the_tour_then_the_geo_example_work_in_order(tmp_path: Path, model_repos
     assert len(tour) >= 5 and len(geo) == 1
     mesh = _start_mesh(tmp_path, ports, model_repository, "up")
     try:
-        wait_until(lambda: "sluice is up." in mesh.log.read_text(), 120, interval=0.2, what=f"mesh\n{mesh.tail()}")
+        wait_until(lambda: "sluice is up." in mesh.log.read_text(), 120, interval=0.2, what=lambda: f"mesh\n{mesh.tail()}")
         assert "reusing the policy" not in mesh.log.read_text()
         outputs = [_run(block, tmp_path, ports, examples, i) for i, block in enumerate([*tour, *geo])]
         assert "429" in outputs[3] and "succeeded" in outputs[4]
@@ -91,7 +91,7 @@ def test_the_tour_then_the_geo_example_work_in_order(tmp_path: Path, model_repos
     again = _start_mesh(tmp_path, ports, model_repository, "again")
     try:
         wait_until(lambda: "sluice is up." in again.log.read_text(), 120, interval=0.2,
-                   what=f"mesh again\n{again.tail()}")
+                   what=lambda: f"mesh again\n{again.tail()}")
         log = again.log.read_text()
         assert f"reusing the policy stored in sqlite:///{tmp_path / 'tour.db'}" in log
         assert re.search(r"To start fresh: stop sluice \(Ctrl-C\), then `rm -f \S+tour\.db ", log), log

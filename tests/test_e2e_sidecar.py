@@ -44,7 +44,7 @@ def sidecar(tmp_path: Path, controlplane: ControlPlane, backends: dict[int, Back
                                           tmp_path / "sidecar-1.yaml"), tmp_path / "sidecar-1.log").start()
     try:
         url = f"http://127.0.0.1:{admin}"
-        wait_until(lambda: http("GET", f"{url}/ready", timeout=1)[0] == 200, 30, what=f"sidecar ready\n{proc.tail()}")
+        wait_until(lambda: http("GET", f"{url}/ready", timeout=1)[0] == 200, 30, what=lambda: f"sidecar ready\n{proc.tail()}")
         yield Sidecar(proc, inbound, outbound, url)
     finally:
         proc.stop()

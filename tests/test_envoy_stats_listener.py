@@ -19,7 +19,7 @@ def test_the_stats_listener_passes_reads_only(tmp_path: Path, controlplane: Cont
     try:
         with stopped_on_failure(proc):
             wait_until(lambda: http("GET", f"http://127.0.0.1:{stats}/ready", timeout=1)[0] == 200, 30,
-                       what=f"Envoy ready through its stats listener\n{proc.tail()}")
+                       what=lambda: f"Envoy ready through its stats listener\n{proc.tail()}")
         proxy = controlplane.wait_converged("edge-stats")
         # The control plane reads counters where the proxy said: the stats listener, not the admin.
         assert proxy["admin_address"] == f"127.0.0.1:{stats}"

@@ -37,7 +37,7 @@ def test_up_serves_and_stops_cleanly(tmp_path: Path, model_repository: Path) -> 
               tmp_path / "up.log").start()
     children: list[int] = []
     try:
-        wait_until(lambda: "sluice is up." in up.log.read_text(), 90, interval=0.2, what=f"mesh up\n{up.tail()}")
+        wait_until(lambda: "sluice is up." in up.log.read_text(), 90, interval=0.2, what=lambda: f"mesh up\n{up.tail()}")
         children = [int(p) for p in re.findall(r"pid (\d+)", up.log.read_text())]
         assert len(children) == 5  # control plane, two classifier backends, the generative backend, Envoy
         body = {"inputs": [{"name": "INPUT0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}

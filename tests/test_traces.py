@@ -128,7 +128,7 @@ def traced_mesh(tmp_path: Path, controlplane: ControlPlane, start_envoy: Callabl
                                              tmp_path / "sidecar-1.yaml"), tmp_path / "sidecar-1.log").start()
     try:
         wait_until(lambda: http("GET", f"http://127.0.0.1:{admin}/ready", timeout=1)[0] == 200, 30,
-                   what=f"sidecar ready\n{sidecar.tail()}")
+                   what=lambda: f"sidecar ready\n{sidecar.tail()}")
         status, body = controlplane.apply(*demo_policy(inbound, v2.port), telemetry(100, receiver.port))
         assert status == 200, body
         edge = start_envoy(controlplane)
