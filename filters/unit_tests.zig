@@ -15,6 +15,7 @@ test {
     _ = @import("llm/body.zig");
     _ = @import("llm/budget.zig");
     _ = @import("llm/config.zig");
+    _ = @import("llm/ending.zig");
     _ = @import("llm/openai.zig");
     _ = @import("llm/streams.zig");
     _ = @import("picker/config.zig");

@@ -1,17 +1,20 @@
 """Stream-safe failover through a real Envoy and real backends: a try that fails before the first
 response byte (connect failure, 5xx, no headers within the first-byte timeout) is retried on
 another replica; a retry budget caps retries when failure is widespread; a stream whose replica
-dies after answering is never replayed: the client sees it end, once, with an error."""
+dies after answering is never replayed: the client gets the events sent so far, once, then the
+edge's error event and [DONE] (the stream ends cleanly)."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.client import HTTPConnection, IncompleteRead
+from http.client import HTTPConnection
 from pathlib import Path
 
+import openai
 import pytest
 from harness import Backend, ControlPlane, Envoy, free_port, http, wait_until
 from load import BODY
@@ -132,48 +135,110 @@ def generators(tmp_path: Path, model_repository: Path) -> Iterator[list[Backend]
             backend.proc.stop()
 
 
-def _running(backend: Backend) -> int:
+def _metric(backend: Backend, name: str) -> int:
     text = http("GET", f"{backend.url}/metrics")[2].decode()
-    line = next(line for line in text.splitlines() if line.startswith("vllm:num_requests_running{"))
+    line = next(line for line in text.splitlines() if line.startswith(name + "{"))
     return int(float(line.rsplit(" ", 1)[1]))
+
+
+def _stream_edge(generators: list[Backend], controlplane: ControlPlane, start_envoy: Callable[..., Envoy]) -> Envoy:
+    """The two replicas behind a route that retries resets, 5xx and connect failures, with a
+    Model on it: the llm filter reads the streams (and ends a cut one)."""
+    status, body = controlplane.apply(
+        {"kind": "Backend", "name": "llm", "spec": {
+            "endpoints": [{"address": "127.0.0.1", "port": b.port} for b in generators], "outlier_detection": None}},
+        {"kind": "Service", "name": "llm", "spec": {"routes": [
+            {"name": "openai", "match": {"prefix": "/v1/"}, "split": [{"backend": "llm"}],
+             "retries": {"num_retries": 2, "retry_on": ["connect-failure", "reset", "5xx"]}}]}},
+        {"kind": "Model", "name": "tiny-llama", "spec": {
+            "service": "llm", "model": "tiny-llama", "routes": ["openai"], "backends": [{"backend": "llm"}]}},
+    )
+    assert status == 200, body
+    envoy = start_envoy(controlplane)
+    controlplane.wait_converged(envoy.node_id)
+    return envoy
+
+
+def _events(payload: bytes) -> list[bytes]:
+    assert payload.endswith(b"\n\n"), payload[-200:]
+    return [e.removeprefix(b"data: ") for e in payload[:-2].split(b"\n\n")]
+
+
+def _text(events: list[bytes]) -> str:
+    return "".join(json.loads(e)["choices"][0]["text"] for e in events if json.loads(e).get("choices"))
+
+
+ENDED = b"The upstream ended the stream before it finished"
 
 
 def test_a_stream_whose_replica_dies_ends_once_without_replay(
     generators: list[Backend], controlplane: ControlPlane, start_envoy: Callable[..., Envoy]
 ) -> None:
-    status, body = controlplane.apply(
-        {"kind": "Backend", "name": "llm", "spec": {
-            "endpoints": [{"address": "127.0.0.1", "port": b.port} for b in generators]}},
-        {"kind": "Service", "name": "llm", "spec": {"routes": [
-            {"name": "openai", "match": {"prefix": "/v1/"}, "split": [{"backend": "llm"}]}]}},
-    )
-    assert status == 200, body
-    envoy = start_envoy(controlplane)
-    controlplane.wait_converged(envoy.node_id)
+    envoy = _stream_edge(generators, controlplane, start_envoy)
+    request = {"model": "tiny-llama", "prompt": "The gate", "max_tokens": 30, "temperature": 0}
+    greedy = {**request, "extra_body": {"ignore_eos": True}}
+    # What the stream would be, from a replica directly (greedy: every replica answers the same).
+    reference = openai.OpenAI(base_url=f"{generators[0].url}/v1", api_key="unused", max_retries=0)
+    whole = "".join(c.choices[0].text for c in reference.completions.create(**greedy, stream=True))  # type: ignore[call-overload]
+    assert len(whole) > 0
 
+    prompts_before = [_metric(b, "vllm:prompt_tokens_total") for b in generators]
     conn = HTTPConnection("127.0.0.1", envoy.listen_port, timeout=10)
-    conn.request("POST", "/v1/completions", json.dumps({
-        "model": "tiny-llama", "prompt": "The gate", "max_tokens": 40, "stream": True, "ignore_eos": True}),
-        {"Content-Type": "application/json"})
+    conn.request("POST", "/v1/completions", json.dumps({**request, "ignore_eos": True, "stream": True}), {"Content-Type": "application/json"})
     response = conn.getresponse()
     assert response.status == 200
-    received, error = b"", None
-    try:
-        while chunk := response.read1(65536):
-            received += chunk
-            if received.count(b"data: ") == 3:
-                serving = next(b for b in generators if _running(b) == 1)
-                serving.proc.kill()
-                killed_at = time.monotonic()
-    except IncompleteRead as incomplete:
-        error = incomplete
-    # Envoy cannot add an event once the replica is gone: it ends the response without its last
-    # chunk, which every HTTP client reports as an error (no hang, and no [DONE]).
-    assert error is not None and time.monotonic() - killed_at < 5
-    events = [json.loads(e) for e in received.decode().split("data: ")[1:]]
-    assert b"[DONE]" not in received and len({e["id"] for e in events}) == 1, "one stream, never restarted"
-    assert len(events) < 40
-    survivor = next(b for b in generators if b.proc.alive())
-    assert _running(survivor) == 0
+    received, killed = b"", None
+    # read1 raises IncompleteRead on a chunked answer cut short; b"" is its complete end.
+    while chunk := response.read1(65536):
+        received += chunk
+        if killed is None and received.count(b"data: ") == 3:
+            killed = next(b for b in generators if _metric(b, "vllm:num_requests_running") == 1)
+            killed.proc.kill()
+            killed_at = time.monotonic()
+    assert killed is not None and time.monotonic() - killed_at < 5
+    *sent, error, done = _events(received)
+    # The events the replica sent before it died, once each and in order: a prefix of the answer.
+    assert 3 <= len(sent) < 30 and len({json.loads(e)["id"] for e in sent}) == 1, "one stream, never restarted"
+    assert whole.startswith(_text(sent)) and len(_text(sent)) < len(whole)
+    assert json.loads(error) == {"error": {"message": ENDED.decode() + "; the request was not retried (part of the "
+                                           "answer had been sent).", "type": "server_error", "param": None,
+                                           "code": "upstream_stream_ended"}}
+    assert done == b"[DONE]"
+    survivor = next(b for b in generators if b is not killed)
+    assert _metric(survivor, "vllm:prompt_tokens_total") == prompts_before[generators.index(survivor)], "never replayed"
     wait_until(lambda: _stat(envoy, "cluster.llm.upstream_rq_total") == 1, 5, what="one upstream request")
     assert _stat(envoy, "cluster.llm.upstream_rq_retry") == 0
+
+    # The openai client raises the error the event carries: no hang, no connection error.
+    stream = openai.OpenAI(base_url=f"{envoy.url}/v1", api_key="unused", max_retries=0, timeout=10).completions.create(
+        **greedy, stream=True)  # type: ignore[call-overload]
+    texts = []
+    with pytest.raises(openai.APIError) as raised:
+        for chunk in stream:
+            texts.append(chunk.choices[0].text)
+            if len(texts) == 3:
+                survivor.proc.kill()
+    assert raised.value.code == "upstream_stream_ended" and ENDED.decode() in raised.value.message
+    assert whole.startswith("".join(texts))
+
+
+def test_a_stream_that_ends_with_done_passes_the_edge_unchanged(
+    generators: list[Backend], controlplane: ControlPlane, start_envoy: Callable[..., Envoy]
+) -> None:
+    envoy = _stream_edge(generators, controlplane, start_envoy)
+    # With stream_options set by the client the edge changes nothing else in a stream (without,
+    # it asks for usage and removes the usage event again: tests/test_e2e_llm.py).
+    requests = [("/v1/completions", {"prompt": "The gate", "stream_options": {"include_usage": False}}),
+                ("/v1/chat/completions", {"messages": [{"role": "user", "content": "The gate"}],
+                                          "stream_options": {"include_usage": False}}),
+                ("/v1/chat/completions", {"messages": [{"role": "user", "content": "The gate"}],
+                                          "stream_options": {"include_usage": True}})]
+    for path, extra in requests:
+        body = json.dumps({"model": "tiny-llama", "max_tokens": 4, "temperature": 0, "ignore_eos": True, "stream": True, **extra})
+        payloads = []
+        for url in (envoy.url, generators[0].url):
+            status, _, payload = http("POST", url + path, body.encode(), {"Content-Type": "application/json"})
+            assert status == 200
+            payloads.append(re.sub(rb'"(id|created)":("[^"]*"|\d+)', b"", payload))
+        assert payloads[0] == payloads[1] and payloads[0].endswith(b"data: [DONE]\n\n"), path
+    assert _stat(envoy, "cluster.llm.upstream_rq_total") == len(requests)

@@ -24,6 +24,11 @@
 //! (the client went away) is charged its prompt estimate plus one token per event seen, and the
 //! rest refunded at once. Streams pass through: each chunk is scanned as it goes.
 //!
+//! A stream's end (ending.zig): the filter asks the backend to end the stream by closing its
+//! connection (`x-sluice-stream-framing: close`), which Envoy's HTTP/1 codec takes as the end of
+//! the response even when the backend dies, where a chunked stream would be reset instead. A
+//! stream that ends without `data: [DONE]` gets an error event and `[DONE]` appended.
+//!
 //! Exports: configure, request headers and body, response headers and body, log (end of stream).
 const std = @import("std");
 const assert = std.debug.assert;
@@ -32,6 +37,7 @@ const host = abi.host;
 const body = @import("body.zig");
 const budget = @import("budget.zig");
 const config = @import("config.zig");
+const ending = @import("ending.zig");
 const openai = @import("openai.zig");
 const streams = @import("streams.zig");
 const telemetry = @import("telemetry.zig");
@@ -50,6 +56,9 @@ const model_header = "x-sluice-model";
 const tenant_header = "x-sluice-tenant";
 /// The priority the picker sheds on and the generative backend schedules on.
 const priority_header = "x-sluice-priority";
+/// Asks the generative backend to delimit a stream by closing the connection (no chunked
+/// encoding), so that its end reaches this filter even when the backend dies mid-way.
+const framing_header = "x-sluice-stream-framing";
 /// Bytes of body read per host call: well within the scratch arena, which is reset between pieces.
 const piece_bytes = 64 * 1024;
 /// The most bytes between a `"model"` key and its value's closing quote that a rewrite reads.
@@ -211,6 +220,7 @@ export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of
             return refuseAfterReserving(&entry, .{ .status = 400, .message = "The request's stream options could not be set." });
         entry.injected = true;
     }
+    if (fields.stream) _ = host.replaceHeader(.request_headers, framing_header, "close");
     if (length != body_buffer_length and host.getHeader(.request_headers, "content-length") != null) {
         var digits: [20]u8 = undefined;
         _ = host.replaceHeader(.request_headers, "content-length", std.fmt.bufPrint(&digits, "{d}", .{length}) catch unreachable);
@@ -330,11 +340,14 @@ export fn proxy_on_response_headers(context_id: u32, num_headers: u32, end_of_st
     const cfg = activeConfig() orelse return continue_;
     if (entry.generation != generation) return continue_;
     if (entry.soft) |index| _ = host.addHeader(.response_headers, "x-sluice-budget-soft-limit", cfg.budgets[index].name.slice());
+    if (entry.stream) {
+        const content_type = host.getHeader(.response_headers, "content-type") orelse "";
+        entry.events_answer = std.ascii.startsWithIgnoreCase(content_type, "text/event-stream");
+    }
     return continue_;
 }
 
 export fn proxy_on_response_body(context_id: u32, body_buffer_length: u32, end_of_stream: u32) u32 {
-    _ = end_of_stream;
     host.beginCallback();
     const entry = stream_table.get(context_id) orelse return continue_;
     var offset: u32 = 0;
@@ -352,10 +365,25 @@ export fn proxy_on_response_body(context_id: u32, body_buffer_length: u32, end_o
                 entry.events += events;
             }
         }
+        if (entry.events_answer) entry.ending.feed(piece);
         if (entry.injected and piece.len == body_buffer_length) stripUsage(piece);
         offset += @intCast(piece.len);
     }
+    if (end_of_stream != 0 and entry.events_answer) endStream(entry);
     return continue_;
+}
+
+/// Appends the error event and `[DONE]` to a stream that ended without `[DONE]`: its backend
+/// stopped part-way (the bytes it sent have reached the client once; nothing is replayed).
+fn endStream(entry: *streams.Entry) void {
+    const missing = entry.ending.missing();
+    if (missing.len == 0) return;
+    // Envoy appends what is set at or past the chunk's end (and replaces only at its start).
+    if (host.setBuffer(.http_response_body, std.math.maxInt(u32), 0, missing) != .ok) {
+        host.log(.warn, "llm: could not end a cut stream with its error event");
+        return;
+    }
+    host.log(.warn, "llm: a stream ended before [DONE] (its backend stopped); appended the error event");
 }
 
 /// Removes the usage event the edge asked for on the client's behalf, when this chunk holds it.

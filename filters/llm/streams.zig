@@ -6,6 +6,7 @@
 const std = @import("std");
 const assert = std.debug.assert;
 const budget = @import("budget.zig");
+const Ending = @import("ending.zig").Ending;
 
 pub const capacity = 1024;
 pub const budgets_per_request_max = 4;
@@ -33,6 +34,9 @@ pub const Entry = struct {
     /// Streams: when the first event passed, and the latest.
     first_event_ns: ?u64 = null,
     last_event_ns: u64 = 0,
+    /// The answer is an event stream (its content type): how it ended is followed.
+    events_answer: bool = false,
+    ending: Ending = .{},
 
     pub fn reservationSlice(self: *const Entry) []const Reservation {
         return self.reservations[0..self.reservations_len];

@@ -29,6 +29,8 @@ log = logging.getLogger("inference.generate.http")
 
 PRIORITY_HEADER = "x-sluice-priority"
 DEADLINE_HEADER = "x-sluice-deadline-ms"
+# The edge's llm filter sets it to "close" on the OpenAI streams it ends itself (filters/llm/ending.zig).
+FRAMING_HEADER = "x-sluice-stream-framing"
 RETRY_AFTER_S = 1
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -37,6 +39,21 @@ _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"
 
 class BodyTooLarge(InvalidInput):
     pass
+
+
+class CloseDelimitedResponse(web.StreamResponse):
+    """An HTTP/1.1 response without chunked encoding or a length: its body ends when the server
+    closes the connection. Envoy's HTTP/1 client takes that close as the response's end even when
+    this process dies mid-stream, where a cut chunked response makes it reset the client's stream
+    with no chance for a filter to add anything; so the edge can end such a stream itself."""
+
+    # aiohttp chunks every HTTP/1.1 response without a length; this class attribute is its one
+    # switch for "neither" (its own WebSocketResponse sets it the same way).
+    _length_check = False
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        super().__init__(headers=headers)
+        self.force_close()
 
 
 @dataclass(frozen=True)
@@ -297,7 +314,12 @@ class GenerateHttpApi:
             if done:
                 raise
             return web.json_response({"error": str(error)}, status=_kserve_status(error))
-        response = web.StreamResponse(headers=_SSE_HEADERS | self._headers(sub.engine))
+        headers = _SSE_HEADERS | self._headers(sub.engine)
+        # Only on request: a client reading the backend directly would see a cut close-delimited
+        # stream as one that ended (an OpenAI client just stops without [DONE]); a cut chunked
+        # one is an error it reports.
+        response = (CloseDelimitedResponse(headers) if request.headers.get(FRAMING_HEADER) == "close"
+                    else web.StreamResponse(headers=headers))
         await response.prepare(request)
         try:
             await response.write(f"data: {json.dumps(first, separators=(',', ':'))}\n\n".encode())
@@ -306,9 +328,10 @@ class GenerateHttpApi:
             if done:
                 await response.write(b"data: [DONE]\n\n")
         except InferenceError as error:
-            # Headers are gone: the error travels as the stream's last event.
+            # Headers are gone: the error travels as the stream's last event, and on the OpenAI API
+            # [DONE] still ends it (vLLM's shape), which tells the edge the stream is complete.
             body = openai_error(error).body() if done else {"error": str(error)}
-            await response.write(f"data: {json.dumps(body)}\n\n".encode())
+            await response.write(f"data: {json.dumps(body)}\n\n".encode() + (b"data: [DONE]\n\n" if done else b""))
         except (ConnectionResetError, ConnectionError):
             sub.engine.cancel(sub.seq)
             return response

@@ -4,6 +4,7 @@ batching, cancellation, the prefix cache, metrics, KServe generate, and every ba
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import re
 import signal
@@ -18,6 +19,7 @@ import pytest
 from backend_harness import Backend, variant_repo
 
 from inference.generate.checkpoint import TINY
+from inference.generate.http_api import FRAMING_HEADER
 from inference.generate.tokenizer import TextTokenizer, render_chat
 
 MODEL = TINY.name
@@ -174,6 +176,51 @@ def test_kserve_generate_and_generate_stream(start: Callable[..., Backend]) -> N
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(request, timeout=10)
     assert missing.value.code == 404 and "nope" in json.loads(missing.value.read())["error"]
+
+
+def test_streams_end_by_closing_the_connection_only_when_asked(start: Callable[..., Backend]) -> None:
+    """With `x-sluice-stream-framing: close` (the edge's llm filter sends it) a stream has no
+    chunked encoding and no length and ends when the server closes; without it, a chunked stream on
+    a connection kept alive. Either way clients read the same events; other answers keep alive."""
+    backend = start("--load", MODEL)
+    host, port = backend.url.removeprefix("http://").split(":")
+    close = {FRAMING_HEADER: "close"}
+    completion = json.dumps({"model": MODEL, "prompt": "Hello", "max_tokens": 6, "stream": True, "temperature": 0, "ignore_eos": True})
+    generate = json.dumps({"text_input": "Hello", "parameters": {"max_tokens": 6, "temperature": 0, "ignore_eos": True}})
+    bodies: dict[tuple[str, bool], bytes] = {}
+    for path, body in (("/v1/completions", completion), (f"/v2/models/{MODEL}/generate_stream", generate)):
+        for asked in (False, True):
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
+            conn.request("POST", path, body, {"Content-Type": "application/json", **(close if asked else {})})
+            response = conn.getresponse()
+            assert response.status == 200 and response.headers["Content-Type"].startswith("text/event-stream")
+            assert response.headers["Content-Length"] is None
+            assert (response.headers["Transfer-Encoding"], response.headers["Connection"]) == (
+                (None, "close") if asked else ("chunked", None)), (path, asked)
+            payload = response.read()
+            bodies[(path, asked)] = re.sub(rb'"(id|created)":("[^"]*"|\d+)', b"", payload)
+            # The non-streaming answer on the same connection: kept alive unless the server closed.
+            if asked:
+                assert response.will_close
+            else:
+                conn.request("POST", "/v1/completions", json.dumps({"model": MODEL, "prompt": "Hi", "max_tokens": 2}),
+                             {"Content-Type": "application/json", **close})
+                again = conn.getresponse()
+                assert again.status == 200 and again.headers["Content-Length"] and not again.will_close
+                again.read()
+            conn.close()
+        assert bodies[(path, True)] == bodies[(path, False)], path
+    assert bodies[("/v1/completions", True)].endswith(b"data: [DONE]\n\n")
+
+    # The openai client reads a close-delimited stream as it reads a chunked one.
+    framed = openai.OpenAI(base_url=f"{backend.url}/v1", api_key="unused", max_retries=0, default_headers=close)
+    messages = [{"role": "user", "content": "Tell me about the river."}]
+    texts = []
+    for api in (client(backend), framed):
+        stream = api.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, stream=True, **GREEDY)  # type: ignore[arg-type]
+        texts.append("".join(c.choices[0].delta.content or "" for c in stream if c.choices))
+    assert texts[0] and texts[0] == texts[1]
+    wait_idle(backend)
 
 
 def test_metrics_use_vllm_names(start: Callable[..., Backend], tokenizer: TextTokenizer) -> None:
