@@ -8,24 +8,32 @@
                the throttled replica (goal 5 +- 0.5 s), and the client's statuses
   budget       two replicas, one failing every request (half the tries fail), retries on 5xx, with
                and without a retry budget {10%, min 1}: upstream tries per client request (goal <= 1.2)
+  mid-stream   two generative replicas (a token every 50 ms) behind a Model on a route that retries
+               resets, 5xx and connect failures; each round streams a greedy completion, kills the
+               replica serving it after 1..10 events and restarts it: bytes of answer text the client
+               got twice (against the same completion read from a replica directly), whether the
+               stream ended with the edge's error event and [DONE] as a complete HTTP message, the
+               time from the kill to that end, upstream retries, and requests the other replica saw.
+               Then the same on a route without a Model, where the streams stay chunked (as vLLM's)
 
-  .venv/bin/python bench/failover_bench.py [--requests 40] [--cooldown-s 16]
+  .venv/bin/python bench/failover_bench.py [--requests 40] [--cooldown-s 16] [--streams 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
-from http.client import HTTPConnection
+from http.client import HTTPConnection, IncompleteRead
 from pathlib import Path
 
 import numpy as np
 from edge import ROOT, edge, replicas  # puts tests/ on sys.path
-from harness import Envoy
+from harness import Backend, Envoy
 from load import BODY
-from test_e2e_failover import _requests, _stat
+from test_e2e_failover import ENDED, _events, _metric, _requests, _stat, _stream_policy, _text
 from test_e2e_load_balancing import _sent
 
 
@@ -33,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--cooldown-s", type=float, default=16.0, help="how long to watch the throttled replica")
+    parser.add_argument("--streams", type=int, default=8, help="mid-stream rounds (replicas killed)")
     parser.add_argument("--model-repository", type=Path, default=ROOT / "models")
     args = parser.parse_args()
 
@@ -63,6 +72,12 @@ def main() -> None:
             ]
             with edge(workdir, documents, "edge-failover-bench") as envoy:
                 measure(envoy, args, throttled)
+        # A control plane of its own (the first one's store in workdir holds the classifier policy).
+        workdir = workdir / "stream"
+        workdir.mkdir()
+        with replicas(workdir, args.model_repository, "tiny-llama", [("--fault-step-delay-ms", "50")] * 2) as generators:
+            with edge(workdir, _stream_policy(generators), "edge-failover-stream-bench") as envoy:
+                mid_stream(envoy, generators, args.streams)
 
 
 def measure(envoy: Envoy, args: argparse.Namespace, throttled: int) -> None:
@@ -102,6 +117,53 @@ def measure(envoy: Envoy, args: argparse.Namespace, throttled: int) -> None:
         print(f"budget: {name}: upstream tries per request, 3 runs of 160 at 8 callers: "
               + ", ".join(f"{r:.2f}" for r in ratios) + f" (median {statistics.median(ratios):.2f})")
 
+
+
+def mid_stream(envoy: Envoy, generators: list[Backend], rounds: int) -> None:
+    request = {"model": "tiny-llama", "prompt": "The gate", "max_tokens": 40, "temperature": 0, "ignore_eos": True, "stream": True}
+    reference = HTTPConnection("127.0.0.1", generators[0].port, timeout=30)
+    reference.request("POST", "/v1/completions", json.dumps(request), {"Content-Type": "application/json"})
+    whole = _text(_events(reference.getresponse().read())[:-1])
+    reference.close()
+    # The Model's route (the llm filter asks for close-delimited streams and ends a cut one), and
+    # the same replicas on a route without a Model: chunked streams, as from vLLM.
+    for label, headers in (("edge-ended", {}), ("chunked", {"x-route": "chunked"})):
+        duplicated, clean, cut, ends_ms, others = [], 0, 0, [], 0
+        retries = _stat(envoy, "cluster.llm.upstream_rq_retry")
+        for round_ in range(rounds):
+            after = 1 + round_ % 10
+            seen = [_metric(b, "vllm:prompt_tokens_total") for b in generators]
+            conn = HTTPConnection("127.0.0.1", envoy.listen_port, timeout=10)
+            conn.request("POST", "/v1/completions", json.dumps(request), {"Content-Type": "application/json", **headers})
+            response = conn.getresponse()
+            received, killed, complete = b"", None, True
+            try:
+                while chunk := response.read1(65536):
+                    received += chunk
+                    if killed is None and received.count(b"data: ") >= after:
+                        killed = next(b for b in generators if _metric(b, "vllm:num_requests_running") == 1)
+                        killed_at = time.monotonic()
+                        killed.proc.kill()
+            except IncompleteRead:
+                complete = False
+            ends_ms.append((time.monotonic() - killed_at) * 1000)
+            conn.close()
+            assert killed is not None, "the stream ended before the kill"
+            events = _events(received)
+            ended = complete and len(events) >= 2 and ENDED in events[-2] and events[-1] == b"[DONE]"
+            text = _text(events[:-2] if ended else events)
+            common = next((i for i, (a, b) in enumerate(zip(text, whole, strict=False)) if a != b), min(len(text), len(whole)))
+            duplicated.append(len(text.encode()) - len(text[:common].encode()))
+            clean += ended
+            cut += not complete
+            survivor = next(b for b in generators if b is not killed)
+            others += _metric(survivor, "vllm:prompt_tokens_total") != seen[generators.index(survivor)]
+            killed.restart()
+        print(f"mid-stream, {label}: {rounds} streams, the serving replica killed after 1..{min(rounds, 10)} events: "
+              f"duplicated bytes {sum(duplicated)}, ended by the error event + [DONE] in a complete response {clean}/{rounds}, "
+              f"cut at the HTTP level {cut}/{rounds}, other replica saw the request {others}/{rounds}, "
+              f"kill to end p50 {statistics.median(ends_ms):.1f} ms, max {max(ends_ms):.1f} ms, "
+              f"upstream retries {_stat(envoy, 'cluster.llm.upstream_rq_retry') - retries}")
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.client import HTTPConnection
+from http.client import HTTPConnection, IncompleteRead
 from pathlib import Path
 
 import openai
@@ -141,18 +141,25 @@ def _metric(backend: Backend, name: str) -> int:
     return int(float(line.rsplit(" ", 1)[1]))
 
 
-def _stream_edge(generators: list[Backend], controlplane: ControlPlane, start_envoy: Callable[..., Envoy]) -> Envoy:
-    """The two replicas behind a route that retries resets, 5xx and connect failures, with a
-    Model on it: the llm filter reads the streams (and ends a cut one)."""
-    status, body = controlplane.apply(
+def _stream_policy(generators: list[Backend]) -> list[dict[str, object]]:
+    """The replicas behind a route that retries resets, 5xx and connect failures, with a Model on
+    it: the llm filter reads the streams (and ends a cut one). Requests with `x-route: chunked`
+    take a route to the same replicas without a Model: the filter leaves them alone, so they are
+    chunked, as a third-party backend's (vLLM's) streams are."""
+    return [
         {"kind": "Backend", "name": "llm", "spec": {
             "endpoints": [{"address": "127.0.0.1", "port": b.port} for b in generators], "outlier_detection": None}},
         {"kind": "Service", "name": "llm", "spec": {"routes": [
-            {"name": "openai", "match": {"prefix": "/v1/"}, "split": [{"backend": "llm"}],
-             "retries": {"num_retries": 2, "retry_on": ["connect-failure", "reset", "5xx"]}}]}},
+            {"name": name, "match": {"prefix": "/v1/", "headers": headers}, "split": [{"backend": "llm"}],
+             "retries": {"num_retries": 2, "retry_on": ["connect-failure", "reset", "5xx"]}}
+            for name, headers in (("chunked", [{"name": "x-route", "exact": "chunked"}]), ("openai", []))]}},
         {"kind": "Model", "name": "tiny-llama", "spec": {
             "service": "llm", "model": "tiny-llama", "routes": ["openai"], "backends": [{"backend": "llm"}]}},
-    )
+    ]
+
+
+def _stream_edge(generators: list[Backend], controlplane: ControlPlane, start_envoy: Callable[..., Envoy]) -> Envoy:
+    status, body = controlplane.apply(*_stream_policy(generators))
     assert status == 200, body
     envoy = start_envoy(controlplane)
     controlplane.wait_converged(envoy.node_id)
@@ -220,6 +227,30 @@ def test_a_stream_whose_replica_dies_ends_once_without_replay(
                 survivor.proc.kill()
     assert raised.value.code == "upstream_stream_ended" and ENDED.decode() in raised.value.message
     assert whole.startswith("".join(texts))
+
+
+def test_a_chunked_stream_whose_replica_dies_is_cut_at_the_http_level(
+    generators: list[Backend], controlplane: ControlPlane, start_envoy: Callable[..., Envoy]
+) -> None:
+    """A backend that chunks its stream and dies: Envoy resets the client's stream (no filter runs
+    at its end), so the client gets the events so far once, then a chunked answer cut short."""
+    envoy = _stream_edge(generators, controlplane, start_envoy)
+    conn = HTTPConnection("127.0.0.1", envoy.listen_port, timeout=10)
+    conn.request("POST", "/v1/completions", json.dumps({
+        "model": "tiny-llama", "prompt": "The gate", "max_tokens": 30, "stream": True, "ignore_eos": True}),
+        {"Content-Type": "application/json", "x-route": "chunked"})
+    response = conn.getresponse()
+    assert response.status == 200
+    received = b""
+    with pytest.raises(IncompleteRead):
+        while chunk := response.read1(65536):
+            received += chunk
+            if received.count(b"data: ") == 3:
+                next(b for b in generators if _metric(b, "vllm:num_requests_running") == 1).proc.kill()
+    events = [json.loads(e) for e in _events(received)]
+    assert 3 <= len(events) < 30 and len({e["id"] for e in events}) == 1 and "error" not in events[-1]
+    wait_until(lambda: _stat(envoy, "cluster.llm.upstream_rq_total") == 1, 5, what="one upstream request")
+    assert _stat(envoy, "cluster.llm.upstream_rq_retry") == 0
 
 
 def test_a_stream_that_ends_with_done_passes_the_edge_unchanged(
