@@ -55,6 +55,14 @@ pub const Ending = struct {
     }
 };
 
+/// Whether the streams of the API at `path` end with `data: [DONE]`: `.../chat/completions` and
+/// `.../completions`, under any prefix. Not the Responses API's (`.../responses`), which end with
+/// a `response.completed` event and no `[DONE]`: those are left alone.
+pub fn endsWithDone(path: []const u8) bool {
+    const end = std.mem.indexOfScalar(u8, path, '?') orelse path.len;
+    return std.mem.endsWith(u8, path[0..end], "/completions");
+}
+
 // ---------------------------------------------------------------------------------------------
 
 const testing = std.testing;
@@ -112,6 +120,15 @@ test "the terminal event is one JSON object with OpenAI's error fields, then [DO
     try testing.expectEqualStrings("upstream_stream_ended", err.get("code").?.string);
     try testing.expect(std.mem.endsWith(u8, terminal, "\n\ndata: [DONE]\n\n"));
     try testing.expect(fed(&.{terminal}).done);
+}
+
+test "only chat completions and completions streams are expected to end with [DONE]" {
+    for ([_][]const u8{ "/v1/chat/completions", "/v1/completions", "/openai/v1/chat/completions?x=1" }) |path| {
+        try testing.expect(endsWithDone(path));
+    }
+    for ([_][]const u8{ "/v1/responses", "/v1/messages", "/v1/completions/x", "/v1/models", "" }) |path| {
+        try testing.expect(!endsWithDone(path));
+    }
 }
 
 comptime {

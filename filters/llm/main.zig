@@ -27,7 +27,8 @@
 //! A stream's end (ending.zig): the filter asks the backend to end the stream by closing its
 //! connection (`x-sluice-stream-framing: close`), which Envoy's HTTP/1 codec takes as the end of
 //! the response even when the backend dies, where a chunked stream would be reset instead. A
-//! stream that ends without `data: [DONE]` gets an error event and `[DONE]` appended.
+//! chat completions or completions stream that ends without `data: [DONE]` gets an error event
+//! and `[DONE]` appended.
 //!
 //! Exports: configure, request headers and body, response headers and body, log (end of stream).
 const std = @import("std");
@@ -220,7 +221,8 @@ export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of
             return refuseAfterReserving(&entry, .{ .status = 400, .message = "The request's stream options could not be set." });
         entry.injected = true;
     }
-    if (fields.stream) _ = host.replaceHeader(.request_headers, framing_header, "close");
+    entry.ends_with_done = fields.stream and ending.endsWithDone(host.getHeader(.request_headers, ":path") orelse "");
+    if (entry.ends_with_done) _ = host.replaceHeader(.request_headers, framing_header, "close");
     if (length != body_buffer_length and host.getHeader(.request_headers, "content-length") != null) {
         var digits: [20]u8 = undefined;
         _ = host.replaceHeader(.request_headers, "content-length", std.fmt.bufPrint(&digits, "{d}", .{length}) catch unreachable);
@@ -337,13 +339,15 @@ export fn proxy_on_response_headers(context_id: u32, num_headers: u32, end_of_st
     _ = end_of_stream;
     host.beginCallback();
     const entry = stream_table.get(context_id) orelse return continue_;
-    const cfg = activeConfig() orelse return continue_;
-    if (entry.generation != generation) return continue_;
-    if (entry.soft) |index| _ = host.addHeader(.response_headers, "x-sluice-budget-soft-limit", cfg.budgets[index].name.slice());
-    if (entry.stream) {
+    // Before any configuration check: the backend was asked for a close-delimited stream, whose
+    // cut end only this filter can tell from a finished one.
+    if (entry.ends_with_done) {
         const content_type = host.getHeader(.response_headers, "content-type") orelse "";
         entry.events_answer = std.ascii.startsWithIgnoreCase(content_type, "text/event-stream");
     }
+    const cfg = activeConfig() orelse return continue_;
+    if (entry.generation != generation) return continue_;
+    if (entry.soft) |index| _ = host.addHeader(.response_headers, "x-sluice-budget-soft-limit", cfg.budgets[index].name.slice());
     return continue_;
 }
 

@@ -34,7 +34,10 @@ pub const Entry = struct {
     /// Streams: when the first event passed, and the latest.
     first_event_ns: ?u64 = null,
     last_event_ns: u64 = 0,
-    /// The answer is an event stream (its content type): how it ended is followed.
+    /// A stream of an API whose streams end with `data: [DONE]` (chat completions, completions;
+    /// not the Responses API, whose streams end otherwise).
+    ends_with_done: bool = false,
+    /// ... and its answer is an event stream (its content type): how it ends is followed.
     events_answer: bool = false,
     ending: Ending = .{},
 
