@@ -193,7 +193,7 @@ def test_a_stream_whose_replica_dies_ends_once_without_replay(
     conn = HTTPConnection("127.0.0.1", envoy.listen_port, timeout=10)
     conn.request("POST", "/v1/completions", json.dumps({**request, "ignore_eos": True, "stream": True}), {"Content-Type": "application/json"})
     response = conn.getresponse()
-    assert response.status == 200
+    assert response.status == 200 and response.chunked
     received, killed = b"", None
     # read1 raises IncompleteRead on a chunked answer cut short; b"" is its complete end.
     while chunk := response.read1(65536):
