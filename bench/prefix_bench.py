@@ -176,7 +176,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--prompt-words", type=int, default=200)
     parser.add_argument("--model-capacity", type=int, default=12,
-                        help="prompts one replica's cache holds, for the LRU model (5 MB: ~12 of ~730 tokens)")
+                        help="prompts one replica's cache holds (5 MB: ~12 of ~730 tokens), for the LRU model and "
+                             "prefix affinity's cached_prefixes")
     parser.add_argument("--load-bound", type=float, default=1.25, help="prefix affinity's load bound")
     parser.add_argument("--zipf-s", type=float, default=1.1, help="the Zipf law's exponent over the 50 prompts")
     parser.add_argument("--kv-cache-mb", type=float, default=5.0)
@@ -192,7 +193,8 @@ def main() -> None:
         with replicas(workdir, repository, MODEL, [()] * 4) as backends:
             endpoints: list[dict[str, object]] = [{"address": "127.0.0.1", "port": b.port} for b in backends]
             candidates = {**CANDIDATES, "prefix-affinity": {
-                "lb_policy": "least_loaded", "prefix_affinity": {"prefix_bytes": 256, "load_bound": args.load_bound}}}
+                "lb_policy": "least_loaded", "prefix_affinity": {
+                "prefix_bytes": 256, "load_bound": args.load_bound, "cached_prefixes": args.model_capacity}}}
             with edge(workdir, routed_by_header("x-candidate", candidates, endpoints), "edge-prefix-bench") as envoy:
                 runs: dict[str, list[Run]] = {name: [] for name in candidates}
                 for round_number in range(args.rounds):

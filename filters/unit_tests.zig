@@ -21,4 +21,5 @@ test {
     _ = @import("picker/config.zig");
     _ = @import("picker/report.zig");
     _ = @import("picker/pick.zig");
+    _ = @import("picker/memo.zig");
 }

@@ -132,13 +132,17 @@ def test_least_loaded_is_override_host_led_by_the_picker() -> None:
     assert [f.name for f in options.http_filters] == ["sluice.picker.upstream", "envoy.filters.http.upstream_codec"]
     assert list(unpack(cluster().typed_extension_protocol_options[HTTP_PROTOCOL_OPTIONS], HttpProtocolOptions).http_filters) == []
 
-    picked = policy(backend(lb_policy="least_loaded", prefix_affinity={"prefix_bytes": 128, "load_bound": 1.5}), service())
+    picked = policy(backend(lb_policy="least_loaded",
+                            prefix_affinity={"prefix_bytes": 128, "load_bound": 1.5, "cached_prefixes": 12}), service())
     config = picker_config(picked)
     assert config is not None and config["endpoint_header"] == "x-sluice-endpoint"
     (entry,) = config["routes"]  # type: ignore[misc]
-    assert (entry["pick"], entry["prefix_bytes"], entry["load_bound_pct"], entry["shed_retry_after_s"]) == (True, 128, 150, 0)
+    assert (entry["pick"], entry["prefix_bytes"], entry["load_bound_pct"], entry["cached_prefixes"],
+            entry["shed_retry_after_s"]) == (True, 128, 150, 12, 0)
     assert entry["endpoints"] == [{"address": "10.0.0.1:8001", "threshold": 0}]
     assert picker_upstream_config(picked) == config, "one VM, one configuration"
     assert picker_upstream_config(policy(backend(), service())) is None
     ((where, why),) = problems(backend(prefix_affinity={}))
     assert where == "spec" and "prefix_affinity is set but lb_policy is least_request" in why
+    ((where, why),) = problems(backend(lb_policy="least_loaded", prefix_affinity={"cached_prefixes": 0}))
+    assert where == "spec.prefix_affinity.cached_prefixes" and "greater than or equal to 1" in why

@@ -183,13 +183,18 @@ class LoadAware(Strict):
 
 
 class PrefixAffinity(Strict):
-    """least_loaded only: requests whose prompts start alike go to the replica that holds that
-    prefix in its KV cache (a rendezvous hash of the first `prefix_bytes` of the body's messages
-    or prompt), unless its load exceeds `load_bound` times the mean: then to the next replica in
-    that prompt's order."""
+    """least_loaded only: requests whose prompts start alike (the first `prefix_bytes` of the
+    body's messages or prompt) go back to the replica the proxy last sent that prefix to, while
+    that replica likely still holds it in its KV cache (fewer than `cached_prefixes` other
+    prefixes sent there since) and carries at most `load_bound` times the mean load; a prefix no
+    such replica holds goes to the first replica in its rendezvous-hash order that is at or under
+    the mean load."""
 
     prefix_bytes: Annotated[int, Field(ge=16, le=65536, description="bytes of the prompt that make its key")] = 256
     load_bound: Annotated[float, Field(ge=1, le=10, description="a replica above this multiple of the mean load is passed over")] = 1.25
+    cached_prefixes: Annotated[int, Field(ge=1, le=4096, description=(
+        "distinct prompts one replica's KV cache holds (its size over a prompt's): how long the proxy "
+        "counts a prefix as cached where it sent it"))] = 64
 
 
 class Shedding(Strict):

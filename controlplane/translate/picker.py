@@ -44,6 +44,7 @@ def _entry(name: str, backends: list[Backend]) -> dict[str, object] | None:
         "pick": picked is not None,
         "prefix_bytes": affinity.prefix_bytes if affinity else 0,
         "load_bound_pct": round((affinity.load_bound if affinity else 1.25) * 100),
+        "cached_prefixes": affinity.cached_prefixes if affinity else 64,
         "shed_retry_after_s": max((s.retry_after_s for s in shed), default=0),
         "endpoints": [{"address": a, "threshold": t} for a, t in sorted(thresholds.items())],
     }

@@ -12,6 +12,8 @@
 //!      "prefix_bytes": 0,                    // 0..65536: with pick, prefix affinity on this many
 //!                                            //   bytes of the body from its prompt or messages
 //!      "load_bound_pct": 125,                // 100..1000: affinity yields above this % of the mean load
+//!      "cached_prefixes": 64,                // 1..4096: distinct prompts one replica's cache is taken
+//!                                            //   to hold (memo.zig)
 //!      "shed_retry_after_s": 1,              // 0..3600: 0 no shedding; else Retry-After of the 429
 //!      "endpoints": [                        // 1..64: every replica that may serve the route
 //!        {"address": "10.0.0.7:8001", "threshold": 8}]}]   // waiting requests at which it is
@@ -33,6 +35,7 @@ pub const max_age_ms_max = 600_000;
 pub const prefix_bytes_max = 64 * 1024;
 pub const load_bound_pct_min = 100;
 pub const load_bound_pct_max = 1000;
+pub const cached_prefixes_max = 4096;
 
 pub const Endpoint = struct {
     address: abi.BoundedString(address_len_max) = .{},
@@ -45,6 +48,7 @@ pub const Route = struct {
     pick: bool = false,
     prefix_bytes: u32 = 0,
     load_bound_pct: u32 = 0,
+    cached_prefixes: u32 = 0,
     /// 0: the route is not shed.
     shed_retry_after_s: u32 = 0,
     endpoints: [endpoints_max]Endpoint = undefined,
@@ -89,6 +93,7 @@ const JsonRoute = struct {
     pick: bool,
     prefix_bytes: u32,
     load_bound_pct: u32,
+    cached_prefixes: u32,
     shed_retry_after_s: u32,
     endpoints: []const JsonEndpoint,
 };
@@ -142,9 +147,10 @@ fn validateRoute(jr: *const JsonRoute, i: usize, route: *Route, message: *Messag
         return false;
     }
     if (jr.shed_retry_after_s > retry_after_s_max or jr.max_age_ms == 0 or jr.max_age_ms > max_age_ms_max or
-        jr.prefix_bytes > prefix_bytes_max or jr.load_bound_pct < load_bound_pct_min or jr.load_bound_pct > load_bound_pct_max)
+        jr.prefix_bytes > prefix_bytes_max or jr.load_bound_pct < load_bound_pct_min or jr.load_bound_pct > load_bound_pct_max or
+        jr.cached_prefixes == 0 or jr.cached_prefixes > cached_prefixes_max)
     {
-        message.print("routes[{d}]: shed_retry_after_s in [0, {d}], max_age_ms in [1, {d}], prefix_bytes in [0, {d}], load_bound_pct in [{d}, {d}]", .{ i, retry_after_s_max, max_age_ms_max, prefix_bytes_max, load_bound_pct_min, load_bound_pct_max });
+        message.print("routes[{d}]: shed_retry_after_s in [0, {d}], max_age_ms in [1, {d}], prefix_bytes in [0, {d}], load_bound_pct in [{d}, {d}], cached_prefixes in [1, {d}]", .{ i, retry_after_s_max, max_age_ms_max, prefix_bytes_max, load_bound_pct_min, load_bound_pct_max, cached_prefixes_max });
         return false;
     }
     if (jr.prefix_bytes > 0 and !jr.pick) {
@@ -160,6 +166,7 @@ fn validateRoute(jr: *const JsonRoute, i: usize, route: *Route, message: *Messag
         .pick = jr.pick,
         .prefix_bytes = jr.prefix_bytes,
         .load_bound_pct = jr.load_bound_pct,
+        .cached_prefixes = jr.cached_prefixes,
         .shed_retry_after_s = jr.shed_retry_after_s,
     };
     route.name.set(jr.route);
@@ -184,29 +191,30 @@ test "parse and find" {
     const json =
         \\{"priority_header": "x-sluice-priority", "endpoint_header": "x-sluice-endpoint", "routes": [{"route": "demo/infer",
         \\  "shed_retry_after_s": 2, "max_age_ms": 1500, "pick": true, "prefix_bytes": 256, "load_bound_pct": 125,
-        \\  "endpoints": [{"address": "10.0.0.7:8001", "threshold": 8}, {"address": "10.0.0.8:8001", "threshold": 4}]}]}
+        \\  "cached_prefixes": 64, "endpoints": [{"address": "10.0.0.7:8001", "threshold": 8}, {"address": "10.0.0.8:8001", "threshold": 4}]}]}
     ;
     try testing.expect(parse(json, &cfg, &work, &message));
     const route = cfg.find("demo/infer").?;
     try testing.expect(cfg.find("demo/other") == null);
     try testing.expectEqual(@as(u32, 2), route.shed_retry_after_s);
-    try testing.expect(route.pick and route.prefix_bytes == 256);
+    try testing.expect(route.pick and route.prefix_bytes == 256 and route.cached_prefixes == 64);
     try testing.expectEqual(@as(usize, 2), route.endpointSlice().len);
     try testing.expect(cfg.knows("10.0.0.8:8001"));
     try testing.expect(!cfg.knows("10.0.0.9:8001"));
 }
 
-test "refused: duplicate route, no endpoints, zero threshold when shedding, prefix without pick, unknown field" {
+test "refused: duplicate route, no endpoints, zero threshold when shedding, prefix without pick, no cached prefixes, unknown field" {
     var work: [work_bytes]u8 = undefined;
     var cfg: Config = undefined;
     var message: Message = .{};
-    const r = \\"shed_retry_after_s": 1, "max_age_ms": 1, "pick": false, "prefix_bytes": 0, "load_bound_pct": 125
+    const r = \\"shed_retry_after_s": 1, "max_age_ms": 1, "pick": false, "prefix_bytes": 0, "load_bound_pct": 125, "cached_prefixes": 64
     ;
     const cases = [_][]const u8{
         "{\"priority_header\": \"p\", \"endpoint_header\": \"e\", \"routes\": [{\"route\": \"s/r\", " ++ r ++ ", \"endpoints\": [{\"address\": \"a:1\", \"threshold\": 1}]}, {\"route\": \"s/r\", " ++ r ++ ", \"endpoints\": [{\"address\": \"a:1\", \"threshold\": 1}]}]}",
         "{\"priority_header\": \"p\", \"endpoint_header\": \"e\", \"routes\": [{\"route\": \"s/r\", " ++ r ++ ", \"endpoints\": []}]}",
         "{\"priority_header\": \"p\", \"endpoint_header\": \"e\", \"routes\": [{\"route\": \"s/r\", " ++ r ++ ", \"endpoints\": [{\"address\": \"a:1\", \"threshold\": 0}]}]}",
-        "{\"priority_header\": \"p\", \"endpoint_header\": \"e\", \"routes\": [{\"route\": \"s/r\", \"shed_retry_after_s\": 0, \"max_age_ms\": 1, \"pick\": false, \"prefix_bytes\": 8, \"load_bound_pct\": 125, \"endpoints\": [{\"address\": \"a:1\", \"threshold\": 0}]}]}",
+        "{\"priority_header\": \"p\", \"endpoint_header\": \"e\", \"routes\": [{\"route\": \"s/r\", \"shed_retry_after_s\": 0, \"max_age_ms\": 1, \"pick\": false, \"prefix_bytes\": 8, \"load_bound_pct\": 125, \"cached_prefixes\": 64, \"endpoints\": [{\"address\": \"a:1\", \"threshold\": 0}]}]}",
+        "{\"priority_header\": \"p\", \"endpoint_header\": \"e\", \"routes\": [{\"route\": \"s/r\", \"shed_retry_after_s\": 0, \"max_age_ms\": 1, \"pick\": true, \"prefix_bytes\": 8, \"load_bound_pct\": 125, \"cached_prefixes\": 0, \"endpoints\": [{\"address\": \"a:1\", \"threshold\": 0}]}]}",
         "{\"priority_header\": \"p\", \"endpoint_header\": \"e\", \"extra\": 1}",
         "{\"priority_header\": \"\", \"endpoint_header\": \"e\"}",
     };

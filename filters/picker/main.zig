@@ -11,8 +11,9 @@
 //!     endpoint has a fresh report at or over its threshold; 0 and above is never refused;
 //!   - picking: the endpoint is named in `endpoint_header`, which the cluster's `override_host`
 //!     policy follows: power of two choices on the reported load, skipping cooldowns (pick.zig), or
-//!     with prefix affinity the rendezvous-hash home of the prompt's first bytes unless over the
-//!     load bound (the body is read for it). Nothing known, or every endpoint cooling: no header,
+//!     with prefix affinity (the body is read for it) the replica this worker last sent the
+//!     prompt's first bytes to while it likely still holds them (memo.zig) unless over the load
+//!     bound, else the first in the prompt's rendezvous order at or under the mean load. Nothing known, or every endpoint cooling: no header,
 //!     and the cluster's fallback policy picks (fail open). Retries go to the fallback too.
 //! Clients cannot name an endpoint: the header is removed from every request first.
 //!
@@ -28,6 +29,7 @@ const host = abi.host;
 const config = @import("config.zig");
 const report = @import("report.zig");
 const pick = @import("pick.zig");
+const memo = @import("memo.zig");
 
 pub const panic = abi.panic;
 
@@ -66,6 +68,8 @@ const pending_max = 4096;
 const Pending = struct { context_id: u32 = 0, route: u8 = 0, endpoint: u8 = 0 };
 var pending: [pending_max]Pending = [_]Pending{.{}} ** pending_max;
 var in_flight: [config.routes_max][config.endpoints_max]u32 = std.mem.zeroes([config.routes_max][config.endpoints_max]u32);
+// Where this worker sent each prompt prefix lately (indexed like in_flight, reset with it).
+var sent: memo.Memo = .{};
 
 fn activeConfig() ?*const config.Config {
     if (!configured) return null;
@@ -93,6 +97,7 @@ export fn proxy_on_configure(root_context_id: u32, plugin_configuration_size: u3
     // Indices change with the configuration: start counting afresh.
     pending = [_]Pending{.{}} ** pending_max;
     in_flight = std.mem.zeroes([config.routes_max][config.endpoints_max]u32);
+    sent = .{};
     configured = true;
     if (shed_counter == null) shed_counter = host.defineMetric(.counter, "sluice_shed_requests_total");
     if (picked_counter == null) picked_counter = host.defineMetric(.counter, "sluice_picker_picked_total");
@@ -156,8 +161,11 @@ export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of
     var addresses: [config.endpoints_max][]const u8 = undefined;
     for (route.endpointSlice(), 0..) |*endpoint, i| addresses[i] = endpoint.address.slice();
     const n = route.endpoints_len;
-    const chosen = pick.affinity(candidates[0..n], key, addresses[0..n], route.load_bound_pct) orelse return continue_;
+    const r = routeIndex(route);
+    const warm = sent.warmSet(r, n, key, route.cached_prefixes);
+    const chosen = pick.affinity(candidates[0..n], key, addresses[0..n], warm, route.load_bound_pct) orelse return continue_;
     choose(cfg, route, chosen, context_id);
+    sent.record(r, chosen, key, route.cached_prefixes);
     return continue_;
 }
 

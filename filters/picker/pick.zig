@@ -59,14 +59,17 @@ fn rankOf(candidates: []const Candidate, index: usize) usize {
 }
 
 /// Prefix affinity with a load bound (consistent hashing with bounded loads, Mirrokni et al.
-/// 2018): endpoints in rendezvous order for `key` (each endpoint's hash with the key; the order
-/// only changes for the endpoints added or removed), the first that can take one more request
-/// within its capacity, `bound_pct` percent of the mean load counting this request, rounded up.
-/// The capacities add up to at least the total, so some endpoint always has room. Past the bound,
-/// or cooling, the next in that order, so a popular prefix spills to the same second replica
-/// every time. Null when nothing is known (fail open to the cluster's policy) or every endpoint
-/// is cooling.
-pub fn affinity(candidates: []const Candidate, key: u64, addresses: []const []const u8, bound_pct: u32) ?usize {
+/// 2018), aware of where the prompt was sent lately. `warm` bit i: the prompt is likely in
+/// endpoint i's cache (memo.zig). Endpoints are taken in rendezvous order for `key` (each
+/// endpoint's hash with the key; the order only changes for the endpoints added or removed):
+///   1. the first that holds the prompt warm and can take one more request within its capacity,
+///      `bound_pct` percent of the mean load counting this request, rounded up;
+///   2. else the first at or under the mean load counting this request: a prompt no replica with
+///      room holds misses wherever it goes, so it goes where it evens the load, and its next
+///      requests follow it there. By pigeonhole some endpoint is at or under the mean.
+/// Cooling endpoints are skipped. Null when nothing is known (fail open to the cluster's policy)
+/// or every endpoint is cooling.
+pub fn affinity(candidates: []const Candidate, key: u64, addresses: []const []const u8, warm: u64, bound_pct: u32) ?usize {
     assert(candidates.len == addresses.len and candidates.len > 0 and candidates.len <= 64);
     assert(bound_pct >= 100);
     var total: u64 = 0;
@@ -79,28 +82,37 @@ pub fn affinity(candidates: []const Candidate, key: u64, addresses: []const []co
         known = known or c.score != null;
     }
     if (eligible == 0 or !known) return null;
+    var order: [64]usize = undefined;
+    rendezvous(key, addresses, order[0..candidates.len]);
     const capacity = std.math.divCeil(u64, (total + 1) * bound_pct, eligible * 100) catch unreachable;
-    assert(capacity >= 1);
-    var taken: u64 = 0; // bit i: endpoint i already ranked
-    var rank: usize = 0;
-    while (rank < candidates.len) : (rank += 1) {
-        var best: ?usize = null;
-        var best_weight: u64 = 0;
-        for (addresses, 0..) |address, i| {
-            if (taken & (@as(u64, 1) << @intCast(i)) != 0) continue;
-            const weight = std.hash.Wyhash.hash(key, address);
-            if (best == null or weight > best_weight) {
-                best = i;
-                best_weight = weight;
-            }
-        }
-        const i = best.?;
-        taken |= @as(u64, 1) << @intCast(i);
+    for (order[0..candidates.len]) |i| {
         const c = candidates[i];
-        if (c.cooling) continue;
+        if (c.cooling or warm & (@as(u64, 1) << @intCast(i)) == 0) continue;
         if (@as(u64, c.score orelse 0) + 1 <= capacity) return i;
     }
-    unreachable; // capacities add up to more than the load; cooling ones were skipped above
+    const mean = std.math.divCeil(u64, total + 1, eligible) catch unreachable;
+    for (order[0..candidates.len]) |i| {
+        const c = candidates[i];
+        if (!c.cooling and @as(u64, c.score orelse 0) + 1 <= mean) return i;
+    }
+    unreachable; // the least loaded eligible endpoint carries at most floor(total / eligible)
+}
+
+/// Endpoint indices by decreasing hash of (key, address): highest random weight first.
+fn rendezvous(key: u64, addresses: []const []const u8, order: []usize) void {
+    assert(order.len == addresses.len and order.len <= 64);
+    var weights: [64]u64 = undefined;
+    for (addresses, 0..) |address, i| {
+        weights[i] = std.hash.Wyhash.hash(key, address);
+        order[i] = i;
+    }
+    const Context = struct {
+        weights: []const u64,
+        fn greater(ctx: @This(), a: usize, b: usize) bool {
+            return ctx.weights[a] > ctx.weights[b];
+        }
+    };
+    std.sort.insertion(usize, order, Context{ .weights = weights[0..order.len] }, Context.greater);
 }
 
 /// The key of a prompt: a hash of its first bytes.
@@ -133,35 +145,40 @@ test "two choices: lower score, skips cooling, fails open" {
     for (0..50) |_| try testing.expect(twoChoices(&three, &random).? != 1);
 }
 
-test "affinity: same key same endpoint, spills past the bound, fails open" {
+test "affinity: a new prompt goes to its home unless over the mean, a warm one back where it is within the bound" {
     const addresses = [_][]const u8{ "10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000", "10.0.0.4:8000" };
     const idle = [_]Candidate{.{ .score = 0, .cooling = false }} ** 4;
     const key = prefixKey("You are a helpful assistant.");
-    const home = affinity(&idle, key, &addresses, 125).?;
-    try testing.expectEqual(home, affinity(&idle, key, &addresses, 125).?);
+    var order: [4]usize = undefined;
+    rendezvous(key, &addresses, &order);
+    const home = order[0];
+    try testing.expectEqual(home, affinity(&idle, key, &addresses, 0, 125).?);
     // Different keys spread over the endpoints.
     var hits = [_]u32{0} ** 4;
     for (0..200) |n| {
         var text: [16]u8 = undefined;
-        hits[affinity(&idle, prefixKey(std.fmt.bufPrint(&text, "prefix {d}", .{n}) catch unreachable), &addresses, 125).?] += 1;
+        hits[affinity(&idle, prefixKey(std.fmt.bufPrint(&text, "prefix {d}", .{n}) catch unreachable), &addresses, 0, 125).?] += 1;
     }
     for (hits) |h| try testing.expect(h > 20);
-    // Home over the bound (16 in flight + this one, capacity ceil(1.25 * 17 / 4) = 6): the next
-    // endpoint in this key's order, every time.
+    // Warm on the last in its order, which has room: there, not home.
+    const warm_last = @as(u64, 1) << @intCast(order[3]);
     var loaded = idle;
     for (&loaded) |*c| c.score = 2;
-    loaded[home].score = 10;
-    const spill = affinity(&loaded, key, &addresses, 125).?;
-    try testing.expect(spill != home);
-    try testing.expectEqual(spill, affinity(&loaded, key, &addresses, 125).?);
+    try testing.expectEqual(order[3], affinity(&loaded, key, &addresses, warm_last, 125).?);
+    // Warm there but past its capacity (16 in flight + this one: ceil(1.25 * 17 / 4) = 6), and home
+    // over the mean (ceil(17 / 4) = 5): the next in its order at or under the mean, every time.
+    loaded[order[3]].score = 6;
+    loaded[home].score = 6;
+    try testing.expectEqual(order[1], affinity(&loaded, key, &addresses, warm_last, 125).?);
+    try testing.expectEqual(order[1], affinity(&loaded, key, &addresses, 0, 125).?);
     var cooled = idle;
     cooled[home].cooling = true;
-    try testing.expect(affinity(&cooled, key, &addresses, 125).? != home);
+    try testing.expectEqual(order[1], affinity(&cooled, key, &addresses, @as(u64, 1) << @intCast(home), 125).?);
     const unknown = [_]Candidate{.{ .score = null, .cooling = false }} ** 4;
-    try testing.expectEqual(@as(?usize, null), affinity(&unknown, key, &addresses, 125));
+    try testing.expectEqual(@as(?usize, null), affinity(&unknown, key, &addresses, 0, 125));
 }
 
-test "affinity: whatever the loads, some endpoint has room and none goes past its capacity" {
+test "affinity: whatever the loads and caches, some endpoint has room, none past its capacity, warm first" {
     const addresses = [_][]const u8{ "10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000" };
     var prng = std.Random.DefaultPrng.init(3);
     const random = prng.random();
@@ -173,8 +190,19 @@ test "affinity: whatever the loads, some endpoint has room and none goes past it
             total += c.score.?;
         }
         const bound: u32 = 100 + random.uintLessThan(u32, 100);
-        const chosen = affinity(&loads, n, &addresses, bound).?;
-        try testing.expect((loads[chosen].score.? + 1) * 100 * 3 <= (total + 1) * bound + 3 * 100 - 1);
+        const warm = random.uintLessThan(u64, 8);
+        const chosen = affinity(&loads, n, &addresses, warm, bound).?;
+        const load: u64 = loads[chosen].score.? + 1;
+        try testing.expect(load * 100 * 3 <= (total + 1) * bound + 3 * 100 - 1);
+        var warm_with_room = false;
+        for (loads, 0..) |c, i| {
+            if (warm & (@as(u64, 1) << @intCast(i)) != 0 and (@as(u64, c.score.?) + 1) * 100 * 3 <= (total + 1) * bound + 3 * 100 - 1) warm_with_room = true;
+        }
+        if (warm_with_room) {
+            try testing.expect(warm & (@as(u64, 1) << @intCast(chosen)) != 0);
+        } else {
+            try testing.expect(load * 3 <= total + 1 + 3 - 1); // at or under the mean, rounded up
+        }
     }
 }
 
