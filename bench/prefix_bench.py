@@ -6,10 +6,13 @@ first bytes of the body's messages), interleaved on the same replicas in the sam
 Each replica's KV cache is cut to `--kv-cache-mb` (default 5 MB: 640 blocks of 16 tokens, about
 a quarter of the 50 prompts' ~2,300 blocks at the default `--prompt-words 200`, ~730 tokens each),
 as a production model's cache holds a share of a large prompt set; with the default 32 MB every
-replica ends up holding every prompt and affinity has little to add. Prompts are long so that
-prefill is most of a request's time to first token. Each candidate, each round, draws 50 fresh
-system prompts (seeded random words), so no candidate is helped by what another left in the
-caches. `--concurrency` callers send `--requests` streamed chat completions (a short random user
+replica ends up holding every prompt and affinity has little to add. Affinity matters most where
+one replica's cache holds a small share of the prompts in use and the fleet's holds most of them:
+`--kv-cache-mb 2.5 --model-capacity 6 --zipf-s 0.7` (docs/load-balancing.md). `--model-capacity`
+is the prompts one cache holds, for the LRU model below and the picker's `cached_prefixes`.
+Prompts are long so that prefill is most of a request's time to first token. Each candidate, each
+round, draws 50 fresh system prompts (seeded random words), so no candidate is helped by what
+another left in the caches. `--concurrency` callers send `--requests` streamed chat completions (a short random user
 turn, `--max-tokens` tokens out, ignore_eos) in a closed loop. Reported per candidate (medians
 over `--rounds` rounds): the prefix-cache hit rate (prompt tokens found in the cache over those
 looked up, from every replica's vllm:prefix_cache_* counters), max/mean requests per replica
@@ -20,6 +23,7 @@ Last, the same request orders run through a model of whole prompts in LRU caches
 rate ratio any affinity can reach on this workload.
 
   .venv/bin/python bench/prefix_bench.py [--requests 240] [--rounds 2] [--concurrency 8]
+  .venv/bin/python bench/prefix_bench.py --rounds 3 --zipf-s 0.7 --kv-cache-mb 2.5 --model-capacity 6 [--concurrency 16]
 
 On a shared 2-core machine four replicas, Envoy and the client share the cores: read the ratios.
 """
