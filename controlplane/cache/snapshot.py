@@ -100,6 +100,10 @@ class TypeSnapshot:
         Streams never change a mapping in place: they replace it."""
         return self.versions if known == self.versions else known
 
+    def held_names(self, known: dict[str, str]) -> frozenset[str]:
+        """The names of `known`: this type's own set when `known` is its own mapping."""
+        return self.names if known is self.versions else frozenset(known)
+
     def follow(self, previous: TypeSnapshot) -> None:
         """Record the step from `previous`, the version this one replaces."""
         if previous is not self and previous.version != self.version:

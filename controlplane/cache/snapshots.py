@@ -42,9 +42,17 @@ class SnapshotCache:
     def set(self, group: str, snapshot: Snapshot) -> None:
         previous = self._snapshots.get(group)
         if previous is not None:
+            # A type the revision left as it was stays the same object, encoded responses and
+            # all: streams see at a glance that nothing of it changed.
+            kept: dict[str, TypeSnapshot] = {}
             for type_url, types in snapshot.types.items():
-                if type_url in previous.types:
-                    types.follow(previous.types[type_url])
+                before = previous.types.get(type_url)
+                if before is not None and before.version == types.version:
+                    types = before
+                elif before is not None:
+                    types.follow(before)
+                kept[type_url] = types
+            snapshot = Snapshot(snapshot.revision, kept)
         self._snapshots[group] = snapshot
         self._notify(("group", group))
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest
 
 from controlplane.cache import Snapshot
+from controlplane.cache.snapshot import TypeSnapshot
 from controlplane.xds.session import Session, Settled
 
 WILDCARD = "*"
@@ -112,5 +113,5 @@ class DeltaSession(Session[DeltaDiscoveryRequest]):
         sub.nonce, sub.answered, sub.synced = response.nonce, False, current.version
         return response.data
 
-    def held(self, type_url: str) -> frozenset[str] | None:
-        return frozenset(self._subs[type_url].known)
+    def held(self, type_url: str, current: TypeSnapshot) -> frozenset[str] | None:
+        return current.held_names(self._subs[type_url].known)

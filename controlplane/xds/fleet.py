@@ -28,25 +28,35 @@ class Fleet:
         self.convergence.left(proxy)
         self.connected.disconnect(proxy)
 
-    def expects(self, proxy: ProxyStatus, type_url: str) -> None:
-        """The proxy needs this type and has not asked for it yet: it has not converged."""
+    def expects(self, proxy: ProxyStatus, type_url: str) -> bool:
+        """The proxy needs this type and has not asked for it yet: it has not converged.
+        Returns whether the proxy's state changed (then `moved` must follow)."""
+        if type_url in proxy.types:
+            return False
         proxy.of(type_url)
-        self.convergence.moved(proxy)
+        return True
 
-    def has(self, proxy: ProxyStatus, type_url: str, version: str, revision: int) -> None:
+    def has(self, proxy: ProxyStatus, type_url: str, version: str, revision: int) -> bool:
         """The proxy runs exactly this version of the type (a new revision left it unchanged,
-        or the proxy reconnected with it)."""
+        or the proxy reconnected with it). Returns whether that changed its state."""
         status = proxy.of(type_url)
-        if (status.acked, status.acked_revision) != (version, revision):
-            status.acked, status.acked_revision = version, revision
-            self.convergence.moved(proxy)
+        if status.acked == version and status.acked_revision == revision:
+            return False
+        status.acked, status.acked_revision = version, revision
+        return True
 
-    def sent(self, proxy: ProxyStatus, type_url: str, version: str, revision: int, size: int) -> None:
-        """A response of `size` bytes went to the proxy."""
+    def sent(self, proxy: ProxyStatus, type_url: str, version: str, revision: int, size: int) -> bool:
+        """A response of `size` bytes went to the proxy. Returns whether the proxy's state
+        changed: a type sent for the first time leaves it unconverged until ACKed."""
+        new = type_url not in proxy.types
         status = proxy.of(type_url)
         status.in_flight, status.in_flight_revision = version, revision
         self._metrics.sent(type_url, size)
-        self.convergence.moved(proxy)  # a type sent for the first time: not converged until ACKed
+        return new
+
+    def moved(self, proxy: ProxyStatus) -> None:
+        """Count the proxy at the revision it now runs, after what `expects`, `has` or `sent` changed."""
+        self.convergence.moved(proxy)
 
     def answered(self, proxy: ProxyStatus, type_url: str, error: str | None) -> None:
         status = proxy.of(type_url)

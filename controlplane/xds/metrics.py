@@ -17,10 +17,18 @@ class XdsMetrics:
         self._acks = Counter("sluice_xds_acks", "xDS ACKs received", ["type"], registry=registry)
         self._nacks = Counter("sluice_xds_nacks", "xDS NACKs received", ["type"], registry=registry)
         registry.register(ENCODES)
+        # Children looked up once each: a push to a thousand proxies counts a thousand times.
+        self._children: dict[tuple[Counter, str], Counter] = {}
+
+    def _child(self, counter: Counter, type_url: str) -> Counter:
+        child = self._children.get((counter, type_url))
+        if child is None:
+            child = self._children[counter, type_url] = counter.labels(SHORT[type_url])
+        return child
 
     def sent(self, type_url: str, size: int) -> None:
-        self._pushes.labels(SHORT[type_url]).inc()
-        self._bytes.labels(SHORT[type_url]).inc(size)
+        self._child(self._pushes, type_url).inc()
+        self._child(self._bytes, type_url).inc(size)
 
     def answered(self, type_url: str, error: str | None) -> None:
-        (self._nacks if error else self._acks).labels(SHORT[type_url]).inc()
+        self._child(self._nacks if error else self._acks, type_url).inc()

@@ -116,6 +116,8 @@ class AdsServer:
                     while (latest := snapshot()) is not None and (response := session.response(latest)) is not None:
                         yield response
                         del response
+                        if not session.more:
+                            break
         finally:
             reader.cancel()
             self._fleet.disconnect(proxy)

@@ -44,10 +44,17 @@ class Session(ABC, Generic[Request]):
         self._running: dict[str, frozenset[str]] = {}
         self._sending: dict[str, frozenset[str]] = {}
         self._view: Snapshot | None = None  # what this proxy was last offered, kept clusters included
-        # Per type found settled: for which version object and revision, and whether the proxy
-        # asked for all of it. Until the proxy's next request of that type or a new version,
-        # a wake-up (the ACK of another type, a change elsewhere) re-checks nothing of it.
-        self._noted: dict[str, tuple[TypeSnapshot, int, bool]] = {}
+        # Per type found settled: for which version object and revision, whether the proxy
+        # asked for all of it, and whether it runs it (not refused). Until the proxy's next
+        # request of that type or a new version, a wake-up (the ACK of another type, a change
+        # elsewhere, a new revision that left this type as it was) re-checks nothing of it.
+        self._noted: dict[str, tuple[TypeSnapshot, int, bool, bool]] = {}
+        # The clusters `_running` and `_sending` name together (None: to be recomputed), and
+        # which of them the last cluster version checked lacked.
+        self._used: frozenset[str] | None = None
+        self._kept: tuple[frozenset[str], TypeSnapshot, frozenset[str]] | None = None
+        self._moved = False  # the proxy's status changed: convergence recounts it once
+        self.more = False  # the last response may be followed by another before the proxy answers
 
     def receive(self, request: Request) -> None:
         """Take a request: an ACK, a NACK, or a change of subscription."""
@@ -69,8 +76,9 @@ class Session(ABC, Generic[Request]):
         """Record what is sent and return the encoded response."""
 
     @abstractmethod
-    def held(self, type_url: str) -> frozenset[str] | None:
-        """The names of `type_url` the proxy has once it applies what it was last sent (None: all)."""
+    def held(self, type_url: str, current: TypeSnapshot) -> frozenset[str] | None:
+        """The names of `type_url` (now `current`) the proxy has once it applies what it was
+        last sent (None: all)."""
 
     def answered(self, type_url: str, error: str | None) -> bool:
         """Record an ACK or NACK; returns whether it was a NACK."""
@@ -80,46 +88,74 @@ class Session(ABC, Generic[Request]):
         sending = self._sending.pop(type_url, None)
         if sending is not None:
             # After a NACK the proxy may run the old config, or (delta) part of the new one.
-            self._running[type_url] = self._running.get(type_url, frozenset()) | sending if error else sending
+            self._set_running(type_url, self._running.get(type_url, frozenset()) | sending if error else sending)
         return bool(error)
+
+    def _set_running(self, type_url: str, clusters: frozenset[str]) -> None:
+        if self._running.get(type_url) != clusters:
+            self._running[type_url] = clusters
+            self._used = None
 
     def _offer(self, snapshot: Snapshot) -> Snapshot:
         """The snapshot plus the removed clusters this proxy's routes still use."""
         view = snapshot
         if self._view is not None and CLUSTER in snapshot.types:
-            used = frozenset().union(*self._running.values(), *self._sending.values())
-            if kept := used - snapshot.types[CLUSTER].resources.keys():
+            clusters = snapshot.types[CLUSTER]
+            if self._used is None:
+                self._used = frozenset().union(*self._running.values(), *self._sending.values())
+            if self._kept is None or self._kept[0] is not self._used or self._kept[1] is not clusters:
+                self._kept = (self._used, clusters, self._used - clusters.resources.keys())
+            if kept := self._kept[2]:
                 view = snapshot.keeping(kept, self._view)
         self._view = view
         return view
 
     def response(self, snapshot: Snapshot) -> bytes | None:
-        """The next response this proxy should get, if any (one at a time, in PUSH_ORDER)."""
-        view = self._offer(snapshot)
+        """The next response this proxy should get, if any (one at a time, in PUSH_ORDER).
+        `more` says afterwards whether another may follow before the proxy answers."""
+        try:
+            return self._next(self._offer(snapshot))
+        finally:
+            if self._moved:
+                self._moved = False
+                self._fleet.moved(self.proxy)
+
+    def _next(self, view: Snapshot) -> bytes | None:
+        self.more = False
         clusters_in_flight = False
         for type_url in PUSH_ORDER:
             if type_url not in view.types:
                 continue
             if clusters_in_flight and type_url != ENDPOINT:
                 return None
+            current = view.types[type_url]
+            noted = self._noted.get(type_url)
+            if noted is not None and noted[0] is current:
+                # Settled at this version, and nothing of this type came or went since: only
+                # the revision it counts for may be new.
+                if noted[1] != view.revision:
+                    if noted[3]:
+                        self._moved |= self._fleet.has(self.proxy, type_url, current.version, view.revision)
+                    self._noted[type_url] = (current, view.revision, noted[2], noted[3])
+                if noted[2]:
+                    continue
+                return None
             state = self.settled(type_url, view)
             if state is Settled.NOT_SUBSCRIBED:
                 if type_url in DEPENDENT and view.types[type_url].resources:
                     # The proxy asks for these once it has the clusters or listeners naming
                     # them; until then it has not converged, and nothing after them is sent.
-                    self._fleet.expects(self.proxy, type_url)
+                    self._moved |= self._fleet.expects(self.proxy, type_url)
                     return None
                 continue
             if state in (Settled.YES, Settled.REJECTED):
-                current = view.types[type_url]
-                noted = self._noted.get(type_url)
-                if noted is None or noted[0] is not current or noted[1] != view.revision:
-                    if state is Settled.YES:
-                        self._fleet.has(self.proxy, type_url, current.version, view.revision)
-                        if type_url in ROUTING:
-                            self._running[type_url] = current.used(self.held(type_url))
-                    noted = self._noted[type_url] = (current, view.revision, self._complete(type_url, view))
-                if noted[2]:
+                if state is Settled.YES:
+                    self._moved |= self._fleet.has(self.proxy, type_url, current.version, view.revision)
+                    if type_url in ROUTING:
+                        self._set_running(type_url, current.used(self.held(type_url, current)))
+                complete = self._complete(type_url, view)
+                self._noted[type_url] = (current, view.revision, complete, state is Settled.YES)
+                if complete:
                     continue
                 return None  # the proxy has yet to ask for resources the next types depend on
             if state is Settled.IN_FLIGHT:
@@ -133,8 +169,11 @@ class Session(ABC, Generic[Request]):
                 return None  # wait for the proxy to ask for the new clusters' endpoints
             response = self.push(type_url, view)
             if type_url in ROUTING:
-                self._sending[type_url] = view.types[type_url].used(self.held(type_url))
-            self._fleet.sent(self.proxy, type_url, view.version(type_url), view.revision, len(response))
+                self._sending[type_url] = current.used(self.held(type_url, current))
+                self._used = None
+            self._moved |= self._fleet.sent(self.proxy, type_url, view.version(type_url), view.revision, len(response))
+            # Only endpoints may follow clusters in flight; any other push waits for its answer.
+            self.more = type_url == CLUSTER
             return response
         return None
 

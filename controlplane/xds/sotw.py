@@ -131,6 +131,6 @@ class SotwSession(Session[DiscoveryRequest]):
         sub.nonce, sub.answered = response.nonce, False
         return response.data
 
-    def held(self, type_url: str) -> frozenset[str] | None:
+    def held(self, type_url: str, current: TypeSnapshot) -> frozenset[str] | None:
         sub = self._subs[type_url]
-        return frozenset(sub.known) if type_url in PER_RESOURCE else sub.sent_names
+        return current.held_names(sub.known) if type_url in PER_RESOURCE else sub.sent_names
