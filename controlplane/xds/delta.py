@@ -17,7 +17,7 @@ from controlplane.xds.session import Session, Settled
 WILDCARD = "*"
 
 
-@dataclass
+@dataclass(slots=True)  # a few per stream, thousands of streams
 class _Subscription:
     wildcard: bool = False
     names: frozenset[str] = frozenset()
@@ -34,6 +34,8 @@ class _Subscription:
 
 
 class DeltaSession(Session[DeltaDiscoveryRequest]):
+    __slots__ = ("_subs",)
+
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._subs: dict[str, _Subscription] = {}

@@ -37,6 +37,8 @@ class Settled(enum.Enum):
 
 
 class Session(ABC, Generic[Request]):
+    __slots__ = ("proxy", "_fleet", "_running", "_sending", "_view", "_noted", "_used", "_kept", "_moved", "more")
+
     def __init__(self, proxy: ProxyStatus, fleet: Fleet) -> None:
         self.proxy = proxy
         self._fleet = fleet

@@ -24,7 +24,7 @@ from controlplane.xds.session import Session, Settled
 PER_RESOURCE = (ROUTE,)
 
 
-@dataclass
+@dataclass(slots=True)  # a few per stream, thousands of streams
 class _Subscription:
     names: frozenset[str] | None = None  # None: every resource of the type
     answered: bool = True  # the proxy answered our last response (or never had one)
@@ -42,6 +42,8 @@ class _Subscription:
 
 
 class SotwSession(Session[DiscoveryRequest]):
+    __slots__ = ("_subs",)
+
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self._subs: dict[str, _Subscription] = {}

@@ -9,14 +9,14 @@ from typing import Any
 from controlplane.resources import PUSH_ORDER, SHORT
 
 
-@dataclass
+@dataclass(slots=True)
 class Nack:
     version: str
     message: str
     at: float
 
 
-@dataclass
+@dataclass(slots=True)
 class TypeStatus:
     acked: str | None = None
     acked_revision: int | None = None
@@ -25,7 +25,7 @@ class TypeStatus:
     last_nack: Nack | None = None
 
 
-@dataclass
+@dataclass(slots=True)  # one per connected proxy: no per-instance dict
 class ProxyStatus:
     node_id: str
     cluster: str
@@ -37,7 +37,10 @@ class ProxyStatus:
     types: dict[str, TypeStatus] = field(default_factory=dict)
 
     def of(self, type_url: str) -> TypeStatus:
-        return self.types.setdefault(type_url, TypeStatus())
+        status = self.types.get(type_url)
+        if status is None:
+            status = self.types[type_url] = TypeStatus()
+        return status
 
     def revision(self) -> int | None:
         """The policy revision this proxy fully runs, if every type it uses ACKed the same one."""
