@@ -7,6 +7,7 @@ has been sent and what it answered is tracked by its session.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -57,24 +58,14 @@ class AdsServer:
                 response_serializer=lambda encoded: encoded,  # responses are encoded by the cache
             )
 
+        # grpc.aio recognises streaming handlers by being async generator functions (partials of
+        # one count): each stream's responses come straight from `_serve`, one generator deep.
         return grpc.method_handlers_generic_handler(ADS_SERVICE, {
-            "StreamAggregatedResources": method(self._sotw, DiscoveryRequest),
-            "DeltaAggregatedResources": method(self._delta, DeltaDiscoveryRequest),
+            "StreamAggregatedResources": method(
+                functools.partial(AdsServer._serve, self, kind=SotwSession, protocol="sotw"), DiscoveryRequest),
+            "DeltaAggregatedResources": method(
+                functools.partial(AdsServer._serve, self, kind=DeltaSession, protocol="delta"), DeltaDiscoveryRequest),
         })
-
-    # grpc.aio recognises streaming handlers by being async generator functions. A response is
-    # dropped as soon as it is written: an idle stream holds no bytes of its own.
-    async def _sotw(self, requests: AsyncIterator[DiscoveryRequest], context: grpc.aio.ServicerContext[Any, bytes]
-                    ) -> AsyncIterator[bytes]:
-        async for response in self._serve(requests, context, SotwSession, "sotw"):
-            yield response
-            del response
-
-    async def _delta(self, requests: AsyncIterator[DeltaDiscoveryRequest], context: grpc.aio.ServicerContext[Any, bytes]
-                     ) -> AsyncIterator[bytes]:
-        async for response in self._serve(requests, context, DeltaSession, "delta"):
-            yield response
-            del response
 
     async def _serve(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, bytes],
                      kind: type[Session[Any]], protocol: str) -> AsyncIterator[bytes]:
