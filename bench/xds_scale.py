@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import io
 import multiprocessing
 import os
@@ -94,6 +95,10 @@ def metric_sum(cp: ControlPlane, name: str) -> float:
 # --- simulated proxies, in worker processes --------------------------------------------------
 
 def worker(conn: Connection, target: str, ids: list[str], metadata: dict[str, Any], wave_s: float) -> None:
+    # As the control plane does (controlplane/main.py): hundreds of streams' long-lived objects
+    # would otherwise be re-scanned by the collector again and again during every push.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     asyncio.run(_worker(conn, target, ids, metadata, wave_s))
 
 
