@@ -170,6 +170,7 @@ class Session(ABC, Generic[Request]):
             if clusters_in_flight and not self._complete(type_url, view):
                 return None  # wait for the proxy to ask for the new clusters' endpoints
             response = self.push(type_url, view)
+            self._noted.pop(type_url, None)  # in flight now, whatever was found settled before
             if type_url in ROUTING:
                 self._sending[type_url] = current.used(self.held(type_url, current))
                 self._used = None
