@@ -7,7 +7,10 @@ For each N a fresh control plane runs as a subprocess (stopped by its pid) on a 
 1,000-route policy (100 services of 10 routes over 20 backends). The fleet is one real Envoy
 plus N simulated proxies: real grpc.aio ADS streams, one connection each, that subscribe and
 ACK as Envoy does (tests/xds_client.py), half state of the world and half delta, spread over
-worker processes. All are in one proxy group, as a fleet of identical edges would be.
+worker processes. All are in one proxy group, as a fleet of identical edges would be. The
+simulated proxies share the two cores with the control plane, so they are kept cheap: each
+parses every response, asks for what it names and ACKs it from its stream's reader task, and
+the workers keep long-lived objects out of the garbage collector's view.
 
 Each write changes one route's split (one service's RouteConfiguration, so every proxy gets
 one RDS push); after them, one write changes every route (all 100 services in one apply).
