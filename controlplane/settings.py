@@ -24,7 +24,8 @@ class ControlPlaneSettings(BaseSettings):
     edge_listen_address: str = "127.0.0.1"
     edge_listen_port: int = Field(10000, ge=1, le=65535)
     filters_dir: Path = Field(Path("build/filters/bin"), description="compiled WASM filters, as Envoy reads them")
-    push_quiet_s: float = Field(0.05, ge=0, description="a burst of writes is pushed once writes pause this long")
+    push_quiet_s: float = Field(0.05, ge=0, description="a write this long after the last push goes out at once; "
+                                "the rest of a burst is pushed once writes pause this long")
     push_max_delay_s: float = Field(0.25, ge=0, description="...but never later than this after the first write")
     quota_interval_s: float = Field(1.0, gt=0, description="how often global rate-limit shares are rebalanced")
     usage_interval_s: float = Field(10.0, gt=0, le=3600, description="how often day and month token budgets are "

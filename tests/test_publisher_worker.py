@@ -4,13 +4,16 @@ ACKs included, for as long as it took to translate it for every group)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from typing import Any
 
-from publishing import publishing
+from publishing import Revisions, publishing
 from test_bounded_state import BOUND_S, _policy, eventually
 from xds_client import AdsClient
 
+from controlplane.cache import SnapshotCache
+from controlplane.controller.publisher import Publisher
 from controlplane.policy import Policy
 from controlplane.resources import CLUSTER, ENDPOINT, Resources
 from controlplane.store import Revision
@@ -52,3 +55,19 @@ async def test_streams_are_served_while_a_revision_is_translated() -> None:
         finally:
             gate.set()
             await client.close()
+
+
+async def test_a_write_after_a_quiet_spell_goes_out_at_once_and_the_burst_behind_it_waits() -> None:
+    """An isolated change pays no debounce; the writes that follow it within `quiet_s` are held
+    until writes pause (here far longer than the test waits, so holding shows)."""
+    store = Revisions()
+    publisher = Publisher(store, SnapshotCache(), translate, quiet_s=4 * BOUND_S, max_delay_s=8 * BOUND_S)  # type: ignore[arg-type]
+    running = asyncio.create_task(publisher.run())
+    try:
+        store.queue.put_nowait(Revision(1, _policy(), 0.0, "test", ""))
+        await eventually(lambda: publisher.revision is not None, "revision 1 published without a debounce")
+        store.queue.put_nowait(Revision(2, _policy(), 0.0, "test", ""))
+        await asyncio.sleep(1.0)
+        assert publisher.revision is not None and publisher.revision.number == 1, "a write within the burst was not debounced"
+    finally:
+        running.cancel()

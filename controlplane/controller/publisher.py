@@ -1,7 +1,8 @@
 """Turns store revisions into snapshots for every proxy group the cache is watched for.
 
-Bursts of writes are debounced: a push waits until writes pause for `quiet_s`, but never
-longer than `max_delay_s` after the first write of the burst. Every snapshot passes the
+A write after a quiet spell (no push for `quiet_s`) is pushed at once. The writes of a burst
+that follow it are debounced: their push waits until writes pause for `quiet_s`, but never
+longer than `max_delay_s` after the first of them. Every snapshot passes the
 consistency check first; one that fails is not published and the previous one keeps serving.
 
 Translating, checking and encoding run in a worker thread: a large policy takes tens to
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 
@@ -149,11 +151,15 @@ class Publisher:
             raise RuntimeError("the store's watch ended")
 
         async def push() -> None:
+            pushed_at = -math.inf  # when the last push ended
             while True:
                 await changed.wait()
                 changed.clear()
                 started = time.monotonic()
-                while (left := self._max_delay_s - (time.monotonic() - started)) > 0:
+                # A write after a quiet spell goes out at once: an isolated change pays no
+                # debounce; writes that follow it within the burst wait for the burst to pause.
+                in_burst = started - pushed_at < self._quiet_s
+                while in_burst and (left := self._max_delay_s - (time.monotonic() - started)) > 0:
                     try:
                         await asyncio.wait_for(changed.wait(), min(self._quiet_s, left))
                     except TimeoutError:
@@ -161,6 +167,7 @@ class Publisher:
                     changed.clear()
                 assert latest is not None
                 await self._publish(latest)
+                pushed_at = time.monotonic()
 
         async def welcome() -> None:
             while True:
