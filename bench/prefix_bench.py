@@ -19,11 +19,16 @@ looked up, from every replica's vllm:prefix_cache_* counters), max/mean requests
 (Envoy's per-host counters), max/mean prefill work (prompt tokens each replica computed, not
 found in its cache), TTFT p50 and p99 (client side: the first content chunk). `--zipf-s` sets the
 law's exponent (1.1 by default; web request logs fit 0.64-0.83, Breslau et al., INFOCOM 1999).
-Last, the same request orders run through a model of whole prompts in LRU caches bound the hit
-rate ratio any affinity can reach on this workload.
+`--warmup N` first sends N requests drawn from the same law over the same prompts, unmeasured, so
+that the measured requests meet caches in steady state, as a fleet serving system prompts does,
+rather than paying each prompt's compulsory first misses; the counters, per-host counts and TTFT
+cover only the measured `--requests` (errors count both). Last, the same request orders (warm-up
+included, not counted) run through a model of whole prompts in LRU caches bound the hit rate
+ratio any affinity can reach on this workload. `--candidates` measures a subset (least-request is
+always among them: the ratios are to it).
 
   .venv/bin/python bench/prefix_bench.py [--requests 240] [--rounds 2] [--concurrency 8]
-  .venv/bin/python bench/prefix_bench.py --rounds 3 --zipf-s 0.7 --kv-cache-mb 2.5 --model-capacity 6 [--concurrency 16]
+  .venv/bin/python bench/prefix_bench.py --rounds 3 --zipf-s 0.7 --kv-cache-mb 2.5 --model-capacity 6 [--concurrency 16] [--warmup 240]
 
 On a shared 2-core machine four replicas, Envoy and the client share the cores: read the ratios.
 """
@@ -81,10 +86,13 @@ def zipf_choices(seed: int, n: int, count: int, s: float) -> list[int]:
     return random.Random(seed).choices(range(count), weights=weights, k=n)
 
 
-async def drive(url: str, candidate: str, prompts: list[str], order: list[int], callers: int, max_tokens: int) -> Run:
+async def drive(url: str, candidate: str, prompts: list[str], order: list[tuple[int, int]], callers: int,
+                max_tokens: int) -> Run:
+    """Send `order`'s (request number, prompt) pairs; the number keeps user turns apart across the
+    warm-up and the measured part."""
     run = Run()
-    queue = list(enumerate(order))
-    rng = random.Random(len(order))
+    queue = list(order)
+    rng = random.Random(len(order) + order[0][0])
 
     async def caller(session: aiohttp.ClientSession) -> None:
         while queue:
@@ -114,10 +122,11 @@ async def drive(url: str, candidate: str, prompts: list[str], order: list[int], 
     return run
 
 
-def lru_model(order: list[int], replicas: int, capacity: int, seed: int) -> tuple[float, float]:
+def lru_model(order: list[int], replicas: int, capacity: int, seed: int, warmup: int) -> tuple[float, float]:
     """Hit rates of a model of whole prompts in LRU caches of `capacity` prompts per replica: spread
     (each request to the next replica, as least_request does with prefixes) and partitioned (each
-    prompt always to one home, never spilling: the best affinity can do)."""
+    prompt always to one home, never spilling: the best affinity can do). The first `warmup`
+    requests fill the caches and are not counted."""
     rng = random.Random(seed)
     home = [rng.randrange(replicas) for _ in range(max(order) + 1)]
 
@@ -127,13 +136,13 @@ def lru_model(order: list[int], replicas: int, capacity: int, seed: int) -> tupl
         for n, prompt in enumerate(order):
             cache = caches[route(n, prompt)]
             if prompt in cache:
-                hits += 1
+                hits += n >= warmup
                 cache.move_to_end(prompt)
             else:
                 cache[prompt] = None
                 if len(cache) > capacity:
                     cache.popitem(last=False)
-        return hits / len(order)
+        return hits / (len(order) - warmup)
 
     return hit_rate(lambda n, _: n % replicas), hit_rate(lambda _, prompt: home[prompt])
 
@@ -158,10 +167,15 @@ def max_over_mean(values: list[float]) -> float:
 
 def measure(envoy: Envoy, backends: list[Backend], candidate: str, seed: int, args: argparse.Namespace) -> Run:
     prompts = system_prompts(seed, args.prompt_words)
-    order = zipf_choices(seed, args.requests, len(prompts), args.zipf_s)
+    order = list(enumerate(zipf_choices(seed, args.warmup + args.requests, len(prompts), args.zipf_s)))
+    url = f"{envoy.url}/v1/chat/completions"
+    warmup_errors = 0
+    if args.warmup:
+        warmup_errors = asyncio.run(drive(url, candidate, prompts, order[:args.warmup], args.concurrency, args.max_tokens)).errors
     before = cache_counters(backends)
     sent0 = _sent(envoy, candidate)
-    run = asyncio.run(drive(f"{envoy.url}/v1/chat/completions", candidate, prompts, order, args.concurrency, args.max_tokens))
+    run = asyncio.run(drive(url, candidate, prompts, order[args.warmup:], args.concurrency, args.max_tokens))
+    run.errors += warmup_errors
     after = cache_counters(backends)
     hits = [h1 - h0 for (h0, _), (h1, _) in zip(before, after, strict=True)]
     queries = [q1 - q0 for (_, q0), (_, q1) in zip(before, after, strict=True)]
@@ -174,7 +188,9 @@ def measure(envoy: Envoy, backends: list[Backend], candidate: str, seed: int, ar
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=240)
+    parser.add_argument("--requests", type=int, default=240, help="measured requests per candidate and round")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="unmeasured requests per candidate and round before the measured ones (same law, same prompts)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=4)
@@ -186,7 +202,11 @@ def main() -> None:
     parser.add_argument("--zipf-s", type=float, default=1.1, help="the Zipf law's exponent over the 50 prompts")
     parser.add_argument("--kv-cache-mb", type=float, default=5.0)
     parser.add_argument("--model-repository", type=Path, default=ROOT / "models")
+    parser.add_argument("--candidates", nargs="+", choices=[*CANDIDATES, "prefix-affinity"],
+                        help="measure only these (least-request, the baseline, always included)")
     args = parser.parse_args()
+    if args.requests < 1 or args.warmup < 0:
+        parser.error("--requests must be at least 1 and --warmup at least 0")
 
     with tempfile.TemporaryDirectory(prefix="prefix-bench-") as tmp:
         workdir = Path(tmp)
@@ -199,20 +219,24 @@ def main() -> None:
             candidates = {**CANDIDATES, "prefix-affinity": {
                 "lb_policy": "least_loaded", "prefix_affinity": {
                 "prefix_bytes": 256, "load_bound": args.load_bound, "cached_prefixes": args.model_capacity}}}
+            measured = [name for name in candidates if not args.candidates or name in {*args.candidates, "least-request"}]
             with edge(workdir, routed_by_header("x-candidate", candidates, endpoints), "edge-prefix-bench") as envoy:
-                runs: dict[str, list[Run]] = {name: [] for name in candidates}
+                runs: dict[str, list[Run]] = {name: [] for name in measured}
                 for round_number in range(args.rounds):
                     for index, name in enumerate(candidates):
+                        if name not in runs:
+                            continue
                         run = measure(envoy, backends, name, seed=1000 * round_number + index, args=args)
                         runs[name].append(run)
                         print(f"round {round_number + 1} {name:16} hit rate {run.hit_rate:5.1%} max/mean {run.max_over_mean:4.2f} "
                               f"prefill work max/mean {run.work_max_over_mean:4.2f} "
                               f"TTFT p50 {run.p(50):6.1f} ms p99 {run.p(99):6.1f} ms errors {run.errors}", flush=True)
                 report(runs)
-                models = [lru_model(zipf_choices(1000 * r, args.requests, 50, args.zipf_s), 4, args.model_capacity, r)
-                          for r in range(args.rounds)]
+                models = [lru_model(zipf_choices(1000 * r, args.warmup + args.requests, 50, args.zipf_s), 4,
+                                    args.model_capacity, r, args.warmup) for r in range(args.rounds)]
                 spread, partitioned = (statistics.median(m[i] for m in models) for i in (0, 1))
-                print(f"\nLRU model, {args.model_capacity} prompts per replica: spread {spread:.1%}, partitioned "
+                print(f"\nLRU model, {args.model_capacity} prompts per replica, {args.warmup} warm-up requests: "
+                      f"spread {spread:.1%}, partitioned "
                       f"{partitioned:.1%}: affinity's hit rate is at most {partitioned / spread:.2f}x least_request's")
 
 
