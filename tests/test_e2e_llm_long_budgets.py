@@ -74,6 +74,16 @@ def refused_for(envoys: list[Envoy], seconds: float) -> None:
         time.sleep(INTERVAL_S / 2)
 
 
+def spent_until_refused(envoys: list[Envoy], used: list[int]) -> None:
+    """Send until every Envoy has refused for a while; what is admitted meanwhile goes to `used`."""
+    last_admitted = time.monotonic()
+    while time.monotonic() - last_admitted < 5 * INTERVAL_S:
+        for envoy in envoys:
+            if admitted(envoy, used):
+                last_admitted = time.monotonic()
+        time.sleep(INTERVAL_S / 2)
+
+
 def test_monthly_budget_survives_restarts_and_resets_at_the_month_boundary(
         tmp_path: Path, model_repository: Path, start_envoy: Callable[..., Envoy], store_url: str) -> None:
     clock = tmp_path / "clock"
@@ -131,8 +141,14 @@ def test_monthly_budget_survives_restarts_and_resets_at_the_month_boundary(
         cp.restart()
         for envoy in envoys:
             cp.wait_converged(envoy.node_id, timeout=30)
-        refused_for(envoys, 5 * INTERVAL_S)
-        assert stored(cp) == real  # nothing counted twice
+        # Until both Envoys are back, the keeper splits what is left among those that are: the
+        # first back may be given all of it (here more than one request's reservation) and admit
+        # a request. The budget still holds, and nothing is counted twice.
+        again: list[int] = []
+        spent_until_refused(envoys, again)
+        real += sum(again)
+        assert real <= TOKENS + ESTIMATE, f"{again} admitted after the restart"
+        wait_until(lambda: stored(cp) == real, 10, what=f"stored usage {real}")
 
         # One second before December in Berlin (22:59:59 UTC): still November's budget.
         set_clock(clock, "2026-11-30T23:59:59+01:00")

@@ -34,9 +34,10 @@ def test_convergence_histogram_observes_each_write(controlplane: ControlPlane, s
         took.append(time.time() - started)
     after = histogram(controlplane)
     assert after["count"] - before["count"] == 3
-    # Each observation is real time: at least the publisher's quiet period (50 ms), at most
-    # what the test saw from before its write until after the proxy reported the ACK.
-    assert 3 * 0.05 <= after["sum"] - before["sum"] <= sum(took)
+    # Each observation is real time (an isolated write is pushed at once, without the publisher's
+    # quiet period): more than nothing, at most what the test saw from before its write until
+    # after the proxy reported the ACK.
+    assert 0 < after["sum"] - before["sum"] <= sum(took)
 
     (proxy,) = controlplane.proxies()
     dump = envoy.config_dump("dynamic_route_configs")["configs"][0]
