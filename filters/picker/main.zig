@@ -68,8 +68,10 @@ const pending_max = 4096;
 const Pending = struct { context_id: u32 = 0, route: u8 = 0, endpoint: u8 = 0 };
 var pending: [pending_max]Pending = [_]Pending{.{}} ** pending_max;
 var in_flight: [config.routes_max][config.endpoints_max]u32 = std.mem.zeroes([config.routes_max][config.endpoints_max]u32);
-// Where this worker sent each prompt prefix lately (indexed like in_flight, reset with it).
+// Where this worker sent each prompt prefix lately, and how many of its last picks went to each
+// endpoint (indexed like in_flight, reset with it).
 var sent: memo.Memo = .{};
+var recent: memo.Recent = .{};
 
 fn activeConfig() ?*const config.Config {
     if (!configured) return null;
@@ -98,6 +100,7 @@ export fn proxy_on_configure(root_context_id: u32, plugin_configuration_size: u3
     pending = [_]Pending{.{}} ** pending_max;
     in_flight = std.mem.zeroes([config.routes_max][config.endpoints_max]u32);
     sent = .{};
+    recent = .{};
     configured = true;
     if (shed_counter == null) shed_counter = host.defineMetric(.counter, "sluice_shed_requests_total");
     if (picked_counter == null) picked_counter = host.defineMetric(.counter, "sluice_picker_picked_total");
@@ -162,10 +165,12 @@ export fn proxy_on_request_body(context_id: u32, body_buffer_length: u32, end_of
     for (route.endpointSlice(), 0..) |*endpoint, i| addresses[i] = endpoint.address.slice();
     const n = route.endpoints_len;
     const r = routeIndex(route);
+    for (candidates[0..n], 0..) |*c, i| c.recent = recent.count(r, i);
     const warm = sent.warmSet(r, n, key, route.cached_prefixes);
-    const chosen = pick.affinity(candidates[0..n], key, addresses[0..n], warm, route.load_bound_pct) orelse return continue_;
+    const chosen = pick.affinity(candidates[0..n], key, addresses[0..n], warm, route.load_bound_pct, memo.Recent.window(n)) orelse return continue_;
     choose(cfg, route, chosen, context_id);
     sent.record(r, chosen, key, route.cached_prefixes);
+    recent.record(r, n, chosen);
     return continue_;
 }
 

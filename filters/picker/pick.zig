@@ -7,6 +7,8 @@ pub const Candidate = struct {
     /// Requests waiting and running at the last fresh report; null when there is none.
     score: ?u32,
     cooling: bool,
+    /// How many of this worker's recent picks on the route went here (memo.Recent; affinity only).
+    recent: u32 = 0,
 };
 
 /// The load a pick compares: the replica's last fresh report or the requests this worker has in
@@ -60,18 +62,27 @@ fn rankOf(candidates: []const Candidate, index: usize) usize {
 
 /// Prefix affinity with a load bound (consistent hashing with bounded loads, Mirrokni et al.
 /// 2018), aware of where the prompt was sent lately. `warm` bit i: the prompt is likely in
-/// endpoint i's cache (memo.zig). Endpoints are taken in rendezvous order for `key` (each
-/// endpoint's hash with the key; the order only changes for the endpoints added or removed):
-///   1. the first that holds the prompt warm and can take one more request within its capacity,
-///      `bound_pct` percent of the mean load counting this request, rounded up;
-///   2. else the first at or under the mean load counting this request: a prompt no replica with
-///      room holds misses wherever it goes, so it goes where it evens the load, and its next
-///      requests follow it there. By pigeonhole some endpoint is at or under the mean.
+/// endpoint i's cache (memo.zig). The bound holds on each endpoint's share of this worker's last
+/// `window` picks on the route (`recent`: the load it is given over time), not on its requests in
+/// flight at this instant: with a few requests in flight per replica, in-flight counts swing past
+/// any bound from one request to the next, and each time a warm prompt was sent away for it, it
+/// missed there and left a second copy that evicted other prompts. Endpoints are taken in
+/// rendezvous order for `key` (each endpoint's hash with the key; the order only changes for the
+/// endpoints added or removed):
+///   1. the first that holds the prompt warm, whose picks in the window counting this one are
+///      within `bound_pct` percent of its share (`window` over the endpoints), and whose requests
+///      in flight counting this one are within twice that multiple of the mean (a burst of one
+///      prompt queues on its replica only so far);
+///   2. else the first whose picks are under its share and whose requests in flight counting this
+///      one are at or under the mean: a prompt no replica with room holds misses wherever it
+///      goes, so it goes where it evens the load over time, and its next requests follow it there;
+///   3. else the first whose requests in flight are at or under the mean (by pigeonhole there is one).
+/// Until `window` picks are made, shares are of the whole window: an idle route starts with room.
 /// Cooling endpoints are skipped. Null when nothing is known (fail open to the cluster's policy)
 /// or every endpoint is cooling.
-pub fn affinity(candidates: []const Candidate, key: u64, addresses: []const []const u8, warm: u64, bound_pct: u32) ?usize {
+pub fn affinity(candidates: []const Candidate, key: u64, addresses: []const []const u8, warm: u64, bound_pct: u32, window: u32) ?usize {
     assert(candidates.len == addresses.len and candidates.len > 0 and candidates.len <= 64);
-    assert(bound_pct >= 100);
+    assert(bound_pct >= 100 and window > 0);
     var total: u64 = 0;
     var eligible: u64 = 0;
     var known = false;
@@ -84,13 +95,18 @@ pub fn affinity(candidates: []const Candidate, key: u64, addresses: []const []co
     if (eligible == 0 or !known) return null;
     var order: [64]usize = undefined;
     rendezvous(key, addresses, order[0..candidates.len]);
-    const capacity = std.math.divCeil(u64, (total + 1) * bound_pct, eligible * 100) catch unreachable;
+    const burst = std.math.divCeil(u64, (total + 1) * 2 * bound_pct, eligible * 100) catch unreachable;
+    const mean = std.math.divCeil(u64, total + 1, eligible) catch unreachable;
     for (order[0..candidates.len]) |i| {
         const c = candidates[i];
         if (c.cooling or warm & (@as(u64, 1) << @intCast(i)) == 0) continue;
-        if (@as(u64, c.score orelse 0) + 1 <= capacity) return i;
+        const within = (@as(u64, c.recent) + 1) * eligible * 100 <= @as(u64, window) * bound_pct;
+        if (within and @as(u64, c.score orelse 0) + 1 <= burst) return i;
     }
-    const mean = std.math.divCeil(u64, total + 1, eligible) catch unreachable;
+    for (order[0..candidates.len]) |i| {
+        const c = candidates[i];
+        if (!c.cooling and (@as(u64, c.recent) + 1) * eligible <= window and @as(u64, c.score orelse 0) + 1 <= mean) return i;
+    }
     for (order[0..candidates.len]) |i| {
         const c = candidates[i];
         if (!c.cooling and @as(u64, c.score orelse 0) + 1 <= mean) return i;
@@ -152,54 +168,76 @@ test "affinity: a new prompt goes to its home unless over the mean, a warm one b
     var order: [4]usize = undefined;
     rendezvous(key, &addresses, &order);
     const home = order[0];
-    try testing.expectEqual(home, affinity(&idle, key, &addresses, 0, 125).?);
+    try testing.expectEqual(home, affinity(&idle, key, &addresses, 0, 125, 128).?);
     // Different keys spread over the endpoints.
     var hits = [_]u32{0} ** 4;
     for (0..200) |n| {
         var text: [16]u8 = undefined;
-        hits[affinity(&idle, prefixKey(std.fmt.bufPrint(&text, "prefix {d}", .{n}) catch unreachable), &addresses, 0, 125).?] += 1;
+        hits[affinity(&idle, prefixKey(std.fmt.bufPrint(&text, "prefix {d}", .{n}) catch unreachable), &addresses, 0, 125, 128).?] += 1;
     }
     for (hits) |h| try testing.expect(h > 20);
     // Warm on the last in its order, which has room: there, not home.
     const warm_last = @as(u64, 1) << @intCast(order[3]);
     var loaded = idle;
-    for (&loaded) |*c| c.score = 2;
-    try testing.expectEqual(order[3], affinity(&loaded, key, &addresses, warm_last, 125).?);
-    // Warm there but past its capacity (16 in flight + this one: ceil(1.25 * 17 / 4) = 6), and home
-    // over the mean (ceil(17 / 4) = 5): the next in its order at or under the mean, every time.
-    loaded[order[3]].score = 6;
-    loaded[home].score = 6;
-    try testing.expectEqual(order[1], affinity(&loaded, key, &addresses, warm_last, 125).?);
-    try testing.expectEqual(order[1], affinity(&loaded, key, &addresses, 0, 125).?);
+    for (&loaded) |*c| c.* = .{ .score = 2, .cooling = false, .recent = 32 };
+    try testing.expectEqual(order[3], affinity(&loaded, key, &addresses, warm_last, 125, 128).?);
+    // Far past the mean in flight there, but within twice the bound (17 + this one: ceil(2.5 * 18 / 4)
+    // = 12): still there. One more, past it: away, to the first in its order at or under the mean.
+    loaded[order[3]].score = 11;
+    try testing.expectEqual(order[3], affinity(&loaded, key, &addresses, warm_last, 125, 128).?);
+    loaded[order[3]].score = 12;
+    try testing.expectEqual(home, affinity(&loaded, key, &addresses, warm_last, 125, 128).?);
+    // Its picks within its share times the bound (40 of 128, 1.25 * 32, counting this one): there.
+    loaded[order[3]] = .{ .score = 2, .cooling = false, .recent = 39 };
+    try testing.expectEqual(order[3], affinity(&loaded, key, &addresses, warm_last, 125, 128).?);
+    // Past it: away, and home over its share: the next in its order under its share and at or
+    // under the mean in flight.
+    loaded[order[3]].recent = 40;
+    loaded[home].recent = 32;
+    loaded[order[1]].recent = 20;
+    loaded[order[2]].recent = 36;
+    try testing.expectEqual(order[1], affinity(&loaded, key, &addresses, warm_last, 125, 128).?);
+    try testing.expectEqual(order[1], affinity(&loaded, key, &addresses, 0, 125, 128).?);
+    // Every share over the mean: the first at or under the mean in flight.
+    for (&loaded) |*c| c.recent = 40;
+    loaded[home].score = 3;
+    try testing.expectEqual(order[1], affinity(&loaded, key, &addresses, 0, 125, 128).?);
     var cooled = idle;
     cooled[home].cooling = true;
-    try testing.expectEqual(order[1], affinity(&cooled, key, &addresses, @as(u64, 1) << @intCast(home), 125).?);
+    try testing.expectEqual(order[1], affinity(&cooled, key, &addresses, @as(u64, 1) << @intCast(home), 125, 128).?);
     const unknown = [_]Candidate{.{ .score = null, .cooling = false }} ** 4;
-    try testing.expectEqual(@as(?usize, null), affinity(&unknown, key, &addresses, 0, 125));
+    try testing.expectEqual(@as(?usize, null), affinity(&unknown, key, &addresses, 0, 125, 128));
 }
 
-test "affinity: whatever the loads and caches, some endpoint has room, none past its capacity, warm first" {
+test "affinity: whatever the loads, shares and caches, some endpoint has room, warm first within the bound" {
     const addresses = [_][]const u8{ "10.0.0.1:8000", "10.0.0.2:8000", "10.0.0.3:8000" };
+    const window = 96;
     var prng = std.Random.DefaultPrng.init(3);
     const random = prng.random();
-    for (0..500) |n| {
+    for (0..1000) |n| {
         var loads: [3]Candidate = undefined;
         var total: u64 = 0;
+        var picks: u32 = 0;
         for (&loads) |*c| {
-            c.* = .{ .score = random.uintLessThan(u32, 20), .cooling = false };
+            const recent = random.uintLessThan(u32, window - picks + 1);
+            picks += recent;
+            c.* = .{ .score = random.uintLessThan(u32, 20), .cooling = false, .recent = recent };
             total += c.score.?;
         }
         const bound: u32 = 100 + random.uintLessThan(u32, 100);
         const warm = random.uintLessThan(u64, 8);
-        const chosen = affinity(&loads, n, &addresses, warm, bound).?;
+        const chosen = affinity(&loads, n, &addresses, warm, bound, window).?;
         const load: u64 = loads[chosen].score.? + 1;
-        try testing.expect(load * 100 * 3 <= (total + 1) * bound + 3 * 100 - 1);
         var warm_with_room = false;
         for (loads, 0..) |c, i| {
-            if (warm & (@as(u64, 1) << @intCast(i)) != 0 and (@as(u64, c.score.?) + 1) * 100 * 3 <= (total + 1) * bound + 3 * 100 - 1) warm_with_room = true;
+            const within = (@as(u64, c.recent) + 1) * 3 * 100 <= window * bound and
+                (@as(u64, c.score.?) + 1) * 100 * 3 <= (total + 1) * 2 * bound + 3 * 100 - 1;
+            if (warm & (@as(u64, 1) << @intCast(i)) != 0 and within) warm_with_room = true;
         }
         if (warm_with_room) {
             try testing.expect(warm & (@as(u64, 1) << @intCast(chosen)) != 0);
+            try testing.expect((loads[chosen].recent + 1) * 3 * 100 <= window * bound);
+            try testing.expect(load * 100 * 3 <= (total + 1) * 2 * bound + 3 * 100 - 1);
         } else {
             try testing.expect(load * 3 <= total + 1 + 3 - 1); // at or under the mean, rounded up
         }
