@@ -53,12 +53,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from harness import ControlPlane, Envoy, http, wait_until  # noqa: E402 - the tests' process harness
 from xds_client import AdsClient, Response  # noqa: E402
+from xds_h2_client import H2AdsClient  # noqa: E402
 
 from controlplane.resources import ROUTE  # noqa: E402
 from sluice.client import Client, status  # noqa: E402
 
 SERVICES, ROUTES_PER_SERVICE, BACKENDS = 100, 10, 20
 TICK = os.sysconf("SC_CLK_TCK")
+CLIENTS: dict[str, type[AdsClient]] = {"h2": H2AdsClient, "grpc": AdsClient}
 
 
 def policy() -> list[dict[str, Any]]:
@@ -97,15 +99,16 @@ def metric_sum(cp: ControlPlane, name: str) -> float:
 
 # --- simulated proxies, in worker processes --------------------------------------------------
 
-def worker(conn: Connection, target: str, ids: list[str], metadata: dict[str, Any], wave_s: float) -> None:
+def worker(conn: Connection, target: str, ids: list[str], metadata: dict[str, Any], wave_s: float, client: str) -> None:
     # As the control plane does (controlplane/main.py): hundreds of streams' long-lived objects
     # would otherwise be re-scanned by the collector again and again during every push.
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
-    asyncio.run(_worker(conn, target, ids, metadata, wave_s))
+    asyncio.run(_worker(conn, target, ids, metadata, wave_s, CLIENTS[client]))
 
 
-async def _worker(conn: Connection, target: str, ids: list[str], metadata: dict[str, Any], wave_s: float) -> None:
+async def _worker(conn: Connection, target: str, ids: list[str], metadata: dict[str, Any], wave_s: float,
+                  kind: type[AdsClient]) -> None:
     acked_at = [0.0] * len(ids)  # each proxy's last RDS ACK (time.monotonic: one clock for all processes)
     waiting: set[int] = set()
     since = 0.0
@@ -127,10 +130,10 @@ async def _worker(conn: Connection, target: str, ids: list[str], metadata: dict[
 
     async def proxy(i: int, node_id: str) -> None:
         while True:
-            clients[i] = AdsClient(target, node_id, protocol=("sotw", "delta")[i % 2], metadata=metadata)
+            clients[i] = kind(target, node_id, protocol=("sotw", "delta")[i % 2], metadata=metadata)
             try:
                 await clients[i].follow(on_ack(i))
-            except (grpc.aio.AioRpcError, EOFError) as exc:
+            except (grpc.aio.AioRpcError, EOFError, ConnectionError) as exc:
                 failures.append(repr(exc))
                 await clients[i].close()
                 await asyncio.sleep(1.0)
@@ -169,13 +172,13 @@ class Fleet:
     reconnects: int = 0  # streams that ended and were opened again, so far
 
     @classmethod
-    def start(cls, n: int, workers: int, target: str, metadata: dict[str, Any], wave_s: float) -> Fleet:
+    def start(cls, n: int, workers: int, target: str, metadata: dict[str, Any], wave_s: float, client: str) -> Fleet:
         ctx = multiprocessing.get_context("spawn")  # grpc does not survive fork
         conns, procs = [], []
         for w in range(min(workers, n)):
             ids = [f"sim-{i}" for i in range(w, n, workers)]
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker, args=(child, target, ids, metadata, wave_s), daemon=True)
+            proc = ctx.Process(target=worker, args=(child, target, ids, metadata, wave_s, client), daemon=True)
             proc.start()
             conns.append(parent)
             procs.append(proc)
@@ -326,7 +329,7 @@ def route_configs(envoy: Envoy) -> list[str]:
 
 
 def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy, first: int,
-        spy: Path | None = None, wave_s: float = 0.05) -> Result:
+        spy: Path | None = None, wave_s: float = 0.05, client: str = "h2") -> Result:
     """`first`: the variant of the first write; each run's writes differ from the last run's.
     `spy`: sample the control plane with py-spy (native frames too) during the measured writes."""
     cp.proc.stop()  # a fresh process per fleet size: nothing left over from the last one
@@ -337,7 +340,7 @@ def run(n: int, writes: int, workers: int, cp: ControlPlane, envoy: Envoy, first
     rss_base = rss_kib(cp.proc.pid)
     started = time.monotonic()
     fleet = Fleet.start(n, workers, f"127.0.0.1:{cp.xds_port}",
-                        {"listen_address": "127.0.0.1", "listen_port": envoy.listen_port}, wave_s)
+                        {"listen_address": "127.0.0.1", "listen_port": envoy.listen_port}, wave_s, client)
     try:
         fleet.acked_after(0.0)
         connect_s = time.monotonic() - started
@@ -379,6 +382,9 @@ def main() -> int:
     p.add_argument("--py-spy", type=Path, dest="spy",
                    help="sample the control plane with py-spy during the measured writes of the last fleet size, "
                         "into this file (collapsed stacks; py-spy on PATH)")
+    p.add_argument("--client", choices=sorted(CLIENTS), default="h2",
+                   help="the simulated proxies' ADS client: h2 (tests/xds_h2_client.py, a fifth of the CPU) or "
+                        "grpc (grpc.aio, as measured before 2026-11-30) (default %(default)s)")
     args = p.parse_args()
     sizes = [int(n) for n in args.fleet.split(",")]
 
@@ -400,7 +406,7 @@ def main() -> int:
                     # python -m cProfile -o FILE -m sluice controlplane ...; written when it stops
                     cp.proc.argv[1:1] = ["-m", "cProfile", "-o", str(args.profile.resolve())]
                 r = run(n, args.writes, args.workers, cp, envoy, first=1 + i * (args.writes + 2),
-                        spy=args.spy if i == len(sizes) - 1 else None, wave_s=args.wave)
+                        spy=args.spy if i == len(sizes) - 1 else None, wave_s=args.wave, client=args.client)
                 print(" ".join(f"{value(r):>{w}}" for _, w, value in COLUMNS), flush=True)
         finally:
             if envoy is not None:

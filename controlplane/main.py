@@ -33,7 +33,7 @@ from controlplane.settings import ControlPlaneSettings
 from controlplane.shadow import Comparator
 from controlplane.store import Revision, StoreUnavailable, open_store, redacted
 from controlplane.supervision import Supervisor
-from controlplane.translate import Options, ProxyGroup, translate, translate_shares
+from controlplane.translate import MadeRoutes, Options, ProxyGroup, translate, translate_shares
 from controlplane.ui.console import install as install_console
 from controlplane.xds import AdsServer, Fleet
 
@@ -59,7 +59,7 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
     published = Gauge("sluice_published_revision", "Policy revision in the snapshots", registry=registry)
     cache = SnapshotCache()
     geo_tables = GeoTables(store)
-    options = Options(filters_dir=settings.filters_dir, geo_tables=geo_tables.get)
+    options = Options(filters_dir=settings.filters_dir, geo_tables=geo_tables.get, made_routes=MadeRoutes())
 
     def on_publish(revision: Revision) -> None:
         published.set(revision.number)

@@ -8,6 +8,7 @@ import asyncio
 import math
 import re
 import time
+from collections.abc import Callable
 
 import aiohttp
 import pytest
@@ -18,6 +19,7 @@ from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryResponse, Dis
 from harness import ControlPlane, http, wait_until
 from policies import demo_policy
 from xds_client import AdsClient, Response
+from xds_h2_client import H2AdsClient
 
 from controlplane.cache.references import clusters_used
 from controlplane.resources import CLUSTER, ENDPOINT, ROUTE
@@ -260,3 +262,33 @@ async def test_burst_of_writes_is_pushed_once_or_twice(controlplane: ControlPlan
     finally:
         following.cancel()
         await follower.close()
+
+
+@pytest.mark.parametrize("protocol", ["sotw", "delta"])
+async def test_the_bench_fleets_http2_client_follows_as_the_grpc_one_does(controlplane: ControlPlane, protocol: str) -> None:
+    # bench/xds_scale.py's simulated proxies use this client: it must converge, and take every
+    # update, exactly as a grpc.aio stream does.
+    applied(controlplane, *demo_policy(8001, 8002))
+    acked: dict[str, dict[str, str]] = {"grpc": {}, "h2": {}}
+    clients = {"grpc": AdsClient(target(controlplane), "grpc", protocol=protocol),
+               "h2": H2AdsClient(target(controlplane), "h2", protocol=protocol)}
+
+    def record(name: str) -> Callable[[str, Response], None]:
+        def on_ack(type_url: str, response: Response) -> None:
+            acked[name][type_url] = response.version_info if isinstance(response, DiscoveryResponse) else ",".join(
+                sorted(f"{r.name}@{r.version}" for r in response.resources))
+        return on_ack
+
+    following = [asyncio.create_task(c.follow(record(name))) for name, c in clients.items()]
+    try:
+        for revision in (None, applied(controlplane, backend("classifier-v2", 8003), service("classifier-v2"))):
+            for name in clients:
+                await asyncio.to_thread(controlplane.wait_converged, name, revision)
+            assert acked["h2"] == acked["grpc"] and ROUTE in acked["h2"]
+        assert not any(task.done() for task in following)
+    finally:
+        for task in following:
+            task.cancel()
+        await asyncio.gather(*following, return_exceptions=True)
+        for c in clients.values():
+            await c.close()

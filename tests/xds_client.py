@@ -34,43 +34,54 @@ class AdsClient:
     def __init__(self, target: str, node_id: str, *, protocol: str = "sotw", cluster: str = "edge",
                  metadata: dict[str, Any] | None = None, reading: bool = True) -> None:
         """`reading=False` makes a hung proxy: its stream is never read."""
+        self._setup(node_id, protocol, cluster, metadata)
+        # Its own connection, as each Envoy has (grpc otherwise shares one among channels).
+        self.channel = grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        self.call = self.channel.stream_stream(
+            ADS + self.method,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=self.response_type.FromString,
+        )()
+        # One reader for the stream's life: cancelling a grpc.aio read would cancel the call.
+        self._reader = asyncio.create_task(self._read() if reading else asyncio.sleep(0))
+
+    def _setup(self, node_id: str, protocol: str, cluster: str, metadata: dict[str, Any] | None) -> None:
         self.protocol = protocol
         self.node = Node(id=node_id, cluster=cluster)
         self.node.metadata.update(metadata or {})
-        # Its own connection, as each Envoy has (grpc otherwise shares one among channels).
-        self.channel = grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
         sotw = protocol == "sotw"
+        self.method = "StreamAggregatedResources" if sotw else "DeltaAggregatedResources"
+        self.response_type: type[Response] = DiscoveryResponse if sotw else DeltaDiscoveryResponse
         self._request = DiscoveryRequest if sotw else DeltaDiscoveryRequest
-        self.call = self.channel.stream_stream(
-            ADS + ("StreamAggregatedResources" if sotw else "DeltaAggregatedResources"),
-            request_serializer=lambda m: m.SerializeToString(),
-            response_deserializer=(DiscoveryResponse if sotw else DeltaDiscoveryResponse).FromString,
-        )()
         self._sent_node = False
-        # One reader for the stream's life: cancelling a grpc.aio read would cancel the call.
-        # It queues what arrives, or once following, answers it itself: a thousand simulated
-        # proxies then cost one task wake-up per response, not three (bench/xds_scale.py).
+        # The reader queues what arrives, or once following, answers it itself: a thousand
+        # simulated proxies then cost one task wake-up per response, not three (bench/xds_scale.py).
         self._responses: asyncio.Queue[Response | BaseException] = asyncio.Queue()
         self._handle: Callable[[Response], Awaitable[None]] | None = None
-        self._reader = asyncio.create_task(self._read() if reading else asyncio.sleep(0))
 
     async def _read(self) -> None:
         try:
             async for response in self.call:
-                if self._handle is not None:
-                    await self._handle(response)
-                else:
-                    self._responses.put_nowait(response)
+                await self._deliver(response)
             self._responses.put_nowait(EOFError("the control plane ended the stream"))
         except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - whoever reads next raises it
             self._responses.put_nowait(exc)
+
+    async def _deliver(self, response: Response) -> None:
+        if self._handle is not None:
+            await self._handle(response)
+        else:
+            self._responses.put_nowait(response)
+
+    async def _write(self, request: Any) -> None:
+        await self.call.write(request)
 
     async def send(self, type_url: str, **fields: Any) -> None:
         request = self._request(type_url=type_url, **fields)
         if not self._sent_node:
             request.node.CopyFrom(self.node)
             self._sent_node = True
-        await self.call.write(request)
+        await self._write(request)
 
     async def recv(self, timeout: float | None = 5.0) -> Response:
         got = await (self._responses.get() if timeout is None else asyncio.wait_for(self._responses.get(), timeout))

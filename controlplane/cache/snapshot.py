@@ -56,6 +56,9 @@ class TypeSnapshot:
     versions: dict[str, str]  # per resource (delta xDS)
     uses: dict[str, frozenset[str]]  # clusters each listener or route configuration routes to
     step: Step | None = None  # from the version the cache held before (SnapshotCache.set)
+    # The messages `resources` were packed from: the next build reuses the packing of any it
+    # is given again (the translator hands out unchanged services' route configurations again).
+    sources: dict[str, Message] = field(default_factory=dict, repr=False)
     _bodies: dict[frozenset[str] | None, bytes] = field(default_factory=dict, repr=False)
     _delta: dict[str, bytes] = field(default_factory=dict, repr=False)
     _with: dict[frozenset[tuple[str, str]], TypeSnapshot] = field(default_factory=dict, repr=False)
@@ -64,17 +67,27 @@ class TypeSnapshot:
     _deltas: dict[tuple[tuple[str, ...], tuple[str, ...]], Encoded] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def build(cls, type_url: str, messages: dict[str, Message]) -> TypeSnapshot:
+    def build(cls, type_url: str, messages: dict[str, Message], previous: TypeSnapshot | None = None) -> TypeSnapshot:
+        """`previous`: the type's last build, whose packing of the same message objects is reused."""
         packed: dict[str, Any] = {}
         versions: dict[str, str] = {}
         uses: dict[str, frozenset[str]] = {}
+        before = {} if previous is None else previous.sources
         for name, message in messages.items():
+            if before.get(name) is message:
+                assert previous is not None
+                packed[name], versions[name] = previous.resources[name], previous.versions[name]
+                if name in previous.uses:
+                    uses[name] = previous.uses[name]
+                continue
             value = message.SerializeToString(deterministic=True)
             packed[name] = Any(type_url=type_url, value=value)
             versions[name] = hashlib.sha256(value).hexdigest()[:16]
             if used := clusters_used(message):
                 uses[name] = used
-        return cls.of(type_url, packed, versions, uses)
+        made = cls.of(type_url, packed, versions, uses)
+        made.sources = dict(messages)
+        return made
 
     @classmethod
     def of(cls, type_url: str, packed: dict[str, Any], versions: dict[str, str],
@@ -194,8 +207,10 @@ class Snapshot:
     types: dict[str, TypeSnapshot]
 
     @classmethod
-    def build(cls, revision: int, resources: dict[str, dict[str, Message]]) -> Snapshot:
-        return cls(revision, {t: TypeSnapshot.build(t, msgs) for t, msgs in resources.items()})
+    def build(cls, revision: int, resources: dict[str, dict[str, Message]], previous: Snapshot | None = None) -> Snapshot:
+        """`previous`: the group's last snapshot, whose packing of the same message objects is reused."""
+        return cls(revision, {t: TypeSnapshot.build(t, msgs, None if previous is None else previous.types.get(t))
+                              for t, msgs in resources.items()})
 
     def version(self, type_url: str) -> str:
         return self.types[type_url].version

@@ -116,7 +116,7 @@ class Publisher:
                       revision.number, group.key, "; ".join(found),
                       "nothing" if previous is None else f"revision {previous.revision}")
             return None
-        return Snapshot.build(revision.number, resources)
+        return Snapshot.build(revision.number, resources, self._cache.get(group.key))
 
     async def _build(self, groups: list[ProxyGroup], revision: Revision) -> list[bool]:
         """Build the groups' snapshots off the loop, then set those of groups still watched."""

@@ -165,7 +165,7 @@ class RedisStore:
         return self._latest.value
 
     async def commit(self, policy: Policy, *, expected: int | None, actor: str, message: str) -> Revision:
-        body = policy.model_dump(mode="json")
+        body = policy.model_dump_json()  # pydantic's own encoder: a tenth of the time of json.dumps
         while True:
             base = self._latest.value
             if expected is not None and expected != base.number:
@@ -176,8 +176,9 @@ class RedisStore:
             revision = Revision(base.number + 1, policy, time.time(), actor, message)
             entry = AuditEntry(revision.created_at, actor, "commit", message, revision.number,
                                policy_diff(base.policy, policy))
-            raw = json.dumps({"created_at": revision.created_at, "actor": actor, "message": message,
-                              "policy": body}, separators=(",", ":"))
+            head = json.dumps({"created_at": revision.created_at, "actor": actor, "message": message},
+                              separators=(",", ":"))
+            raw = f'{head[:-1]},"policy":{body}}}'
             done, actual = await self._call(self._commit(
                 keys=[CURRENT, revision_key(revision.number), AUDIT],
                 args=[base.number, raw, _entry(entry), CHANNEL]))

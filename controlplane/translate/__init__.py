@@ -16,6 +16,7 @@ from controlplane.translate.geo import TableLookup, failover_assignments, failov
 from controlplane.translate.listeners import edge_listener
 from controlplane.translate.llm import Allowance, fallback_assignments, fallback_clusters, with_model_routes
 from controlplane.translate.routes import (
+    MadeRoutes,
     route_configuration,
     route_name,
     scopable,
@@ -34,6 +35,9 @@ class Options:
     # Uploaded geo tables by digest (controlplane.geo.tables.GeoTables.get): content-addressed,
     # so translating stays a function of the policy.
     geo_tables: TableLookup = field(default=lambda _: None)
+    # Route configurations of services a write left unchanged, kept between translations
+    # (None: everything is made afresh). It changes no output, only how much is recomputed.
+    made_routes: MadeRoutes | None = None
 
 
 def translate(policy: Policy, group: ProxyGroup, options: Options = Options()) -> Resources:
@@ -45,7 +49,7 @@ def translate(policy: Policy, group: ProxyGroup, options: Options = Options()) -
     scoped = scopable(policy)
     listener = edge_listener(group.listen_address, group.listen_port, http_filters, scoped=scoped)
     routes = [with_model_routes(with_geo_routes(r, policy), policy)
-              for r in (service_route_configurations(policy) if scoped else [route_configuration(policy)])]
+              for r in (service_route_configurations(policy, options.made_routes) if scoped else [route_configuration(policy)])]
     return with_tracing({
         CLUSTER: {c.name: c for c in [*clusters(policy), *failover_clusters(policy), *fallback_clusters(policy)]},
         ENDPOINT: {a.cluster_name: a for a in [*load_assignments(policy), *failover_assignments(policy),
@@ -65,4 +69,4 @@ def translate_shares(policy: Policy, shares: Mapping[str, float], options: Optio
     return {EXTENSION_CONFIG: {c.name: c for c in filter_configs}}
 
 
-__all__ = ["Allowance", "Options", "ProxyGroup", "Resources", "route_name", "translate", "translate_shares"]
+__all__ = ["Allowance", "MadeRoutes", "Options", "ProxyGroup", "Resources", "route_name", "translate", "translate_shares"]

@@ -56,6 +56,8 @@ def _chosen(policy: Policy, route: Route) -> list[Backend]:
 
 def picker_config(policy: Policy) -> dict[str, object] | None:
     """The edge chain's instance; None when no route needs it: the filter is left out."""
+    if not any(b.lb_policy == "least_loaded" or b.shedding is not None for b in policy.backends.values()):
+        return None  # no route's backends pick or shed: not worth a look at every route
     routes = [entry for sname, service in sorted(policy.services.items()) for route in service.routes
               if (entry := _entry(route_name(sname, route.name), _chosen(policy, route))) is not None]
     if not routes:

@@ -174,11 +174,39 @@ def scopable(policy: Policy) -> bool:
     return bool(policy.services) and all("*" not in h for s in policy.services.values() for h in s.hosts)
 
 
-def service_route_configurations(policy: Policy) -> list[RouteConfiguration]:
+def service_route_configuration(name: str, service: p.Service) -> RouteConfiguration:
+    return RouteConfiguration(name=service_routes_name(name), virtual_hosts=[virtual_host(name, service)])
+
+
+class MadeRoutes:
+    """Each service's route configuration as last made, with the Service it was made from.
+
+    Policy objects are immutable and a write replaces only the services it changes, so the
+    others are found here by identity and not translated again: a one-route write on a
+    1,000-route policy translates one service, not a hundred. What it hands out is shared, so
+    whoever changes one copies it first (as with_model_routes and with_geo_routes do)."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, tuple[p.Service, RouteConfiguration]] = {}
+
+    def of(self, policy: Policy) -> list[RouteConfiguration]:
+        configs = []
+        for name, service in sorted(policy.services.items()):
+            made = self._made.get(name)
+            if made is None or made[0] is not service:
+                made = self._made[name] = (service, service_route_configuration(name, service))
+            configs.append(made[1])
+        if len(self._made) > len(policy.services):  # services removed: forget them
+            self._made = {n: made for n, made in self._made.items() if n in policy.services}
+        return configs
+
+
+def service_route_configurations(policy: Policy, made: MadeRoutes | None = None) -> list[RouteConfiguration]:
     """One route configuration per service, with the service's one virtual host: a change to
     a service's routes sends that service's few kilobytes, not the whole table."""
-    return [RouteConfiguration(name=service_routes_name(name), virtual_hosts=[virtual_host(name, service)])
-            for name, service in sorted(policy.services.items())]
+    if made is not None:
+        return made.of(policy)
+    return [service_route_configuration(name, service) for name, service in sorted(policy.services.items())]
 
 
 def scopes(policy: Policy) -> list[ScopedRouteConfiguration]:
