@@ -220,25 +220,41 @@ class Engine:
                 self._finish(seq, None, DeadlineExceeded(f"request deadline passed after {waited * 1000:.0f} ms without a first token"))
 
     def _admit(self) -> None:
-        """Waiting → prefilling, best rank first, while places and KV blocks last."""
+        """Waiting → prefilling, best rank first, while places and KV blocks last.
+
+        A prompt whose first uncached block another sequence is prefilling now waits (in-batch
+        prefix sharing, as SGLang schedules): it is admitted once those blocks are cached and
+        computes only what follows them. Admitted at once, it would compute the same blocks
+        again, and a router sending a hot prompt's requests to one replica would see every
+        request that arrives while the prompt is being prefilled miss."""
         bs = self.config.block_size
+        computing = {h for s in self._prefilling for h in s.hashes[s.computed // bs :]}
+        deferred: list[tuple[tuple[int, int], Sequence]] = []
         while self._waiting and len(self._running) + len(self._prefilling) < self.config.max_num_seqs:
             seq = self._waiting[0][1]
             hashes = prefix_hashes(seq.tokens, bs) if self.config.enable_prefix_caching else []
             # At least the last token must run through the model: its logits pick the next one.
-            hit = self.pool.match(hashes[: (len(seq.tokens) - 1) // bs])
+            usable = hashes[: (len(seq.tokens) - 1) // bs]
+            hit = self.pool.match(usable)
+            if len(hit) < len(usable) and usable[len(hit)] in computing:
+                self.pool.release(hit)
+                deferred.append(heapq.heappop(self._waiting))
+                continue
             fresh = self.pool.allocate(-(-len(seq.tokens) // bs) - len(hit))
             if fresh is None:
                 self.pool.release(hit)
-                return
+                break
             heapq.heappop(self._waiting)
             seq.blocks, seq.hashes = hit + fresh, hashes
             seq.computed = len(hit) * bs
+            computing.update(hashes[len(hit) :])
             if seq.generated == 0:
                 self.stats.prefix_queries += len(seq.prompt)
                 self.stats.prefix_hits += seq.computed
                 self.stats.queue_time.observe(time.monotonic() - seq.arrival)
             self._prefilling.append(seq)
+        for item in deferred:
+            heapq.heappush(self._waiting, item)
 
     def _plan_prefill(self) -> list[_Chunk]:
         budget = self.config.prefill_chunk_tokens

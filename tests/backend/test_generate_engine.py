@@ -172,6 +172,23 @@ async def test_prefix_cache_reuses_a_repeated_prefix(make_engine: EngineFactory,
     assert tokens_a == reference_greedy(model_repo, first, 8)
 
 
+async def test_a_prompt_being_prefilled_is_computed_once_for_requests_that_share_it(make_engine: EngineFactory, model_repo: Path) -> None:
+    engine = make_engine()
+    system = engine.tokenizer.encode(Path("inference/generate/corpus.txt").read_text())[:300]
+    first = system + engine.tokenizer.encode(" Question one?")
+    second = system + engine.tokenizer.encode(" And a different question two?")
+    other = engine.tokenizer.encode("Something else entirely.")
+    # Submitted together: the second waits for the blocks the first is computing (two chunks of
+    # 256 tokens), then reuses them; the unrelated one is not held up behind it.
+    seqs = [engine.submit(name, prompt, SamplingParams(max_tokens=8, **GREEDY))
+            for name, prompt in (("a", first), ("b", second), ("c", other))]
+    results = await asyncio.gather(*(collect(engine, s) for s in seqs))
+    assert engine.stats.prefix_hits == (300 // 16) * 16, "the second request reused every full block of the shared prefix"
+    for prompt, (tokens, _) in zip((first, second, other), results, strict=True):
+        assert tokens == reference_greedy(model_repo, prompt, 8)
+    assert engine.pool.usage() == 0.0
+
+
 async def test_higher_priority_is_admitted_first(make_engine: EngineFactory) -> None:
     engine = make_engine(max_num_seqs=1)
     prompt = engine.tokenizer.encode("Hello")
