@@ -12,9 +12,11 @@
 //!   - picking: the endpoint is named in `endpoint_header`, which the cluster's `override_host`
 //!     policy follows: power of two choices on the reported load, skipping cooldowns (pick.zig), or
 //!     with prefix affinity (the body is read for it) the replica this worker last sent the
-//!     prompt's first bytes to while it likely still holds them (memo.zig) unless over the load
-//!     bound, else the first in the prompt's rendezvous order at or under the mean load. Nothing known, or every endpoint cooling: no header,
-//!     and the cluster's fallback policy picks (fail open). Retries go to the fallback too.
+//!     prompt's first bytes to while it likely still holds them (memo.zig) unless past the load
+//!     bound (on its share of this worker's recent picks, memo.Recent; in flight, twice that),
+//!     else the first in the prompt's rendezvous order at or under the mean load (pick.zig).
+//!     Nothing known, or every endpoint cooling: no header, and the cluster's fallback policy
+//!     picks (fail open). Retries go to the fallback too.
 //! Clients cannot name an endpoint: the header is removed from every request first.
 //!
 //! The same module, with the same configuration, also runs as an upstream filter of each
