@@ -2,6 +2,6 @@
 
 from controlplane.cache.snapshot import Snapshot, TypeSnapshot
 from controlplane.cache.snapshots import SnapshotCache
-from controlplane.cache.watcher import ConfigWatcher
+from controlplane.cache.watcher import ConfigWatcher, Signal
 
-__all__ = ["ConfigWatcher", "Snapshot", "SnapshotCache", "TypeSnapshot"]
+__all__ = ["ConfigWatcher", "Signal", "Snapshot", "SnapshotCache", "TypeSnapshot"]

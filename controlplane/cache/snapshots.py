@@ -9,11 +9,11 @@ from. A group's snapshot is dropped when its last watcher leaves, so groups that
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from controlplane.cache.snapshot import Snapshot, TypeSnapshot
+from controlplane.cache.watcher import Signal
 from controlplane.groups import ProxyGroup
 
 
@@ -21,7 +21,7 @@ class SnapshotCache:
     def __init__(self) -> None:
         self._snapshots: dict[str, Snapshot] = {}
         self._overrides: dict[str, dict[str, TypeSnapshot]] = {}
-        self._waiting: dict[tuple[str, str], set[asyncio.Event]] = {}  # ("group"|"node", name) -> watchers
+        self._waiting: dict[tuple[str, str], set[Signal]] = {}  # ("group"|"node", name) -> watchers
         self._joined: list[Callable[[ProxyGroup], None]] = []
         self._left: list[Callable[[ProxyGroup], None]] = []
 
@@ -69,7 +69,7 @@ class SnapshotCache:
             changed.set()
 
     @contextmanager
-    def watching(self, proxy_group: ProxyGroup, node: str, changed: asyncio.Event) -> Iterator[Callable[[], Snapshot | None]]:
+    def watching(self, proxy_group: ProxyGroup, node: str, changed: Signal) -> Iterator[Callable[[], Snapshot | None]]:
         """Set `changed` on every change to the proxy's snapshot, until the block ends; the
         block gets a function answering the snapshot now (None until there is one). The
         watcher's own event, not a task of the cache's: a push wakes each stream once."""

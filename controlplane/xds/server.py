@@ -44,6 +44,36 @@ def group_of(node: Node, default: ProxyGroup) -> ProxyGroup:
                       local_backend=backend, outbound_port=outbound or None)
 
 
+class Wake:
+    """asyncio.Event's set, wait and clear for the one task that waits: without the Event's
+    deque of waiters, a few hundred bytes less on each of thousands of streams."""
+
+    __slots__ = ("_set", "_waiter")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            if self._waiter is not None and not self._waiter.done():
+                self._waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        assert self._waiter is None, "one waiter"
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+
 class AdsServer:
     def __init__(self, cache: ConfigWatcher, fleet: Fleet, default_group: ProxyGroup) -> None:
         self._cache = cache
@@ -84,32 +114,42 @@ class AdsServer:
         self._fleet.connect(proxy)
         log.info("proxy %s (%s, %s) connected, group %s", proxy.node_id, proxy.cluster, protocol, group.key)
         session.receive(first)
-        # One event wakes the stream: a request arrived, the snapshot changed, or reading ended.
-        wake = asyncio.Event()
+        # One event wakes the sender: the snapshot changed, the reader queued a response, or
+        # reading ended.
+        wake = Wake()
+        outbox: list[bytes] = []
+        with self._cache.watching(group, proxy.node_id, wake) as snapshot:
 
-        async def read() -> None:
-            async for request in requests:
-                session.receive(request)
-                wake.set()
+            def owe() -> None:
+                """Queue what the proxy is owed now: usually one response, or none."""
+                while (latest := snapshot()) is not None and (response := session.response(latest)) is not None:
+                    outbox.append(response)
+                    if not session.more:
+                        break
 
-        reader = asyncio.create_task(read())
-        reader.add_done_callback(lambda _: wake.set())
-        try:
-            with self._cache.watching(group, proxy.node_id, wake) as snapshot:
-                wake.set()  # the snapshot there is now, if any
+            async def read() -> None:
+                # An ACK is answered here: most owe nothing more, and then the sender sleeps on.
+                async for request in requests:
+                    session.receive(request)
+                    del request  # not kept while waiting for the next: a SotW ACK names every route configuration
+                    owe()
+                    if outbox:
+                        wake.set()
+
+            reader = asyncio.create_task(read())
+            reader.add_done_callback(lambda _: wake.set())
+            wake.set()  # the snapshot there is now, if any
+            try:
                 while True:
                     await wake.wait()
                     wake.clear()
                     if reader.done():
                         reader.result()  # raises what ended the stream, if anything
                         return
-                    # Usually one response, then the proxy's answer; endpoints may follow clusters at once.
-                    while (latest := snapshot()) is not None and (response := session.response(latest)) is not None:
-                        yield response
-                        del response
-                        if not session.more:
-                            break
-        finally:
-            reader.cancel()
-            self._fleet.disconnect(proxy)
-            log.info("proxy %s disconnected", proxy.node_id)
+                    owe()
+                    while outbox:
+                        yield outbox.pop(0)
+            finally:
+                reader.cancel()
+                self._fleet.disconnect(proxy)
+                log.info("proxy %s disconnected", proxy.node_id)

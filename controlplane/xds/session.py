@@ -28,6 +28,15 @@ Request = TypeVar("Request")
 ROUTING = (LISTENER, ROUTE)  # the types whose resources route to clusters
 
 
+def _union(sets: list[frozenset[str]]) -> frozenset[str]:
+    """Their union: the largest of them when it holds the others, as it usually does, so that
+    thousands of streams hold the snapshot's one set rather than a copy each."""
+    if not sets:
+        return frozenset()
+    largest = max(sets, key=len)
+    return largest if all(s <= largest for s in sets) else frozenset().union(*sets)
+
+
 class Settled(enum.Enum):
     NOT_SUBSCRIBED = "not subscribed"
     YES = "settled"
@@ -104,7 +113,7 @@ class Session(ABC, Generic[Request]):
         if self._view is not None and CLUSTER in snapshot.types:
             clusters = snapshot.types[CLUSTER]
             if self._used is None:
-                self._used = frozenset().union(*self._running.values(), *self._sending.values())
+                self._used = _union([*self._running.values(), *self._sending.values()])
             if self._kept is None or self._kept[0] is not self._used or self._kept[1] is not clusters:
                 self._kept = (self._used, clusters, self._used - clusters.resources.keys())
             if kept := self._kept[2]:

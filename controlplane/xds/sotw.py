@@ -22,6 +22,7 @@ from controlplane.resources import ROUTE
 from controlplane.xds.session import Session, Settled
 
 PER_RESOURCE = (ROUTE,)
+NOTHING: frozenset[str] = frozenset()  # one object for every stream's empty sets (CPython makes one each)
 
 
 @dataclass(slots=True)  # a few per stream, thousands of streams
@@ -68,7 +69,7 @@ class SotwSession(Session[DiscoveryRequest]):
                     sub.refused[name] = sub.known[name]
                 else:
                     sub.refused.pop(name, None)
-            sub.sending = frozenset()
+            sub.sending = NOTHING
         # else: the answered response's nonce again, with new names (EDS after a CDS change)
         if names != sub.names and request.type_url in PER_RESOURCE:
             sub.synced = None
