@@ -16,7 +16,7 @@ import asyncio
 import collections
 import struct
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from xds_client import ADS, AdsClient, Response
 
@@ -58,11 +58,10 @@ class _Connection(asyncio.Protocol):
         self._initial = DEFAULT_WINDOW  # the server's SETTINGS_INITIAL_WINDOW_SIZE
         self._max_frame = DEFAULT_FRAME
         self._received = 0  # DATA bytes since our windows were last topped up
-        self.ended = False
+        self.ended: BaseException | None = None  # why the stream ended
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is one, not a subclass
 
     def start(self, authority: str, path: str) -> None:
         # Windows as large as allowed (as Envoy's are): the server never waits on this client.
@@ -154,15 +153,15 @@ class _Connection(asyncio.Protocol):
             self._transport.write(data)
 
     def _end(self, why: BaseException) -> None:
-        if not self.ended:
-            self.ended = True
+        if self.ended is None:
+            self.ended = why
             self._on_end(why)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._end(exc or ConnectionError("the control plane closed the connection"))
 
     def close(self) -> None:
-        self.ended = True
+        self.ended = self.ended or ConnectionError("closed by the client")
         if self._transport is not None:
             self._transport.close()
 
@@ -209,8 +208,8 @@ class H2AdsClient(AdsClient):
 
     async def _write(self, request: Any) -> None:
         connection = await self._connected
-        if connection.ended:
-            raise ConnectionError("the stream has ended")
+        if connection.ended is not None:
+            raise ConnectionError(f"the stream has ended: {connection.ended!r}")
         connection.send(request.SerializeToString())
 
     async def close(self) -> None:
