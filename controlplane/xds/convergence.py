@@ -42,9 +42,11 @@ class Convergence:
             self._count(proxy)
 
     def _count(self, proxy: ProxyStatus) -> None:
-        before = self._forget(proxy)
         revision = proxy.revision()
         now = -1 if revision is None else revision
+        if self._runs.get(proxy.stream_id) == now:
+            return  # most ACKs: an ACK of a type that changed nothing it runs as a whole
+        before = self._forget(proxy)
         self._runs[proxy.stream_id] = now
         self._running[now] += 1
         if now != before:

@@ -44,8 +44,12 @@ class ProxyStatus:
 
     def revision(self) -> int | None:
         """The policy revision this proxy fully runs, if every type it uses ACKed the same one."""
-        revisions = {t.acked_revision for t in self.types.values()}
-        return revisions.pop() if len(revisions) == 1 else None
+        found: int | None = None
+        for status in self.types.values():  # on every ACK: no set built
+            if status.acked_revision is None or (found is not None and status.acked_revision != found):
+                return None
+            found = status.acked_revision
+        return found
 
     def state(self, revision: int) -> str:
         """`nacked` while it runs an older version of a type than the one it refused last,
