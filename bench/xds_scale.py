@@ -5,12 +5,14 @@
 
 For each N a fresh control plane runs as a subprocess (stopped by its pid) on a store holding a
 1,000-route policy (100 services of 10 routes over 20 backends). The fleet is one real Envoy
-plus N simulated proxies: real grpc.aio ADS streams, one connection each, that subscribe and
-ACK as Envoy does (tests/xds_client.py), half state of the world and half delta, spread over
-worker processes. All are in one proxy group, as a fleet of identical edges would be. The
+plus N simulated proxies: real ADS streams over HTTP/2, one connection each, that subscribe and
+ACK as Envoy does (tests/xds_client.py's logic), half state of the world and half delta, spread
+over worker processes. All are in one proxy group, as a fleet of identical edges would be. The
 simulated proxies share the two cores with the control plane, so they are kept cheap: each
-parses every response, asks for what it names and ACKs it from its stream's reader task, and
-the workers keep long-lived objects out of the garbage collector's view.
+speaks just enough HTTP/2 for its one gRPC stream (tests/xds_h2_client.py; `--client grpc`
+runs grpc.aio streams instead, as this bench did before 2026-11-30), parses every response,
+asks for what it names and ACKs it from its connection's reader task, and the workers keep
+long-lived objects out of the garbage collector's view.
 
 Each write changes one route's split (one service's RouteConfiguration, so every proxy gets
 one RDS push); after them, one write changes every route (all 100 services in one apply).
