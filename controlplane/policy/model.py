@@ -186,12 +186,15 @@ class PrefixAffinity(Strict):
     """least_loaded only: requests whose prompts start alike (the first `prefix_bytes` of the
     body's messages or prompt) go back to the replica the proxy last sent that prefix to, while
     that replica likely still holds it in its KV cache (fewer than `cached_prefixes` other
-    prefixes sent there since) and carries at most `load_bound` times the mean load; a prefix no
-    such replica holds goes to the first replica in its rendezvous-hash order that is at or under
-    the mean load."""
+    prefixes sent there since) and is within the bound: its share of the proxy's recent picks at
+    most `load_bound` times the mean share, its requests in flight at most twice that multiple of
+    the mean. A prefix no such replica holds goes to the first replica in its rendezvous-hash
+    order that is under its share and at or under the mean load in flight."""
 
     prefix_bytes: Annotated[int, Field(ge=16, le=65536, description="bytes of the prompt that make its key")] = 256
-    load_bound: Annotated[float, Field(ge=1, le=10, description="a replica above this multiple of the mean load is passed over")] = 1.25
+    load_bound: Annotated[float, Field(ge=1, le=10, description=(
+        "a replica past this multiple of the mean share of recent picks, or past twice it in flight, "
+        "is passed over"))] = 1.25
     cached_prefixes: Annotated[int, Field(ge=1, le=4096, description=(
         "distinct prompts one replica's KV cache holds (its size over a prompt's): how long the proxy "
         "counts a prefix as cached where it sent it"))] = 64
