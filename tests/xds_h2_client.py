@@ -27,7 +27,7 @@ END_HEADERS, PADDED = 0x4, 0x8
 SETTINGS_ENABLE_PUSH, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x2, 0x4, 0x5
 STREAM = 1  # the one stream of the connection
 DEFAULT_WINDOW, DEFAULT_FRAME = 65_535, 16_384
-MAX_WINDOW = 2**31 - 1
+U31 = 2**31 - 1  # HTTP/2's 31-bit fields: stream ids, window increments
 # Envoy's own HTTP/2 defaults (envoy/edge.yaml's xDS cluster sets none): 256 MiB windows,
 # announced up front, and no pings of its own. The server's per-connection memory depends on
 # them: against grpc.aio clients (64 KiB windows grown by BDP pings) the control plane held
@@ -99,7 +99,7 @@ class _Connection(asyncio.Protocol):
             if len(frames) - at - 9 < length:
                 break
             kind, flags = frames[at + 3], frames[at + 4]
-            stream = int.from_bytes(frames[at + 5:at + 9], "big") & MAX_WINDOW
+            stream = int.from_bytes(frames[at + 5:at + 9], "big") & U31
             payload = bytes(frames[at + 9:at + 9 + length])
             at += 9 + length
             self._frame(kind, flags, stream, payload)
@@ -113,7 +113,7 @@ class _Connection(asyncio.Protocol):
         elif kind == PING and not flags & ACK:
             self._write(frame(PING, ACK, 0, payload))
         elif kind == WINDOW_UPDATE:
-            increment = int.from_bytes(payload, "big") & MAX_WINDOW
+            increment = int.from_bytes(payload, "big") & U31
             if stream == 0:
                 self._window += increment
             else:
