@@ -1,3 +1,4 @@
+import threading
 from collections.abc import Sequence
 
 from envoy.config.core.v3.base_pb2 import RuntimeFractionalPercent
@@ -188,16 +189,19 @@ class MadeRoutes:
 
     def __init__(self) -> None:
         self._made: dict[str, tuple[p.Service, RouteConfiguration]] = {}
+        # The publisher's worker thread and the admin API's previews translate at the same time.
+        self._lock = threading.Lock()
 
     def of(self, policy: Policy) -> list[RouteConfiguration]:
         configs = []
-        for name, service in sorted(policy.services.items()):
-            made = self._made.get(name)
-            if made is None or made[0] is not service:
-                made = self._made[name] = (service, service_route_configuration(name, service))
-            configs.append(made[1])
-        if len(self._made) > len(policy.services):  # services removed: forget them
-            self._made = {n: made for n, made in self._made.items() if n in policy.services}
+        with self._lock:
+            for name, service in sorted(policy.services.items()):
+                made = self._made.get(name)
+                if made is None or made[0] is not service:
+                    made = self._made[name] = (service, service_route_configuration(name, service))
+                configs.append(made[1])
+            if len(self._made) > len(policy.services):  # services removed: forget them
+                self._made = {n: made for n, made in self._made.items() if n in policy.services}
         return configs
 
 
