@@ -11,14 +11,13 @@ import logging
 import signal
 import time
 
-import grpc
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 from pydantic import ValidationError
 
 from controlplane.admin import AdminApi
 from controlplane.auth import Authenticator
-from controlplane.auth.tls import admin_ssl_context, xds_credentials
+from controlplane.auth.tls import admin_ssl_context, xds_ssl_context
 from controlplane.cache import SnapshotCache
 from controlplane.canary import CanaryController
 from controlplane.canary.api import routes as canary_routes
@@ -35,7 +34,7 @@ from controlplane.store import Revision, StoreUnavailable, open_store, redacted
 from controlplane.supervision import Supervisor
 from controlplane.translate import MadeRoutes, Options, ProxyGroup, translate, translate_shares
 from controlplane.ui.console import install as install_console
-from controlplane.xds import AdsServer, Fleet
+from controlplane.xds import AdsServer, Fleet, GrpcServer
 
 log = logging.getLogger("sluice.controlplane")
 
@@ -77,18 +76,10 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
     quota = coordination.quota(fleet.connected, lambda: None if publisher.revision is None else publisher.revision.policy,
                                publisher.set_shares, interval_s=settings.quota_interval_s)
 
-    # A whole fleet connects at once after a restart: gRPC's defaults (1,000 calls waiting for
-    # the server to take them, then random refusals up to 3,000) refused streams at 5,000 proxies.
-    server = grpc.aio.server(options=[("grpc.server.max_pending_requests", 20_000),
-                                      ("grpc.server.max_pending_requests_hard_limit", 40_000)])
-    server.add_generic_rpc_handlers((ads.handler(),))
-    xds_address = f"{settings.xds_host}:{settings.xds_port}"
-    if settings.tls_cert is not None and settings.tls_key is not None:
-        xds_port = server.add_secure_port(xds_address, xds_credentials(settings.tls_cert, settings.tls_key,
-                                                                      settings.client_ca))
-    else:
-        xds_port = server.add_insecure_port(xds_address)
-    await server.start()
+    server = GrpcServer(ads.methods())
+    xds_tls = (None if settings.tls_cert is None or settings.tls_key is None
+               else xds_ssl_context(settings.tls_cert, settings.tls_key, settings.client_ca))
+    xds_port = await server.start(settings.xds_host, settings.xds_port, xds_tls)
 
     # The canary controller sums every edge Envoy's counters, whichever replica it is connected to.
     everyone = coordination.every_proxy(fleet.connected, interval_s=settings.quota_interval_s)
@@ -141,7 +132,7 @@ async def serve(settings: ControlPlaneSettings, stop: asyncio.Event) -> None:
         log.info("stopping")
         await supervisor.stop()
         await coordination.close()  # hands the leases over at once
-        await server.stop(grace=1.0)
+        await server.stop()
         await runner.cleanup()
         await comparator.close()
         await store.close()

@@ -1,5 +1,5 @@
 """A publisher fed by an in-memory stream of revisions, serving ADS on a free port: what the
-tests of the publisher and the snapshot cache set up around a real gRPC server.
+tests of the publisher and the snapshot cache set up around a real ADS server.
 
 A module of its own (not conftest) so tests can import it by name."""
 
@@ -11,14 +11,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
 from prometheus_client import CollectorRegistry
 
 from controlplane.cache import SnapshotCache
 from controlplane.controller.publisher import Publisher
 from controlplane.groups import ProxyGroup
 from controlplane.store import Revision
-from controlplane.xds import AdsServer, Fleet
+from controlplane.xds import AdsServer, Fleet, GrpcServer
 
 
 class Revisions:
@@ -46,14 +45,11 @@ async def publishing(translator: Callable[..., Any]) -> AsyncIterator[Publishing
     cache = SnapshotCache()
     store = Revisions()
     publisher = Publisher(store, cache, translator, quiet_s=0, max_delay_s=0)  # type: ignore[arg-type]
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers((AdsServer(cache, Fleet(CollectorRegistry()),
-                                               ProxyGroup("edge", "127.0.0.1", 10000)).handler(),))
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    server = GrpcServer(AdsServer(cache, Fleet(CollectorRegistry()), ProxyGroup("edge", "127.0.0.1", 10000)).methods())
+    port = await server.start("127.0.0.1", 0)
     running = asyncio.create_task(publisher.run())
     try:
         yield Publishing(store, cache, publisher, port)
     finally:
         running.cancel()
-        await server.stop(grace=None)
+        await server.stop()

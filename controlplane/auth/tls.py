@@ -5,8 +5,6 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-import grpc
-
 
 def admin_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     """HTTPS for the admin API; clients authenticate with bearer tokens, not certificates."""
@@ -16,10 +14,13 @@ def admin_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
     return context
 
 
-def xds_credentials(cert: Path, key: Path, client_ca: Path | None) -> grpc.ServerCredentials:
+def xds_ssl_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext:
     """TLS for the ADS server; with `client_ca`, every Envoy must present a certificate it signed."""
-    return grpc.ssl_server_credentials(
-        [(key.read_bytes(), cert.read_bytes())],
-        root_certificates=None if client_ca is None else client_ca.read_bytes(),
-        require_client_auth=client_ca is not None,
-    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["h2"])  # gRPC is HTTP/2 only
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca)
+    return context

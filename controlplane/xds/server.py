@@ -1,4 +1,4 @@
-"""The ADS server: state-of-the-world and delta streams on one gRPC service.
+"""The ADS service: state-of-the-world and delta streams, served by `transport.GrpcServer`.
 
 The server only moves bytes: what a proxy should have comes from the snapshot cache, what it
 has been sent and what it answered is tracked by its session.
@@ -10,10 +10,9 @@ import asyncio
 import functools
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc
 from envoy.config.core.v3.base_pb2 import Node
 from envoy.service.discovery.v3.discovery_pb2 import DeltaDiscoveryRequest, DiscoveryRequest
 
@@ -24,6 +23,7 @@ from controlplane.xds.fleet import Fleet
 from controlplane.xds.session import Session
 from controlplane.xds.sotw import SotwSession
 from controlplane.xds.status import ProxyStatus
+from controlplane.xds.transport import INVALID_ARGUMENT, Method, Status
 
 log = logging.getLogger(__name__)
 
@@ -81,24 +81,16 @@ class AdsServer:
         self._default_group = default_group
         self._stream_ids = itertools.count(1)
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        def method(behaviour: Callable[..., Any], request: Any) -> grpc.RpcMethodHandler[Any, Any]:
-            return grpc.stream_stream_rpc_method_handler(
-                behaviour, request_deserializer=request.FromString,
-                response_serializer=lambda encoded: encoded,  # responses are encoded by the cache
-            )
+    def methods(self) -> dict[str, Method]:
+        """The service's two methods, by path; responses come encoded from the cache."""
+        return {
+            f"/{ADS_SERVICE}/StreamAggregatedResources": Method(
+                functools.partial(self._serve, kind=SotwSession, protocol="sotw"), DiscoveryRequest.FromString),
+            f"/{ADS_SERVICE}/DeltaAggregatedResources": Method(
+                functools.partial(self._serve, kind=DeltaSession, protocol="delta"), DeltaDiscoveryRequest.FromString),
+        }
 
-        # grpc.aio recognises streaming handlers by being async generator functions (partials of
-        # one count): each stream's responses come straight from `_serve`, one generator deep.
-        return grpc.method_handlers_generic_handler(ADS_SERVICE, {
-            "StreamAggregatedResources": method(
-                functools.partial(AdsServer._serve, self, kind=SotwSession, protocol="sotw"), DiscoveryRequest),
-            "DeltaAggregatedResources": method(
-                functools.partial(AdsServer._serve, self, kind=DeltaSession, protocol="delta"), DeltaDiscoveryRequest),
-        })
-
-    async def _serve(self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, bytes],
-                     kind: type[Session[Any]], protocol: str) -> AsyncIterator[bytes]:
+    async def _serve(self, requests: AsyncIterator[Any], kind: type[Session[Any]], protocol: str) -> AsyncIterator[bytes]:
         first = await anext(requests, None)
         if first is None:
             return
@@ -106,7 +98,7 @@ class AdsServer:
             group = group_of(first.node, self._default_group)
         except ValueError as exc:
             log.error("proxy %s (%s) refused: %s", first.node.id, first.node.cluster, exc)
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise Status(INVALID_ARGUMENT, str(exc)) from None
         metadata = first.node.metadata.fields
         proxy = ProxyStatus(first.node.id, first.node.cluster, group.key, next(self._stream_ids), protocol,
                             metadata["admin_address"].string_value if "admin_address" in metadata else None)

@@ -1,0 +1,171 @@
+"""The ADS server's gRPC transport (controlplane/xds/transport.py) against grpc.aio's own client,
+the C core's HTTP/2 and gRPC: messages both ways, flow control with a client's small windows,
+statuses a handler raises, malformed and unknown requests, cancellation and stopping."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+
+from controlplane.xds.transport import INVALID_ARGUMENT, GrpcServer, Method, Status
+
+ended: list[str] = []  # handlers that ran their cleanup, by first request
+
+
+def decode(data: bytes) -> bytes:
+    if data.startswith(b"bad"):
+        raise ValueError("not a request")
+    return data
+
+
+async def echo(requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+    """Answers each request with itself, or as the request says: `big N` sends N bytes,
+    `refuse` ends the stream with INVALID_ARGUMENT, `crash` raises."""
+    first = None
+    try:
+        async for request in requests:
+            first = first or request
+            if request == b"refuse":
+                raise Status(INVALID_ARGUMENT, "refused: 100% on purpose")
+            if request == b"crash":
+                raise RuntimeError("a secret stack trace")
+            if request.startswith(b"big "):
+                size = int(request.split()[1])
+                yield bytes(i % 251 for i in range(size))
+            else:
+                yield request
+    finally:
+        ended.append((first or b"").decode())
+
+
+PATH = "/test.Echo/Chat"
+
+
+async def send(call: Any, request: bytes) -> None:
+    """Write, whether or not the server has ended the stream already (the status tells)."""
+    try:
+        await call.write(request)
+    except grpc.aio.AioRpcError:
+        pass
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[GrpcServer, int]]:
+    server = GrpcServer({PATH: Method(echo, decode)})
+    port = await server.start("127.0.0.1", 0)
+    try:
+        yield server, port
+    finally:
+        await server.stop()
+
+
+def channel(port: int) -> grpc.aio.Channel:
+    return grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+
+
+def chat(ch: grpc.aio.Channel, path: str = PATH) -> Any:
+    return ch.stream_stream(path, request_serializer=lambda b: b, response_deserializer=lambda b: b)()
+
+
+async def test_requests_and_responses_go_both_ways_on_many_streams(server: tuple[GrpcServer, int]) -> None:
+    async with channel(server[1]) as ch:
+        calls = [chat(ch) for _ in range(20)]
+        for i, call in enumerate(calls):
+            for j in range(3):
+                await call.write(f"stream {i} message {j}".encode())
+                assert await call.read() == f"stream {i} message {j}".encode()
+        for call in calls:
+            await call.done_writing()
+            assert await call.read() is grpc.aio.EOF
+            assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_response_larger_than_the_clients_window_arrives_whole(server: tuple[GrpcServer, int]) -> None:
+    # grpc.aio's client starts with 64 KiB windows and 16 KiB frames: 3 MB waits for credit many times.
+    size = 3_000_000
+    async with channel(server[1]) as ch:
+        call = chat(ch)
+        await call.write(f"big {size}".encode())
+        data = await call.read()
+        assert len(data) == size and data == bytes(i % 251 for i in range(size))
+        await call.write(b"after")
+        assert await call.read() == b"after"
+        await call.done_writing()
+        assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_handlers_status_reaches_the_client_and_a_crash_does_not_leak(server: tuple[GrpcServer, int]) -> None:
+    async with channel(server[1]) as ch:
+        call = chat(ch)
+        await send(call, b"refuse")
+        assert await call.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert await call.details() == "refused: 100% on purpose"
+        call = chat(ch)
+        await send(call, b"crash")
+        assert await call.code() == grpc.StatusCode.INTERNAL
+        assert await call.details() == "internal error"
+
+
+async def test_unknown_methods_and_undecodable_requests_get_a_status(server: tuple[GrpcServer, int]) -> None:
+    async with channel(server[1]) as ch:
+        call = chat(ch, "/test.Echo/Nothing")
+        await send(call, b"x")
+        assert await call.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "/test.Echo/Nothing" in (await call.details() or "")
+        call = chat(ch)
+        await send(call, b"bad request")
+        assert await call.code() == grpc.StatusCode.INTERNAL
+        assert "could not decode the request: not a request" in (await call.details() or "")
+        # The connection serves on.
+        call = chat(ch)
+        await call.write(b"still here")
+        assert await call.read() == b"still here"
+        call.cancel()
+
+
+async def wait_for(condition: Any, what: str) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out: {what}")
+
+
+async def test_a_cancelled_stream_ends_its_handler(server: tuple[GrpcServer, int]) -> None:
+    async with channel(server[1]) as ch:
+        call = chat(ch)
+        await call.write(b"cancel me")
+        assert await call.read() == b"cancel me"
+        call.cancel()
+        await wait_for(lambda: "cancel me" in ended, "the handler's cleanup after the client cancelled")
+    async with channel(server[1]) as ch:
+        call = chat(ch)
+        await call.write(b"closed under me")
+        assert await call.read() == b"closed under me"
+    await wait_for(lambda: "closed under me" in ended, "the handler's cleanup after the connection closed")
+
+
+async def test_stopping_ends_open_streams_with_unavailable() -> None:
+    server = GrpcServer({PATH: Method(echo, decode)})
+    port = await server.start("127.0.0.1", 0)
+    async with channel(port) as ch:
+        call = chat(ch)
+        await call.write(b"long lived")
+        assert await call.read() == b"long lived"
+        await server.stop()
+        assert await call.code() == grpc.StatusCode.UNAVAILABLE
+        await wait_for(lambda: "long lived" in ended, "the handler's cleanup once the server stopped")
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_an_oversized_request_is_refused(server: tuple[GrpcServer, int]) -> None:
+    async with channel(server[1]) as ch:
+        call = chat(ch)
+        await send(call, b"x" * (5 * 1024 * 1024))
+        assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "over 4194304" in (await call.details() or "")
