@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import socket
 import ssl
 import struct
 import urllib.parse
@@ -42,6 +43,8 @@ MAX_STREAMS = 100  # per connection: an Envoy opens one
 # What a peer may send before we acknowledge it: requests are small, but a state-of-the-world
 # ACK names every resource it subscribes to.
 WINDOW = 1024 * 1024
+# grpc-message is percent-encoded UTF-8: every byte outside printable ASCII, and '%' itself.
+MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != ord("%"))
 RESPONSE_HEADERS = ((b":status", b"200"), (b"content-type", b"application/grpc"))
 
 
@@ -127,17 +130,14 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, _Stream] = {}
         self._writable: asyncio.Future[None] | None = None  # set while the socket's buffer is full
-        self._dispatch: dict[type, Callable[[Any], None]] = {
-            h2.events.RequestReceived: self._request, h2.events.DataReceived: self._data,
-            h2.events.StreamEnded: self._half_closed, h2.events.StreamReset: self._reset,
-            h2.events.WindowUpdated: self._credit, h2.events.RemoteSettingsChanged: self._credit,
-            h2.events.ConnectionTerminated: self._terminated,
-        }
 
     # --- asyncio.Protocol ---
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # a proxy that vanished without closing is found out by the kernel
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._server.connections.add(self)
         self._h2.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
@@ -157,17 +157,16 @@ class _Connection(asyncio.Protocol):
             self._close()
             return
         for event in events:
-            handle = self._dispatch.get(type(event))
+            handle = _DISPATCH.get(type(event))
             if handle is not None:
-                handle(event)
+                handle(self, event)
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         for stream in list(self._streams.values()):
             self._drop(stream, ConnectionResetError("the connection closed"))
-        if self._writable is not None and not self._writable.done():
-            self._writable.set_exception(ConnectionResetError("the connection closed"))
+        self.resume_writing()  # a send waiting on the socket finds its stream closed
 
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
@@ -294,7 +293,7 @@ class _Connection(asyncio.Protocol):
         stream.closed = True
         trailers = [(b"grpc-status", str(code).encode())]
         if message:
-            trailers.append((b"grpc-message", urllib.parse.quote(message, safe=" ").encode()))
+            trailers.append((b"grpc-message", urllib.parse.quote(message, safe=MESSAGE_SAFE).encode()))
         if not stream.headers_sent:
             trailers = [*RESPONSE_HEADERS, *trailers]
         try:
@@ -316,7 +315,7 @@ class _Connection(asyncio.Protocol):
         self._streams.pop(stream.id, None)
         stream.requests.end(why)
         if stream.window is not None and not stream.window.done():
-            stream.window.set_exception(why)
+            stream.window.set_result(None)  # the send waiting for credit finds the stream closed
         if stream.task is not None and not stream.task.done():
             stream.task.cancel()
 
@@ -346,6 +345,14 @@ class _Connection(asyncio.Protocol):
         self._h2.close_connection()
         self._flush()
         self._close()
+
+
+_DISPATCH: dict[type, Callable[[_Connection, Any], None]] = {
+    h2.events.RequestReceived: _Connection._request, h2.events.DataReceived: _Connection._data,
+    h2.events.StreamEnded: _Connection._half_closed, h2.events.StreamReset: _Connection._reset,
+    h2.events.WindowUpdated: _Connection._credit, h2.events.RemoteSettingsChanged: _Connection._credit,
+    h2.events.ConnectionTerminated: _Connection._terminated,
+}
 
 
 class GrpcServer:
