@@ -5,10 +5,15 @@ statuses a handler raises, malformed and unknown requests, cancellation and stop
 from __future__ import annotations
 
 import asyncio
+import struct
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from controlplane.xds.transport import INVALID_ARGUMENT, GrpcServer, Method, Status
@@ -24,7 +29,7 @@ def decode(data: bytes) -> bytes:
 
 async def echo(requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
     """Answers each request with itself, or as the request says: `big N` sends N bytes,
-    `refuse` ends the stream with INVALID_ARGUMENT, `crash` raises."""
+    `refuse` ends the stream with INVALID_ARGUMENT, `crash` raises, `stall` stops reading."""
     first = None
     try:
         async for request in requests:
@@ -33,6 +38,8 @@ async def echo(requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
                 raise Status(INVALID_ARGUMENT, "refused: 100% on purpose, naïvely")
             if request == b"crash":
                 raise RuntimeError("a secret stack trace")
+            if request == b"stall":
+                await asyncio.sleep(3600)  # reads nothing more
             if request.startswith(b"big "):
                 size = int(request.split()[1])
                 yield bytes(i % 251 for i in range(size))
@@ -45,11 +52,52 @@ async def echo(requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
 PATH = "/test.Echo/Chat"
 
 
+async def raw_call(port: int, path: str, requests: list[bytes]) -> tuple[int, str, list[bytes]]:
+    """One call from an `h2` client that writes every request without waiting and reads until
+    the trailers: the status as the server sent it, its message, and the responses. (grpc.aio's
+    client reports a write that races the server's status as INTERNAL, whoever the server.)"""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", path), (":authority", "test"),
+                          ("content-type", "application/grpc"), ("te", "trailers")])
+    pending = b"".join(struct.pack(">BI", 0, len(r)) + r for r in requests)
+    responses, data, status = [], b"", None
+    try:
+        while status is None:
+            while pending and conn.local_flow_control_window(1) > 0:
+                size = min(len(pending), conn.local_flow_control_window(1), conn.max_outbound_frame_size)
+                conn.send_data(1, pending[:size])
+                pending = pending[size:]
+            writer.write(conn.data_to_send())
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            assert chunk, "the server closed the connection before the trailers"
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2.events.DataReceived):
+                    conn.acknowledge_received_data(event.flow_controlled_length, 1)
+                    data += event.data
+                elif isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    headers = dict(event.headers)
+                    if "grpc-status" in headers:
+                        status = (int(headers["grpc-status"]), urllib.parse.unquote(headers.get("grpc-message", "")))
+                elif isinstance(event, h2.events.StreamReset):
+                    raise AssertionError(f"stream reset ({event.error_code})")
+    finally:
+        writer.close()
+    while data:
+        length = struct.unpack(">I", data[1:5])[0]
+        responses.append(data[5:5 + length])
+        data = data[5 + length:]
+    return status[0], status[1], responses
+
+
 async def send(call: Any, request: bytes) -> None:
     """Write, whether or not the server has ended the stream already (the status tells)."""
+    if call.done():
+        return
     try:
         await call.write(request)
-    except grpc.aio.AioRpcError:
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
         pass
 
 
@@ -96,6 +144,24 @@ async def test_a_response_larger_than_the_clients_window_arrives_whole(server: t
         assert await call.read() == b"after"
         await call.done_writing()
         assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_requests_beyond_the_servers_window_flow(server: tuple[GrpcServer, int]) -> None:
+    # 12 MB of requests, 12 times the 1 MiB window the server announces: it must top it up.
+    async with channel(server[1]) as ch:
+        call = chat(ch)
+        for i in range(120):
+            request = bytes([i]) * 100_000
+            await call.write(request)
+            assert await call.read() == request
+        await call.done_writing()
+        assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_peer_sending_to_a_handler_that_does_not_read_is_refused(server: tuple[GrpcServer, int]) -> None:
+    # Memory per stream is bounded: requests queue for the handler up to a limit.
+    code, message, _ = await raw_call(server[1], PATH, [b"stall", *[b"more"] * 100])
+    assert (code, message) == (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "over 64 requests not yet read")
 
 
 async def test_a_handlers_status_reaches_the_client_and_a_crash_does_not_leak(server: tuple[GrpcServer, int]) -> None:
@@ -164,9 +230,11 @@ async def test_stopping_ends_open_streams_with_unavailable() -> None:
         await asyncio.open_connection("127.0.0.1", port)
 
 
-async def test_an_oversized_request_is_refused(server: tuple[GrpcServer, int]) -> None:
-    async with channel(server[1]) as ch:
-        call = chat(ch)
-        await send(call, b"x" * (5 * 1024 * 1024))
-        assert await call.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "over 4194304" in (await call.details() or "")
+async def test_an_oversized_request_is_refused_before_it_is_buffered(server: tuple[GrpcServer, int]) -> None:
+    code, message, _ = await raw_call(server[1], PATH, [b"x" * (5 * 1024 * 1024)])
+    assert (code, message) == (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "request of 5242880 bytes, over 4194304")
+
+
+async def test_an_unknown_method_is_unimplemented_even_while_the_client_writes(server: tuple[GrpcServer, int]) -> None:
+    code, message, _ = await raw_call(server[1], "/test.Echo/Nothing", [b"x"] * 10)
+    assert (code, message) == (grpc.StatusCode.UNIMPLEMENTED.value[0], "unknown method /test.Echo/Nothing")
