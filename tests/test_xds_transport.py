@@ -16,7 +16,7 @@ import h2.connection
 import h2.events
 import pytest
 
-from controlplane.xds.transport import INVALID_ARGUMENT, GrpcServer, Method, Status
+from controlplane.xds.transport import INVALID_ARGUMENT, GrpcServer, Method, Requests, Status
 
 ended: list[str] = []  # handlers that ran their cleanup, by first request
 
@@ -27,7 +27,7 @@ def decode(data: bytes) -> bytes:
     return data
 
 
-async def echo(requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
+async def echo(requests: Requests) -> AsyncIterator[bytes]:
     """Answers each request with itself, or as the request says: `big N` sends N bytes,
     `refuse` ends the stream with INVALID_ARGUMENT, `crash` raises, `stall` stops reading."""
     first = None
@@ -49,7 +49,28 @@ async def echo(requests: AsyncIterator[Any]) -> AsyncIterator[bytes]:
         ended.append((first or b"").decode())
 
 
-PATH = "/test.Echo/Chat"
+async def listening(requests: Requests) -> AsyncIterator[bytes]:
+    """Echo again, taking requests by callback after the first (as the ADS server does)."""
+    got = [await anext(requests)]
+    wake = asyncio.Event()
+
+    def take(request: bytes) -> None:
+        if request == b"crash":
+            raise RuntimeError("a secret stack trace")
+        got.append(request)
+        wake.set()
+
+    requests.listen(take, wake.set)
+    while True:
+        while got:
+            yield got.pop(0)
+        if requests.ended is not None:
+            return
+        await wake.wait()
+        wake.clear()
+
+
+PATH, LISTEN = "/test.Echo/Chat", "/test.Echo/Listen"
 
 
 async def raw_call(port: int, path: str, requests: list[bytes]) -> tuple[int, str, list[bytes]]:
@@ -103,7 +124,7 @@ async def send(call: Any, request: bytes) -> None:
 
 @pytest.fixture
 async def server() -> AsyncIterator[tuple[GrpcServer, int]]:
-    server = GrpcServer({PATH: Method(echo, decode)})
+    server = GrpcServer({PATH: Method(echo, decode), LISTEN: Method(listening, decode)})
     port = await server.start("127.0.0.1", 0)
     try:
         yield server, port
@@ -130,6 +151,23 @@ async def test_requests_and_responses_go_both_ways_on_many_streams(server: tuple
             await call.done_writing()
             assert await call.read() is grpc.aio.EOF
             assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_handler_may_take_requests_by_callback(server: tuple[GrpcServer, int]) -> None:
+    async with channel(server[1]) as ch:
+        call = chat(ch, LISTEN)
+        for request in (b"first, by iterator", b"second, by callback", b"third"):
+            await call.write(request)
+            assert await call.read() == request
+        await call.done_writing()
+        assert await call.read() is grpc.aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
+        call = chat(ch, LISTEN)
+        await call.write(b"first")
+        assert await call.read() == b"first"
+        await send(call, b"crash")  # raised in the callback: the stream fails, the server goes on
+        assert await call.code() == grpc.StatusCode.INTERNAL
+        assert await call.details() == "internal error"
 
 
 async def test_a_response_larger_than_the_clients_window_arrives_whole(server: tuple[GrpcServer, int]) -> None:

@@ -23,7 +23,7 @@ from controlplane.xds.fleet import Fleet
 from controlplane.xds.session import Session
 from controlplane.xds.sotw import SotwSession
 from controlplane.xds.status import ProxyStatus
-from controlplane.xds.transport import INVALID_ARGUMENT, Method, Status
+from controlplane.xds.transport import INVALID_ARGUMENT, Method, Requests, Status
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,10 @@ class Wake:
     """asyncio.Event's set, wait and clear for the one task that waits: without the Event's
     deque of waiters, a few hundred bytes less on each of thousands of streams."""
 
-    __slots__ = ("_set", "_waiter")
+    __slots__ = ("_loop", "_set", "_waiter")
 
     def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()  # not looked up on every wait: that is a getpid() call
         self._set = False
         self._waiter: asyncio.Future[None] | None = None
 
@@ -67,7 +68,7 @@ class Wake:
         if self._set:
             return
         assert self._waiter is None, "one waiter"
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self._loop.create_future()
         try:
             await self._waiter
         finally:
@@ -90,7 +91,7 @@ class AdsServer:
                 functools.partial(self._serve, kind=DeltaSession, protocol="delta"), DeltaDiscoveryRequest.FromString),
         }
 
-    async def _serve(self, requests: AsyncIterator[Any], kind: type[Session[Any]], protocol: str) -> AsyncIterator[bytes]:
+    async def _serve(self, requests: Requests, kind: type[Session[Any]], protocol: str) -> AsyncIterator[bytes]:
         first = await anext(requests, None)
         if first is None:
             return
@@ -106,8 +107,8 @@ class AdsServer:
         self._fleet.connect(proxy)
         log.info("proxy %s (%s, %s) connected, group %s", proxy.node_id, proxy.cluster, protocol, group.key)
         session.receive(first)
-        # One event wakes the sender: the snapshot changed, the reader queued a response, or
-        # reading ended.
+        # One event wakes the sender: the snapshot changed, a request left a response owed, or
+        # the requests ended.
         wake = Wake()
         outbox: list[bytes] = []
         with self._cache.watching(group, proxy.node_id, wake) as snapshot:
@@ -119,29 +120,27 @@ class AdsServer:
                     if not session.more:
                         break
 
-            async def read() -> None:
-                # An ACK is answered here: most owe nothing more, and then the sender sleeps on.
-                async for request in requests:
-                    session.receive(request)
-                    del request  # not kept while waiting for the next: a SotW ACK names every route configuration
-                    owe()
-                    if outbox:
-                        wake.set()
+            def take(request: Any) -> None:
+                # An ACK is answered as it is decoded: most owe nothing more, and then the
+                # sender sleeps on.
+                session.receive(request)
+                owe()
+                if outbox:
+                    wake.set()
 
-            reader = asyncio.create_task(read())
-            reader.add_done_callback(lambda _: wake.set())
+            requests.listen(take, wake.set)
             wake.set()  # the snapshot there is now, if any
             try:
                 while True:
                     await wake.wait()
                     wake.clear()
-                    if reader.done():
-                        reader.result()  # raises what ended the stream, if anything
-                        return
+                    if (ended := requests.ended) is not None:
+                        if isinstance(ended, StopAsyncIteration):
+                            return  # the proxy closed its side
+                        raise ended
                     owe()
                     while outbox:
                         yield outbox.pop(0)
             finally:
-                reader.cancel()
                 self._fleet.disconnect(proxy)
                 log.info("proxy %s disconnected", proxy.node_id)

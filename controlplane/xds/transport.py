@@ -56,7 +56,7 @@ class Status(Exception):
         self.code, self.message = code, message
 
 
-Handler = Callable[[AsyncIterator[Any]], AsyncIterator[bytes]]
+Handler = Callable[["Requests"], AsyncIterator[bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,17 +68,41 @@ class Method:
     decode: Callable[[bytes], Any]
 
 
-class _Requests:
-    """A stream's decoded requests, for the one task that reads them."""
+class Requests:
+    """A stream's decoded requests: an async iterator for the handler's task, or, once the handler
+    calls `listen`, a callback run as each request is decoded (no task step per request)."""
 
-    __slots__ = ("_queue", "_waiter", "_end")
+    __slots__ = ("_loop", "_queue", "_waiter", "_end", "_callback", "_on_end")
 
     def __init__(self) -> None:
+        # Kept: asyncio.get_running_loop() makes a getpid() system call, and a stream waits for
+        # each request.
+        self._loop = asyncio.get_running_loop()
         self._queue: collections.deque[Any] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._end: BaseException | None = None  # StopAsyncIteration once the peer half-closes
+        self._callback: Callable[[Any], None] | None = None
+        self._on_end: Callable[[], None] | None = None
+
+    def listen(self, callback: Callable[[Any], None], on_end: Callable[[], None]) -> None:
+        """From now on hand each request to `callback` as it is decoded, in the connection's
+        own callback (so it must not block; what it raises fails the stream with INTERNAL), and
+        call `on_end` once when the stream ends (`ended` says how). Queued requests go first."""
+        self._callback, self._on_end = callback, on_end
+        while self._queue:
+            callback(self._queue.popleft())
+        if self._end is not None:
+            on_end()
+
+    @property
+    def ended(self) -> BaseException | None:
+        """Why the requests ended: StopAsyncIteration when the peer half-closed; None: not yet."""
+        return self._end
 
     def put(self, request: Any) -> None:
+        if self._callback is not None:
+            self._callback(request)
+            return
         self._queue.append(request)
         self._wake()
 
@@ -86,6 +110,8 @@ class _Requests:
         if self._end is None:
             self._end = why
             self._wake()
+            if self._on_end is not None:
+                self._on_end()
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -94,14 +120,14 @@ class _Requests:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def __aiter__(self) -> _Requests:
+    def __aiter__(self) -> Requests:
         return self
 
     async def __anext__(self) -> Any:
         while not self._queue:
             if self._end is not None:
                 raise self._end
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
@@ -115,7 +141,7 @@ class _Stream:
     def __init__(self, stream_id: int, method: Method | None) -> None:
         self.id = stream_id
         self.method = method  # None: an unknown method, refused as it arrives
-        self.requests = _Requests()
+        self.requests = Requests()
         self.task: asyncio.Task[None] | None = None
         self.buffer = bytearray()  # DATA received, not yet a whole message
         self.headers_sent = False
@@ -219,7 +245,12 @@ class _Connection(asyncio.Protocol):
                 self._fail(stream, INTERNAL, f"could not decode the request: {exc}")
                 return
             del buffer[:end]
-            stream.requests.put(request)
+            try:
+                stream.requests.put(request)
+            except Exception:
+                log.exception("xDS stream %d from %s failed", stream.id, self._peer())
+                self._fail(stream, INTERNAL, "internal error")
+                return
 
     def _half_closed(self, event: h2.events.StreamEnded) -> None:
         stream = self._streams.get(event.stream_id)
