@@ -10,7 +10,7 @@ import asyncio
 import functools
 import itertools
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from envoy.config.core.v3.base_pb2 import Node
@@ -91,7 +91,7 @@ class AdsServer:
                 functools.partial(self._serve, kind=DeltaSession, protocol="delta"), DeltaDiscoveryRequest.FromString),
         }
 
-    async def _serve(self, requests: Requests, kind: type[Session[Any]], protocol: str) -> AsyncIterator[bytes]:
+    async def _serve(self, requests: Requests, kind: type[Session[Any]], protocol: str) -> AsyncGenerator[bytes, None]:
         first = await anext(requests, None)
         if first is None:
             return

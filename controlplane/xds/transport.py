@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import socket
 import ssl
 import struct
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -56,7 +57,7 @@ class Status(Exception):
         self.code, self.message = code, message
 
 
-Handler = Callable[["Requests"], AsyncIterator[bytes]]
+Handler = Callable[["Requests"], AsyncGenerator[bytes, None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,8 +278,11 @@ class _Connection(asyncio.Protocol):
     async def _serve(self, stream: _Stream) -> None:
         assert stream.method is not None
         try:
-            async for response in stream.method.handler(stream.requests):
-                await self._send(stream, response)
+            # Closed however the stream ends, so the handler's own cleanup runs now, not when the
+            # generator is collected.
+            async with contextlib.aclosing(stream.method.handler(stream.requests)) as responses:
+                async for response in responses:
+                    await self._send(stream, response)
         except Status as exc:
             self._trailers(stream, exc.code, exc.message)
         except (ConnectionResetError, asyncio.CancelledError):
