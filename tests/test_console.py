@@ -185,10 +185,12 @@ def test_every_page_renders(browser: Any, mesh: Mesh) -> None:
 
     page.click("#nav a[data-page='canaries']")
     page.wait_for_selector("#canaries tr[data-canary='ab-release']")
+    assert page.inner_text("#canaries tr[data-canary='ab-release'] .stage") == "weighted"  # no shadow or A/B stage
     shot(page, "canaries")
     page.click("#canaries a[href='#/canary/ab-release']")
     page.wait_for_selector("#canary-state")
     assert page.inner_text("#canary-state") == "progressing"
+    assert page.inner_text("#canary-stage") == "weighted"
     page.wait_for_selector("[data-action='pause']")
     shot(page, "canary")
 

@@ -219,7 +219,7 @@ class ConsoleViews:
         for name, canary in sorted(current.policy.canaries.items()):
             status = current.policy.canary_status.get(name, CanaryStatus())
             items.append({"name": name, "service": canary.service, "route": canary.route, "stable": canary.stable,
-                          "canary": canary.canary, "state": status.state, "weight": status.weight,
+                          "canary": canary.canary, "state": status.state, "stage": status.stage, "weight": status.weight,
                           "step": status.step, "steps": canary.weights()})
         return web.json_response({"revision": current.number, "items": items})
 

@@ -271,10 +271,10 @@ pages.canaries = () => ({
   load: () => api("GET", "/ui/api/canaries"),
   render(data) {
     if (!data.items.length) { $("#live-region").innerHTML = `<p class="muted">No canaries in the policy (revision ${data.revision}).</p>`; return; }
-    let html = `<table id="canaries"><thead><tr><th>canary</th><th>route</th><th>stable → canary</th><th>state</th><th>weight</th><th>step</th></tr></thead><tbody>`;
+    let html = `<table id="canaries"><thead><tr><th>canary</th><th>route</th><th>stable → canary</th><th>state</th><th>stage</th><th>weight</th><th>step</th></tr></thead><tbody>`;
     for (const c of data.items) {
       html += `<tr data-canary="${esc(c.name)}"><td><a href="#/canary/${encodeURIComponent(c.name)}">${esc(c.name)}</a></td><td>${esc(c.service)}/${esc(c.route)}</td>
-        <td>${esc(c.stable)} → ${esc(c.canary)}</td><td><span class="pill">${esc(c.state)}</span></td><td class="num">${c.weight}%</td>
+        <td>${esc(c.stable)} → ${esc(c.canary)}</td><td><span class="pill">${esc(c.state)}</span></td><td class="stage">${esc(c.stage || "–")}</td><td class="num">${c.weight}%</td>
         <td class="num">${c.step + 1} of ${c.steps.length}</td></tr>`;
     }
     $("#live-region").innerHTML = html + "</tbody></table>";
@@ -323,6 +323,7 @@ pages.canary = name => ({
     if (points.length) points.push([Date.now() / 1000, s.weight]);
     let html = `<div class="cards">
       <div class="card"><div class="n" id="canary-state">${esc(s.state)}</div><div class="l">state</div></div>
+      <div class="card"><div class="n" id="canary-stage">${esc(s.stage || "–")}</div><div class="l">stage (shadow → A/B → weighted)</div></div>
       <div class="card"><div class="n" id="canary-weight">${s.weight}%</div><div class="l">on ${esc(spec.canary)}</div></div>
       <div class="card"><div class="n">${s.step + 1} / ${data.steps.length}</div><div class="l">step (${data.steps.join(", ")}%)</div></div>
       <div class="card"><div class="n">${s.failed_checks}</div><div class="l">failed windows (limit ${spec.failure_limit})</div></div></div>`;
