@@ -202,6 +202,31 @@ async def test_a_peer_sending_to_a_handler_that_does_not_read_is_refused(server:
     assert (code, message) == (grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], "over 64 requests not yet read")
 
 
+async def test_a_peer_that_does_not_read_is_not_read_either(server: tuple[GrpcServer, int]) -> None:
+    # Each PING needs an answer; a peer that sends them and reads nothing must not make the
+    # server buffer the answers without bound.
+    reader, writer = await asyncio.open_connection("127.0.0.1", server[1])
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    writer.write(conn.data_to_send())
+    ping = b"\x00\x00\x08\x06\x00\x00\x00\x00\x00" + b"12345678"  # PING, 8 bytes, stream 0
+    sent = 0
+    try:
+        while sent < 200 * 1024 * 1024:
+            writer.write(ping * 4096)
+            sent += len(ping) * 4096
+            try:
+                await asyncio.wait_for(writer.drain(), 1.0)
+            except TimeoutError:
+                break  # the server stopped reading: the sockets between us are full
+        (connection,) = server[0].connections
+        buffered = connection._transport.get_write_buffer_size()  # type: ignore[union-attr]
+        assert sent < 200 * 1024 * 1024, "the server read everything a peer that never reads sent"
+        assert buffered < 1024 * 1024, f"{buffered} bytes of answers buffered for a peer that never reads"
+    finally:
+        writer.transport.abort()
+
+
 async def test_a_handlers_status_reaches_the_client_and_a_crash_does_not_leak(server: tuple[GrpcServer, int]) -> None:
     async with channel(server[1]) as ch:
         call = chat(ch)

@@ -198,10 +198,16 @@ class _Connection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self._writable is None or self._writable.done():
             self._writable = asyncio.get_running_loop().create_future()
+        # A peer that does not read is not read either: what it sends may need answers (PING
+        # and SETTINGS acknowledgements, responses), which would pile up here unbounded.
+        if not self._closing():
+            self._transport.pause_reading()  # type: ignore[union-attr]
 
     def resume_writing(self) -> None:
         if self._writable is not None and not self._writable.done():
             self._writable.set_result(None)
+        if not self._closing():
+            self._transport.resume_reading()  # type: ignore[union-attr]
 
     # --- HTTP/2 events ---
 
