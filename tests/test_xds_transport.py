@@ -279,6 +279,24 @@ async def test_a_cancelled_stream_ends_its_handler(server: tuple[GrpcServer, int
     await wait_for(lambda: "closed under me" in ended, "the handler's cleanup after the connection closed")
 
 
+async def test_a_peers_goaway_ends_its_streams_quietly(server: tuple[GrpcServer, int],
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server[1])
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "POST"), (":scheme", "http"), (":path", PATH), (":authority", "test"),
+                          ("content-type", "application/grpc")])
+    conn.send_data(1, struct.pack(">BI", 0, 6) + b"goaway")
+    writer.write(conn.data_to_send())
+    await wait_for(lambda: any(c._streams for c in server[0].connections), "the stream served")
+    conn.close_connection()  # GOAWAY, no error, the stream's id within it
+    writer.write(conn.data_to_send())
+    await wait_for(lambda: "goaway" in ended, "the handler's cleanup after the peer's GOAWAY")
+    await asyncio.wait_for(reader.read(), 10)  # returns at EOF: the server closed the connection
+    writer.close()
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], "a peer's GOAWAY is no error"
+
+
 async def test_stopping_ends_open_streams_with_unavailable() -> None:
     server = GrpcServer({PATH: Method(echo, decode)})
     port = await server.start("127.0.0.1", 0)

@@ -275,9 +275,11 @@ class _Connection(asyncio.Protocol):
                 stream.window.set_result(None)
 
     def _terminated(self, event: h2.events.ConnectionTerminated) -> None:
+        # After the peer's GOAWAY, h2 sends nothing more on the connection, not even to the
+        # streams the peer would still finish: they end here, and the peer reconnects.
         for stream in list(self._streams.values()):
-            if event.last_stream_id is None or stream.id > event.last_stream_id or event.error_code:
-                self._drop(stream, ConnectionResetError("the peer closed the connection"))
+            self._drop(stream, ConnectionResetError(f"the peer sent GOAWAY (error {event.error_code})"))
+        self._close()
 
     # --- streams ---
 
@@ -315,15 +317,18 @@ class _Connection(asyncio.Protocol):
                 stream.window = asyncio.get_running_loop().create_future()
                 await stream.window
                 continue
-            if not stream.headers_sent:
-                self._h2.send_headers(stream.id, RESPONSE_HEADERS)
-                stream.headers_sent = True
-            if size == len(data):
-                self._h2.send_data(stream.id, data)
-                data = b""
-            else:
-                self._h2.send_data(stream.id, data[:size])
-                data = data[size:]
+            try:
+                if not stream.headers_sent:
+                    self._h2.send_headers(stream.id, RESPONSE_HEADERS)
+                    stream.headers_sent = True
+                if size == len(data):
+                    self._h2.send_data(stream.id, data)
+                    data = b""
+                else:
+                    self._h2.send_data(stream.id, data[:size])
+                    data = data[size:]
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as exc:
+                raise ConnectionResetError(f"the stream ended: {exc}") from None
             self._flush()
 
     def _trailers(self, stream: _Stream, code: int, message: str) -> None:
