@@ -305,7 +305,9 @@ class _Connection(asyncio.Protocol):
                 del self._streams[stream.id]
 
     async def _send(self, stream: _Stream, message: bytes) -> None:
-        data = PREFIX.pack(0, len(message)) + message
+        # Frames are views into one buffer: slicing bytes would copy the rest of a large message
+        # once per frame.
+        data = memoryview(PREFIX.pack(0, len(message)) + message)
         while data:
             if stream.closed:
                 raise ConnectionResetError("the stream ended")
@@ -321,12 +323,8 @@ class _Connection(asyncio.Protocol):
                 if not stream.headers_sent:
                     self._h2.send_headers(stream.id, RESPONSE_HEADERS)
                     stream.headers_sent = True
-                if size == len(data):
-                    self._h2.send_data(stream.id, data)
-                    data = b""
-                else:
-                    self._h2.send_data(stream.id, data[:size])
-                    data = data[size:]
+                self._h2.send_data(stream.id, data[:size])
+                data = data[size:]
             except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as exc:
                 raise ConnectionResetError(f"the stream ended: {exc}") from None
             self._flush()
